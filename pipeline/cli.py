@@ -1,0 +1,83 @@
+"""Shared command-line plumbing: parsing, logging set-up and one-line error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import SemoreError
+
+log = logging.getLogger(__name__)
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def make_parser(prog: str, description: str, config_overrides: bool = True) -> argparse.ArgumentParser:
+    """A parser with the flags every stage shares (``--debug``, ``--quiet``)."""
+    epilog = (
+        "Any config field can be overridden as --section.field VALUE (e.g. --trainer.max_steps 10)."
+        if config_overrides
+        else None
+    )
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for indices that must be >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return value
+
+
+def run_cli(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    body: Callable[[argparse.Namespace, list[str]], object],
+    config_overrides: bool = True,
+) -> int:
+    """Parse ``argv``, set up logging and run ``body(args, overrides)``.
+
+    ``SemoreError`` and other expected failures print ``prog: error: message`` on one line
+    and return a non-zero code; ``--debug`` re-raises them with the traceback.
+    """
+    if config_overrides:
+        args, overrides = parser.parse_known_args(argv)
+    else:
+        args, overrides = parser.parse_args(argv), []
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        body(args, overrides)
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; completed shards/checkpoints are kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (SemoreError, ValueError, FileNotFoundError, PermissionError, OSError) as err:
+        if args.debug:
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if not isinstance(err, SemoreError):
+            message = f"{type(err).__name__}: {message}"
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0

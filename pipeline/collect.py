@@ -1,0 +1,291 @@
+"""Stage 1, ``semore-collect``: record driving episodes from a simulator into raw shards."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import os
+import signal
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from tqdm import tqdm
+
+from pipeline import cli, dataset, schema
+from pipeline import manifest as mf
+from pipeline.config import from_dict, load_config, to_dict
+from pipeline.errors import SemoreError
+from pipeline.recorder import block_episodes, record_block, shard_info_from_disk
+from pipeline.shards import list_shards, remove_stale_tmp
+from pipeline.sim import make_env
+from pipeline.sim.base import RewardConfig
+from pipeline.sim.configs import CarlaConfig, HighwayConfig, PolicyConfig
+from pipeline.sim.policies import CollectionPolicy
+
+log = logging.getLogger(__name__)
+
+# Fields that change how much or where data is made, not what an episode contains: they
+# may differ between a run and its resume.
+_SCHEDULING_FIELDS = ("episodes", "workers")
+_CARLA_CONNECTION_FIELDS = ("hosts", "timeout_s", "max_retries", "server_cmd", "server_start_wait_s")
+
+
+@dataclass
+class CollectConfig:
+    """Everything that determines a raw dataset (plus how many processes make it)."""
+
+    # First field of every sample key; names the dataset's run.
+    run: str = "hw"
+    backend: Literal["highway", "carla"] = "highway"
+    # Total episodes wanted in the dataset; a rerun with more extends it.
+    episodes: int = 8
+    # Shards are the unit of resumption and of parallel work; 4 short episodes is ~800
+    # samples, a few MB, so a killed run loses little and workers stay balanced.
+    episodes_per_shard: int = 4
+    seed: int = 0
+    # Simulator processes on this machine (one simulator each).
+    workers: int = 1
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    highway: HighwayConfig = field(default_factory=HighwayConfig)
+    carla: CarlaConfig = field(default_factory=CarlaConfig)
+
+    def __post_init__(self) -> None:
+        schema.check_run_name(self.run)
+        for name in ("episodes", "episodes_per_shard", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} is {getattr(self, name)}: expected a positive integer")
+
+    @property
+    def max_retries(self) -> int:
+        return self.carla.max_retries if self.backend == "carla" else 0
+
+
+def content_hash(cfg: CollectConfig) -> str:
+    """Hash of the fields that decide what episodes contain (not how they are scheduled)."""
+    data = to_dict(cfg)
+    for name in _SCHEDULING_FIELDS:
+        data.pop(name)
+    for name in _CARLA_CONNECTION_FIELDS:
+        data["carla"].pop(name)
+    return mf.config_hash(data)
+
+
+def plan_blocks(cfg: CollectConfig, recorded: dict[str, dict], worker_index: int, num_workers: int) -> list[int]:
+    """Blocks this invocation must (re)write: those whose shard lacks requested episodes."""
+    num_blocks = -(-cfg.episodes // cfg.episodes_per_shard)
+    todo = []
+    for block in range(worker_index, num_blocks, num_workers):
+        wanted = set(block_episodes(block, cfg.episodes_per_shard, cfg.episodes))
+        have = set(recorded.get(schema.shard_name(schema.RAW_PREFIX, block), {}).get("episodes", []))
+        if not wanted <= have:
+            todo.append(block)
+    return todo
+
+
+def prepare_output(cfg: CollectConfig, out: Path) -> dict:
+    """Create or validate ``out``; reconcile shards on disk with the manifest; return it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise SemoreError(f"cannot write to --out {out} ({err.strerror}): expected a writable folder") from None
+    with dataset.manifest_lock(out):
+        manifest = mf.read_manifest(out, required=False)
+        if manifest is None:
+            if any(p for p in out.iterdir() if not p.name.startswith(".")):
+                raise SemoreError(f"--out {out} is not empty and holds no {schema.MANIFEST_NAME}: expected an empty folder or a Semore dataset")
+            manifest = mf.new_manifest()
+        raw = manifest.get("raw")
+        if raw is not None and raw.get("config_hash") != content_hash(cfg):
+            raise SemoreError(
+                f"{mf.manifest_path(out)} was recorded with another config (hash {raw.get('config_hash')}, "
+                f"this one {content_hash(cfg)}): expected the same config and seed, or a new --out"
+            )
+        if raw is None:
+            manifest["raw"] = raw = {
+                "command": mf.command_line(),
+                "config": to_dict(cfg),
+                "config_hash": content_hash(cfg),
+                "git_revision": mf.git_revision(),
+                "backend": cfg.backend,
+                "scenario": cfg.carla.town if cfg.backend == "carla" else "highway-v0",
+                "run": cfg.run,
+                "seed": cfg.seed,
+                "episodes_per_shard": cfg.episodes_per_shard,
+                "action_names": ["steer", "throttle_brake"] if cfg.backend == "carla" else ["acceleration", "steering"],
+                "shards": {},
+            }
+        raw_dir = out / schema.RAW_DIR
+        for stale in remove_stale_tmp(raw_dir):
+            log.info("removed incomplete shard %s left by an interrupted run", stale.name)
+        shards = raw.setdefault("shards", {})
+        for name in [n for n in shards if not (raw_dir / n).is_file()]:
+            log.warning("shard %s is listed but missing; it will be recorded again", name)
+            del shards[name]
+        for path in list_shards(raw_dir, schema.RAW_PREFIX):
+            if path.name not in shards:
+                log.info("adopting complete shard %s written before an interruption", path.name)
+                shards[path.name] = shard_info_from_disk(path)
+        raw["totals"] = mf.totals(shards)
+        mf.write_manifest(out, manifest)
+    return manifest
+
+
+def _work(cfg: CollectConfig, out: Path, blocks: list[int], worker: int, report) -> None:
+    """Record ``blocks`` with one simulator; ``report(kind, payload)`` tells the parent."""
+    env = make_env(cfg.backend, cfg.reward, cfg.highway, cfg.carla, worker=worker)
+    try:
+        policy = CollectionPolicy(cfg.policy, env.action_dim)
+        for block in blocks:
+            episodes = block_episodes(block, cfg.episodes_per_shard, cfg.episodes)
+            info = record_block(
+                env, policy, out, block, episodes, cfg.run, worker, cfg.seed, cfg.max_retries,
+                on_step=lambda: report("step", 1), on_episode=lambda: report("episode", 1),
+            )
+            fields = {
+                "camera_names": list(env.camera_names),
+                "image_height": int(env.image_shape[0]),
+                "image_width": int(env.image_shape[1]),
+                "step_duration_s": float(env.step_duration_s),
+            }
+            report("shard", (schema.shard_name(schema.RAW_PREFIX, block), info, fields))
+    finally:
+        env.close()
+
+
+def _subprocess_main(cfg_dict: dict, out: str, blocks: list[int], worker: int, queue) -> None:
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        _work(from_dict(CollectConfig, cfg_dict), Path(out), blocks, worker, lambda k, p: queue.put((k, p)))
+        queue.put(("done", worker))
+    except KeyboardInterrupt:
+        queue.put(("interrupted", worker))
+    except Exception as err:  # forwarded to the parent, which reports it on one line
+        queue.put(("error", f"worker {worker}: {err}"))
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def collect(cfg: CollectConfig, out: Path, worker_index: int = 0, num_workers: int = 1) -> dict:
+    """Record the episodes of ``cfg`` that ``out`` lacks; returns the final manifest."""
+    manifest = prepare_output(cfg, out)
+    blocks = plan_blocks(cfg, manifest["raw"]["shards"], worker_index, num_workers)
+    total = sum(len(block_episodes(b, cfg.episodes_per_shard, cfg.episodes)) for b in blocks)
+    if not blocks:
+        log.info("nothing to record: %s already holds the requested episodes", out)
+        return manifest
+    bar = tqdm(total=total, unit="episode", desc="collect", dynamic_ncols=True)
+    steps = 0
+
+    def report(kind: str, payload) -> None:
+        nonlocal steps, manifest
+        if kind == "step":
+            steps += payload
+            if steps % 20 == 0:
+                elapsed = bar.format_dict["elapsed"] or 1e-9
+                bar.set_postfix(steps=steps, steps_per_s=f"{steps / elapsed:.1f}", refresh=False)
+        elif kind == "episode":
+            bar.update(payload)
+        elif kind == "shard":
+            name, info, fields = payload
+            manifest = dataset.record_shard(out, "raw", name, info, fields)
+
+    workers = min(cfg.workers, len(blocks))
+    try:
+        if workers == 1:
+            _work(cfg, out, blocks, worker_index, report)
+        else:
+            _run_pool(cfg, out, blocks, workers, worker_index, report)
+    finally:
+        bar.close()
+    return manifest
+
+
+def _run_pool(cfg: CollectConfig, out: Path, blocks: list[int], workers: int, node: int, report) -> None:
+    ctx = mp.get_context("spawn")  # simulators (pygame, CARLA clients) are not fork-safe
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_subprocess_main,
+            args=(to_dict(cfg), str(out), blocks[rank::workers], node, queue),
+            daemon=True,
+        )
+        for rank in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    running, error = workers, None
+    try:
+        while running:
+            kind, payload = queue.get()
+            if kind in ("done", "interrupted", "error"):
+                running -= 1
+                if kind == "error" and error is None:
+                    error = payload
+                    for proc in procs:
+                        proc.terminate()
+            else:
+                report(kind, payload)
+    except KeyboardInterrupt:
+        for proc in procs:
+            proc.terminate()
+        raise
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+    if error is not None:
+        raise SemoreError(error)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.make_parser("semore-collect", "Record driving episodes into raw WebDataset shards.")
+    parser.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/collect/quickstart.yaml")
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder (created or resumed)")
+    parser.add_argument("--episodes", type=cli.positive_int, help="total episodes wanted in --out")
+    parser.add_argument("--workers", type=cli.positive_int, help="simulator processes on this machine")
+    parser.add_argument("--seed", type=int, help="base seed (episode seeds derive from it)")
+    parser.add_argument("--policy", choices=("expert", "random", "mixed"), help="data-collection policy")
+    parser.add_argument("--backend", choices=("highway", "carla"), help="simulator backend")
+    parser.add_argument("--worker-index", type=cli.non_negative_int, default=None, help="this node's slice (default: $RANK or 0)")
+    parser.add_argument("--num-workers", type=cli.positive_int, default=None, help="number of slices (default: $WORLD_SIZE or 1)")
+    return parser
+
+
+def node_slice(worker_index: int | None, num_workers: int | None) -> tuple[int, int]:
+    """``--worker-index/--num-workers``, else torch.distributed's ``RANK/WORLD_SIZE``."""
+    index = worker_index if worker_index is not None else int(os.environ.get("RANK", 0))
+    count = num_workers if num_workers is not None else int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= index < count:
+        raise SemoreError(f"--worker-index {index} is out of range: expected 0 <= index < --num-workers {count}")
+    return index, count
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> None:
+    cfg = load_config(CollectConfig, args.config, overrides)
+    flags = {"episodes": args.episodes, "workers": args.workers, "seed": args.seed, "backend": args.backend}
+    cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    if args.policy is not None:
+        cfg = replace(cfg, policy=replace(cfg.policy, name=args.policy))
+    worker_index, num_workers = node_slice(args.worker_index, args.num_workers)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    manifest = collect(cfg, args.out, worker_index, num_workers)
+    totals = manifest["raw"].get("totals", {})
+    print(
+        f"{args.out}: {totals.get('num_episodes', 0)} episodes, {totals.get('num_samples', 0)} samples "
+        f"in {totals.get('num_shards', 0)} shards"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_cli(build_parser(), argv, _run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""Typed configs: nested dataclasses loaded from YAML, with dotted command-line overrides.
+
+Each stage defines a dataclass tree; ``load_config(StageConfig, path, ["--a.b", "3"])``
+reads the YAML, applies overrides and checks every value against the field's type, so a
+typo or a wrong type is a one-line error naming the file, the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pipeline.errors import SemoreError
+
+T = TypeVar("T")
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, with one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemoreError(f"config file {path} not found: expected a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SemoreError(f"config file {path} is not valid YAML{where}: expected a mapping") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SemoreError(f"config file {path} holds a {type(data).__name__}: expected a mapping")
+    return data
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """Turn ``["--trainer.max_steps", "5", "--carla.server-cmd=x"]`` into a nested dict."""
+    nested: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) < 3:
+            raise SemoreError(f"unexpected argument {arg!r}: expected --section.field VALUE")
+        name, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise SemoreError(f"option --{name} needs a value")
+            value = args[i + 1]
+            i += 1
+        i += 1
+        node = nested
+        parts = name.replace("-", "_").split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+    return nested
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursively merge ``update`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``, checking names and types recursively."""
+    if not isinstance(data, dict):
+        raise SemoreError(f"{where} is a {type(data).__name__}: expected a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise SemoreError(
+            f"{where}: unknown field {unknown[0]!r}: expected one of {', '.join(sorted(fields))}"
+        )
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise SemoreError(f"{where}: {err}") from None
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | dict = ()) -> T:
+    """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus overrides."""
+    data = load_yaml(path) if path is not None else {}
+    extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+    return from_dict(cls, merge(data, extra), where=str(path) if path else "config")
+
+
+def to_dict(cfg: Any) -> dict:
+    """The plain-dict form of a config, for manifests and checkpoints."""
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except SemoreError as err:
+                errors.append(str(err))
+        raise SemoreError(errors[0] if errors else f"{where} must not be null")
+    if origin is typing.Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise SemoreError(f"{where} is {value!r}: expected one of {allowed}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise SemoreError(f"{where} is {value!r}: expected a list")
+        item = args[0] if args else Any
+        items = [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SemoreError(f"{where} is {value!r}: expected a mapping")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SemoreError(f"{where} is {value!r}: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SemoreError(f"{where} is {value!r}: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SemoreError(f"{where} is {value!r}: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise SemoreError(f"{where} is {value!r}: expected a string")
+        return str(value)
+    return value

@@ -1,0 +1,103 @@
+"""The dataset manifest: what produced each part of a dataset, per-shard counts, totals.
+
+``manifest.json`` has top-level ``format_version`` and ``semore_version`` and one section
+per stage (``raw``, ``ann``). A section records the producing command, the resolved config
+and its hash, the git revision and a ``shards`` table; it is rewritten atomically after
+every completed shard, so it always describes exactly the complete shards on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline import __version__, schema
+from pipeline.errors import SemoreError
+
+
+def manifest_path(root: str | Path) -> Path:
+    return Path(root) / schema.MANIFEST_NAME
+
+
+def config_hash(config: dict) -> str:
+    """Stable short hash of a resolved config (sorted JSON)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def git_revision() -> str | None:
+    """The source tree's git commit, or None outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def new_manifest() -> dict:
+    return {"format_version": schema.FORMAT_VERSION, "semore_version": __version__}
+
+
+def read_manifest(root: str | Path, required: bool = True) -> dict | None:
+    """Load and version-check ``root/manifest.json``.
+
+    Returns None when it is absent and ``required`` is False.
+    """
+    path = manifest_path(root)
+    if not path.is_file():
+        if required:
+            raise SemoreError(f"{path} not found: expected a Semore dataset folder (run semore-collect)")
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SemoreError(f"{path} is not valid JSON ({err.__class__.__name__}): expected a manifest") from None
+    if not isinstance(manifest, dict) or "format_version" not in manifest:
+        raise SemoreError(f"{path} has no format_version: expected a Semore manifest")
+    found = manifest["format_version"]
+    if found != schema.FORMAT_VERSION:
+        raise SemoreError(
+            f"{path} has format version {found}: expected {schema.FORMAT_VERSION} "
+            f"(written by semore {manifest.get('semore_version', '?')}, this is {__version__})"
+        )
+    return manifest
+
+
+def write_manifest(root: str | Path, manifest: dict) -> None:
+    """Atomically replace ``root/manifest.json``."""
+    path = manifest_path(root)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def section(manifest: dict, name: str, root: str | Path) -> dict:
+    """The ``raw``/``ann`` section, or a one-line error naming what to run first."""
+    if name not in manifest:
+        stage = "semore-collect" if name == "raw" else "semore-annotate"
+        raise SemoreError(f"{manifest_path(root)} has no '{name}' section: run {stage} first")
+    return manifest[name]
+
+
+def totals(shards: dict[str, dict]) -> dict:
+    """Sum the per-shard integer counters of a ``shards`` table."""
+    out: dict[str, float] = {"num_shards": len(shards)}
+    for info in shards.values():
+        for key, value in info.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[key] = out.get(key, 0) + value
+    return out

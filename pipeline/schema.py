@@ -1,0 +1,141 @@
+"""The data contract: folder layout, sample keys, member names, format version, validation.
+
+Every stage reads and writes datasets through these constants, so a member name is typed
+once. A dataset folder holds ``manifest.json``, ``raw/raw-NNNNNN.tar`` (stage 1) and
+``ann/ann-NNNNNN.tar`` (stage 2, same keys and shard boundaries), and ``README.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pipeline.errors import SemoreError
+
+# Bumped whenever a member's name, dtype or meaning changes; readers refuse other versions.
+FORMAT_VERSION = 1
+
+MANIFEST_NAME = "manifest.json"
+CARD_NAME = "README.md"
+RAW_DIR = "raw"
+ANN_DIR = "ann"
+RAW_PREFIX = "raw"
+ANN_PREFIX = "ann"
+SHARD_SUFFIX = ".tar"
+
+# Raw members (stage 1). Single-camera datasets store `rgb.png`; multi-camera ones store
+# one `cam_<name>.png` per camera plus the stitched panorama as `rgb.png`.
+RGB = "rgb.png"
+CAMERA_PREFIX = "cam_"
+ACTION = "action.npy"  # float32 (action_dim,) in [-1, 1]
+REWARD = "reward.npy"  # float32 scalar
+STATE = "state.json"  # privileged simulator state, units in the field names
+STEP = "step.json"  # episode bookkeeping, see STEP_FIELDS
+RAW_MEMBERS = (RGB, ACTION, REWARD, STATE, STEP)
+
+STEP_FIELDS = (
+    "episode",
+    "step",
+    "is_first",
+    "is_last",
+    "is_terminal",
+    "truncated",
+    "episode_seed",
+    "policy",
+    "distance_m",  # true distance driven by this step's action, summed over simulator ticks
+    "collision",  # this step's action ended in a collision
+)
+
+# Annotation members (stage 2).
+CAPTION_SEM = "caption_sem.txt"
+CAPTION_MOT = "caption_mot.txt"
+EMB_SEM = "emb_sem.npy"  # float32 (embedding_dim,), unit norm
+EMB_MOT = "emb_mot.npy"  # float32 (embedding_dim,), unit norm
+MOTION = "motion.npy"  # float32 (len(MOTION_TARGETS),), names and units in the manifest
+ANN_INFO = "ann.json"  # which step was captioned, flags for empty/failed captions
+ANN_MEMBERS = (CAPTION_SEM, CAPTION_MOT, EMB_SEM, EMB_MOT, MOTION, ANN_INFO)
+
+# Ego-motion targets written to motion.npy, in this order: (name, unit).
+MOTION_TARGETS = (
+    ("speed", "m/s"),
+    ("acceleration", "m/s^2"),
+    ("yaw_rate", "rad/s"),
+    ("lateral_speed", "m/s"),
+)
+
+# Run names become the first key field; keys must not contain dots (webdataset splits
+# the member extension at the first dot) nor underscores (the key's field separator).
+_RUN_NAME = re.compile(r"^[A-Za-z0-9-]{1,32}$")
+_KEY = re.compile(r"^(?P<run>[A-Za-z0-9-]+)_(?P<worker>\d{2})_(?P<episode>\d{6})_(?P<step>\d{5})$")
+
+
+@dataclass(frozen=True)
+class SampleKey:
+    """The parsed fields of a sample key ``{run}_{worker:02d}_{episode:06d}_{step:05d}``."""
+
+    run: str
+    worker: int
+    episode: int
+    step: int
+
+    def __str__(self) -> str:
+        return f"{self.run}_{self.worker:02d}_{self.episode:06d}_{self.step:05d}"
+
+
+def check_run_name(run: str) -> str:
+    """Return ``run`` if it can be a key field, else raise a one-line error."""
+    if not _RUN_NAME.match(run):
+        raise SemoreError(f"run name {run!r} is invalid: expected 1-32 characters of [A-Za-z0-9-]")
+    return run
+
+
+def make_key(run: str, worker: int, episode: int, step: int) -> str:
+    """Format a sample key; ``episode`` is the global episode index of the dataset."""
+    return str(SampleKey(run, worker, episode, step))
+
+
+def parse_key(key: str) -> SampleKey:
+    """Parse a sample key, raising ``SemoreError`` when it does not follow the contract."""
+    match = _KEY.match(key)
+    if match is None:
+        raise SemoreError(
+            f"sample key {key!r} is malformed: expected {{run}}_{{worker:02d}}_{{episode:06d}}_{{step:05d}}"
+        )
+    return SampleKey(
+        match["run"], int(match["worker"]), int(match["episode"]), int(match["step"])
+    )
+
+
+def shard_name(prefix: str, index: int) -> str:
+    """``raw-000003.tar`` style shard file name."""
+    return f"{prefix}-{index:06d}{SHARD_SUFFIX}"
+
+
+def shard_index(name: str) -> int:
+    """Inverse of :func:`shard_name` (accepts a path)."""
+    stem = name.rsplit("/", 1)[-1].removesuffix(SHARD_SUFFIX)
+    try:
+        return int(stem.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        raise SemoreError(f"shard name {name!r} is malformed: expected PREFIX-NNNNNN.tar") from None
+
+
+def validate_raw_sample(sample: dict, where: str = "") -> None:
+    """Raise ``SemoreError`` naming the shard/key when a decoded raw sample misses a member."""
+    _require(sample, (ACTION, REWARD, STATE, STEP), where)
+    if RGB not in sample and not any(k.startswith(CAMERA_PREFIX) for k in sample):
+        raise SemoreError(f"{where}sample {sample.get('__key__')!r} has no image: expected {RGB}")
+
+
+def validate_ann_sample(sample: dict, where: str = "") -> None:
+    """Raise ``SemoreError`` naming the shard/key when an annotation sample misses a member."""
+    _require(sample, ANN_MEMBERS, where)
+
+
+def _require(sample: dict, members: tuple[str, ...], where: str) -> None:
+    missing = [m for m in members if m not in sample]
+    if missing:
+        raise SemoreError(
+            f"{where}sample {sample.get('__key__')!r} is missing {', '.join(missing)}: "
+            f"expected members {', '.join(members)}"
+        )

@@ -1,0 +1,50 @@
+"""DrQ random-shift augmentation for image batches of any height and width."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RandomShift(nn.Module):
+    """Replicate-pad by ``pad`` pixels and crop back at a random integer offset per sample.
+
+    Works for any (H, W), including non-square panoramas (84x420). Input may be uint8 or
+    float; the output is float32 with the same value range as the input (no rescaling).
+    ``pad=0`` is the identity. One batched ``F.grid_sample`` call, no loop over samples.
+    """
+
+    def __init__(self, pad: int = 4) -> None:
+        super().__init__()
+        if pad < 0:
+            raise ValueError(f"RandomShift pad={pad}; expected an integer >= 0")
+        self.pad = int(pad)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.float()
+        if self.pad == 0:
+            return x
+        batch_size, _, height, width = x.shape
+        padded = F.pad(x, (self.pad,) * 4, mode="replicate")  # (B, C, H+2p, W+2p)
+        padded_h, padded_w = height + 2 * self.pad, width + 2 * self.pad
+
+        # Integer offsets in [0, 2*pad]; an offset of `pad` reproduces the input.
+        shift = torch.randint(0, 2 * self.pad + 1, (batch_size, 2), device=x.device)
+        shift_x = shift[:, 0].to(x.dtype).view(batch_size, 1, 1)
+        shift_y = shift[:, 1].to(x.dtype).view(batch_size, 1, 1)
+
+        cols = torch.arange(width, device=x.device, dtype=x.dtype).view(1, 1, width)
+        rows = torch.arange(height, device=x.device, dtype=x.dtype).view(1, height, 1)
+        # Pixel centres in grid_sample's normalised coordinates (align_corners=False),
+        # so every output pixel lands exactly on one padded input pixel.
+        grid_x = (2.0 * (cols + shift_x) + 1.0) / padded_w - 1.0  # (B, 1, W)
+        grid_y = (2.0 * (rows + shift_y) + 1.0) / padded_h - 1.0  # (B, H, 1)
+        grid = torch.stack(
+            (grid_x.expand(batch_size, height, width), grid_y.expand(batch_size, height, width)),
+            dim=-1,
+        )  # (B, H, W, 2) as (x, y)
+        # Nearest sampling at exact pixel centres gives exact shifted copies.
+        return F.grid_sample(
+            padded, grid, mode="nearest", padding_mode="border", align_corners=False
+        )

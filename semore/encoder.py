@@ -1,0 +1,323 @@
+"""Dual-stream (semantic + motion) image encoder with cross-stream interaction.
+
+Layout of one forward pass for ``obs`` of shape (B, 3K, H, W), frames oldest first:
+
+  semantic trunk (latest frame)          motion trunk (K frames + K-1 differences)
+        |                                         |
+  adaptive-avg-pool to a token grid (<= 64 positions, same grid for both streams)
+        |  <---- bidirectional cross-attention, gated residuals (gate 0 at init) ---->  |
+  flatten -> Linear -> z_sem (256)                      flatten -> Linear -> z_mot (256)
+        \\_____________________ concat ____________________/
+                 h = tanh(LayerNorm(Linear(.)))  (repr_dim, default 50)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+ENCODER_FORMAT = "semore-encoder"
+ENCODER_FORMAT_VERSION = 1
+STREAMS = ("semantic", "motion", "both")
+# Width of each stream's pooled feature (z_sem, z_mot): large enough for the 512-d CLIP
+# projection heads to read from, small next to the flattened token grid (<= 64 * 32).
+STREAM_DIM = 256
+# Cross-attention cost is quadratic in tokens; 64 keeps it negligible next to the convs.
+MAX_TOKENS = 64
+MIN_IMAGE_SIZE = 16  # the trunk removes 2 + 6 pixels; below this the map is tiny or empty
+
+
+@dataclass
+class EncoderConfig:
+    """Everything needed to rebuild a :class:`SemoreEncoder` exactly (stored in exports)."""
+
+    # 3 frames let the motion stream see velocity and acceleration (DrQ default).
+    frame_stack: int = 3
+    # 84 px per camera as in DrQ / the DBC CARLA task; panoramas are 84x420.
+    image_height: int = 84
+    image_width: int = 84
+    # DrQ trunk width; enough for 84 px inputs and cheap on CPU.
+    num_filters: int = 32
+    # 50 dims as in the SAC-AE / DrQ family, so agent heads are comparable.
+    repr_dim: int = 50
+    # "both" is the method; "semantic" / "motion" are the single-stream ablations.
+    streams: str = "both"
+    # The cross-stream exchange is part of the method; False is the no-interaction ablation.
+    interaction: bool = True
+    # 4 heads of 8 dims over 32 filters: small heads suit the tiny token grid.
+    num_heads: int = 4
+
+    def __post_init__(self) -> None:
+        def check(name: str, ok: bool, expected: str) -> None:
+            if not ok:
+                raise ValueError(
+                    f"EncoderConfig.{name}={getattr(self, name)!r}; expected {expected}"
+                )
+
+        check(
+            "frame_stack",
+            isinstance(self.frame_stack, int) and self.frame_stack >= 1,
+            "an int >= 1",
+        )
+        for name in ("image_height", "image_width"):
+            value = getattr(self, name)
+            check(
+                name,
+                isinstance(value, int) and value >= MIN_IMAGE_SIZE,
+                f"an int >= {MIN_IMAGE_SIZE}",
+            )
+        check(
+            "num_filters",
+            isinstance(self.num_filters, int) and self.num_filters >= 1,
+            "an int >= 1",
+        )
+        check("repr_dim", isinstance(self.repr_dim, int) and self.repr_dim >= 1, "an int >= 1")
+        check("streams", self.streams in STREAMS, f"one of {list(STREAMS)}")
+        check("interaction", isinstance(self.interaction, bool), "a bool")
+        check(
+            "num_heads",
+            isinstance(self.num_heads, int)
+            and self.num_heads >= 1
+            and self.num_filters % self.num_heads == 0,
+            f"an int >= 1 that divides num_filters={self.num_filters}",
+        )
+
+
+def conv_trunk(in_channels: int, num_filters: int) -> nn.Sequential:
+    """DrQ-style trunk: four 3x3 convs, the first with stride 2, no padding."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, num_filters, 3, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(num_filters, num_filters, 3, stride=1),
+        nn.ReLU(),
+        nn.Conv2d(num_filters, num_filters, 3, stride=1),
+        nn.ReLU(),
+        nn.Conv2d(num_filters, num_filters, 3, stride=1),
+        nn.ReLU(),
+    )
+
+
+def trunk_output_size(image_height: int, image_width: int) -> tuple[int, int]:
+    """Spatial size of the trunk's feature map for an (H, W) input."""
+    height = (image_height - 3) // 2 + 1 - 6
+    width = (image_width - 3) // 2 + 1 - 6
+    return height, width
+
+
+def token_grid(map_height: int, map_width: int, max_tokens: int = MAX_TOKENS) -> tuple[int, int]:
+    """Largest grid with <= max_tokens cells that follows the map's aspect ratio."""
+    rows = max(1, min(map_height, round(math.sqrt(max_tokens * map_height / map_width))))
+    cols = max(1, min(map_width, max_tokens // rows))
+    return rows, cols
+
+
+def orthogonal_init(module: nn.Module) -> None:
+    """Orthogonal weights and zero biases for convs and linears (DrQ / SAC convention)."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        gain = nn.init.calculate_gain("relu") if isinstance(module, nn.Conv2d) else 1.0
+        nn.init.orthogonal_(module.weight, gain)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class CrossStreamInteraction(nn.Module):
+    """One bidirectional cross-attention layer between two token sets, gated residuals.
+
+    Each stream queries the other with the *pre-update* tokens of both, so the exchange is
+    symmetric. ``tanh(gate)`` starts at 0, so at initialisation the layer is the identity.
+    """
+
+    def __init__(self, dim: int, num_heads: int, num_tokens: int) -> None:
+        super().__init__()
+        # Learned positions: attention alone is blind to where a token sits in the image.
+        self.position = nn.Parameter(torch.randn(1, num_tokens, dim) * 0.02)
+        self.norm_sem = nn.LayerNorm(dim)
+        self.norm_mot = nn.LayerNorm(dim)
+        self.sem_from_mot = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.mot_from_sem = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.gate_sem = nn.Parameter(torch.zeros(1))
+        self.gate_mot = nn.Parameter(torch.zeros(1))
+
+    def forward(self, sem: Tensor, mot: Tensor) -> tuple[Tensor, Tensor]:
+        # sem, mot: (B, N, C)
+        sem_in = self.norm_sem(sem) + self.position
+        mot_in = self.norm_mot(mot) + self.position
+        sem_msg, _ = self.sem_from_mot(sem_in, mot_in, mot_in, need_weights=False)
+        mot_msg, _ = self.mot_from_sem(mot_in, sem_in, sem_in, need_weights=False)
+        return sem + torch.tanh(self.gate_sem) * sem_msg, mot + torch.tanh(self.gate_mot) * mot_msg
+
+
+class SemoreEncoder(nn.Module):
+    """Semantic + motion dual-stream encoder; ``forward`` returns h of shape (B, repr_dim)."""
+
+    def __init__(
+        self,
+        frame_stack: int,
+        image_height: int,
+        image_width: int,
+        num_filters: int = 32,
+        repr_dim: int = 50,
+        streams: str = "both",
+        interaction: bool = True,
+        num_heads: int = 4,
+    ) -> None:
+        super().__init__()
+        self.config = EncoderConfig(
+            frame_stack=frame_stack,
+            image_height=image_height,
+            image_width=image_width,
+            num_filters=num_filters,
+            repr_dim=repr_dim,
+            streams=streams,
+            interaction=interaction,
+            num_heads=num_heads,
+        )
+        self.frame_stack = frame_stack
+        self.repr_dim = repr_dim
+        self.use_sem = streams in ("semantic", "both")
+        self.use_mot = streams in ("motion", "both")
+        self.sem_dim = STREAM_DIM if self.use_sem else 0
+        self.mot_dim = STREAM_DIM if self.use_mot else 0
+
+        map_size = trunk_output_size(image_height, image_width)
+        self.grid = token_grid(*map_size)
+        num_tokens = self.grid[0] * self.grid[1]
+        self.pool = nn.AdaptiveAvgPool2d(self.grid)
+        flat_dim = num_filters * num_tokens
+
+        if self.use_sem:
+            self.sem_trunk = conv_trunk(3, num_filters)
+            self.sem_out = nn.Linear(flat_dim, self.sem_dim)
+        if self.use_mot:
+            # K frames plus K-1 consecutive differences (none when K == 1).
+            mot_channels = 3 * frame_stack + 3 * (frame_stack - 1)
+            self.mot_trunk = conv_trunk(mot_channels, num_filters)
+            self.mot_out = nn.Linear(flat_dim, self.mot_dim)
+        self.interaction = None
+        if interaction and self.use_sem and self.use_mot:
+            self.interaction = CrossStreamInteraction(num_filters, num_heads, num_tokens)
+
+        self.fuse = nn.Sequential(
+            nn.Linear(self.sem_dim + self.mot_dim, repr_dim), nn.LayerNorm(repr_dim), nn.Tanh()
+        )
+        self.apply(orthogonal_init)
+
+    @classmethod
+    def from_config(cls, cfg: EncoderConfig) -> SemoreEncoder:
+        return cls(**asdict(cfg))
+
+    def _tokens(self, trunk: nn.Module, x: Tensor) -> Tensor:
+        feature_map = self.pool(trunk(x))  # (B, C, rows, cols)
+        return feature_map.flatten(2).transpose(1, 2)  # (B, N, C)
+
+    def encode(self, obs: Tensor) -> dict[str, Tensor]:
+        """Return {"h", "z_sem"?, "z_mot"?}; stream keys only for enabled streams."""
+        cfg = self.config
+        expected = (3 * cfg.frame_stack, cfg.image_height, cfg.image_width)
+        if obs.dim() != 4 or tuple(obs.shape[1:]) != expected:
+            raise ValueError(
+                f"SemoreEncoder input shape {tuple(obs.shape)}; expected (B, {expected[0]}, "
+                f"{expected[1]}, {expected[2]}) for frame_stack={cfg.frame_stack}"
+            )
+        x = obs.float() / 255.0 - 0.5  # (B, 3K, H, W), in [-0.5, 0.5]
+        sem_tokens = mot_tokens = None
+        if self.use_sem:
+            sem_tokens = self._tokens(self.sem_trunk, x[:, -3:])
+        if self.use_mot:
+            frames = x.unflatten(1, (cfg.frame_stack, 3))  # (B, K, 3, H, W)
+            diffs = (frames[:, 1:] - frames[:, :-1]).flatten(1, 2)  # (B, 3(K-1), H, W)
+            mot_tokens = self._tokens(self.mot_trunk, torch.cat([x, diffs], dim=1))
+        if self.interaction is not None:
+            sem_tokens, mot_tokens = self.interaction(sem_tokens, mot_tokens)
+
+        out: dict[str, Tensor] = {}
+        if sem_tokens is not None:
+            out["z_sem"] = self.sem_out(sem_tokens.flatten(1))  # (B, sem_dim)
+        if mot_tokens is not None:
+            out["z_mot"] = self.mot_out(mot_tokens.flatten(1))  # (B, mot_dim)
+        z = torch.cat([out[k] for k in ("z_sem", "z_mot") if k in out], dim=1)
+        out["h"] = self.fuse(z)  # (B, repr_dim)
+        return out
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.encode(obs)["h"]
+
+
+def save_encoder(
+    path: str | os.PathLike, encoder: SemoreEncoder, metadata: dict[str, Any] | None = None
+) -> None:
+    """Atomically write the encoder's config, weights and metadata to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": ENCODER_FORMAT,
+        "format_version": ENCODER_FORMAT_VERSION,
+        "config": asdict(encoder.config),
+        "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+def _read_payload(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"encoder file {path} not found; expected a file written by save_encoder")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for foreign or corrupt files
+        raise ValueError(
+            f"encoder file {path} is not a readable torch file ({type(err).__name__}); "
+            f"expected format {ENCODER_FORMAT!r}"
+        ) from err
+    found_format = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+    if found_format != ENCODER_FORMAT:
+        raise ValueError(
+            f"encoder file {path} has format {found_format!r}; expected {ENCODER_FORMAT!r}"
+        )
+    version = payload.get("format_version")
+    if version != ENCODER_FORMAT_VERSION:
+        raise ValueError(
+            f"encoder file {path} has format_version {version!r}; expected {ENCODER_FORMAT_VERSION}"
+        )
+    return payload
+
+
+def load_encoder_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Return the metadata dict stored by :func:`save_encoder`."""
+    return dict(_read_payload(path).get("metadata") or {})
+
+
+def load_encoder(path: str | os.PathLike, map_location: Any = "cpu") -> SemoreEncoder:
+    """Rebuild an encoder from its export; ValueError naming the file on any mismatch."""
+    payload = _read_payload(path, map_location)
+    raw_config = payload.get("config")
+    known = {f.name for f in fields(EncoderConfig)}
+    if not isinstance(raw_config, dict) or set(raw_config) - known:
+        raise ValueError(
+            f"encoder file {path} has config {raw_config!r}; expected keys among {sorted(known)}"
+        )
+    try:
+        encoder = SemoreEncoder.from_config(EncoderConfig(**raw_config))
+        encoder.load_state_dict(payload["state_dict"])
+    except (ValueError, RuntimeError, KeyError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"encoder file {path} does not match its config: {first_line}") from err
+    return encoder

@@ -1,0 +1,67 @@
+"""Pretraining heads on top of a :class:`SemoreEncoder` (dropped after pretraining)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from semore.encoder import SemoreEncoder, orthogonal_init
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_hidden_layers: int = 1) -> nn.Sequential:
+    """Linear-ReLU stack with ``num_hidden_layers`` hidden layers of ``hidden_dim``."""
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_hidden_layers):
+        layers += [nn.Linear(dim, hidden_dim), nn.ReLU()]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class SemorePretrainModel(nn.Module):
+    """Encoder plus the heads its pretraining losses read.
+
+    - ``sem_proj`` / ``mot_proj``: MLP projections of z_sem / z_mot into the text-embedding
+      space, L2-normalised (for the InfoNCE alignment losses); only for enabled streams.
+    - ``motion_pred``: ego-motion regression from z_mot (from h when the motion stream is
+      disabled, so the ablation still has the motion target).
+    - ``reward_pred``: reward regression from concat(h, action).
+    """
+
+    def __init__(
+        self,
+        encoder: SemoreEncoder,
+        text_dim: int,
+        motion_dim: int,
+        action_dim: int,
+        hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.text_dim = text_dim
+        self.motion_dim = motion_dim
+        self.action_dim = action_dim
+        self.sem_proj = mlp(encoder.sem_dim, hidden_dim, text_dim) if encoder.sem_dim else None
+        self.mot_proj = mlp(encoder.mot_dim, hidden_dim, text_dim) if encoder.mot_dim else None
+        motion_in = encoder.mot_dim if encoder.mot_dim else encoder.repr_dim
+        self.motion_head = mlp(motion_in, hidden_dim, motion_dim)
+        self.reward_head = mlp(encoder.repr_dim + action_dim, hidden_dim, 1, num_hidden_layers=2)
+        # Heads only: re-initialising here would overwrite a loaded encoder's weights.
+        for head in (self.sem_proj, self.mot_proj, self.motion_head, self.reward_head):
+            if head is not None:
+                head.apply(orthogonal_init)
+
+    def forward(self, obs: Tensor, action: Tensor) -> dict[str, Tensor]:
+        out = self.encoder.encode(obs)
+        h = out["h"]  # (B, repr_dim)
+        if self.sem_proj is not None:
+            out["sem_proj"] = F.normalize(self.sem_proj(out["z_sem"]), dim=-1)  # (B, text_dim)
+        if self.mot_proj is not None:
+            out["mot_proj"] = F.normalize(self.mot_proj(out["z_mot"]), dim=-1)  # (B, text_dim)
+        motion_in = out["z_mot"] if "z_mot" in out else h
+        out["motion_pred"] = self.motion_head(motion_in)  # (B, motion_dim)
+        reward_in = torch.cat([h, action.to(h.dtype)], dim=-1)  # (B, repr_dim + action_dim)
+        out["reward_pred"] = self.reward_head(reward_in).squeeze(-1)  # (B,)
+        return out

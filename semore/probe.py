@@ -1,0 +1,92 @@
+"""Closed-form linear probes of frozen representations (pure torch, float64 inside)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# A target whose variance is below this (relative to its scale) counts as constant.
+CONSTANT_VARIANCE_TOLERANCE = 1e-10
+
+
+def _as_2d(values: Tensor) -> Tensor:
+    """(N,) -> (N, 1); (N, T) unchanged; as float64 for a well-conditioned solve."""
+    values = torch.as_tensor(values).to(torch.float64)
+    return values.unsqueeze(-1) if values.dim() == 1 else values
+
+
+def r2_score(y_true: Tensor, y_pred: Tensor) -> Tensor:
+    """Coefficient of determination per target column, shape (T,).
+
+    A constant target (variance ~0) has no variance to explain; its R² is defined as 0
+    (not NaN or -inf), so a probe on it reads as "explains nothing".
+    """
+    y_true, y_pred = _as_2d(y_true), _as_2d(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(
+            f"r2_score got y_true {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)}; "
+            "expected the same (N, T) shape"
+        )
+    mean = y_true.mean(0)
+    ss_tot = ((y_true - mean) ** 2).sum(0)
+    ss_res = ((y_true - y_pred) ** 2).sum(0)
+    num_rows = y_true.shape[0]
+    constant = ss_tot / num_rows <= CONSTANT_VARIANCE_TOLERANCE * (1.0 + mean**2)
+    r2 = 1.0 - ss_res / torch.where(constant, torch.ones_like(ss_tot), ss_tot)
+    return torch.where(constant, torch.zeros_like(r2), r2).float()
+
+
+class RidgeProbe:
+    """Ridge regression with intercept on standardised features.
+
+    Features are standardised with the training mean / std (constant features get std 1,
+    so they contribute nothing), which makes ``alpha`` comparable across representations.
+    """
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        if alpha < 0:
+            raise ValueError(f"RidgeProbe alpha={alpha}; expected >= 0")
+        self.alpha = float(alpha)
+        self.feature_mean: Tensor | None = None
+        self.feature_std: Tensor | None = None
+        self.weight: Tensor | None = None  # (D, T)
+        self.bias: Tensor | None = None  # (T,)
+
+    def _standardise(self, features: Tensor) -> Tensor:
+        return (_as_2d(features) - self.feature_mean) / self.feature_std
+
+    def fit(self, features: Tensor, targets: Tensor) -> RidgeProbe:
+        features, targets = _as_2d(features), _as_2d(targets)
+        if features.shape[0] != targets.shape[0] or features.shape[0] < 2:
+            raise ValueError(
+                f"RidgeProbe.fit got {features.shape[0]} feature rows and {targets.shape[0]} "
+                "target rows; expected the same number, at least 2"
+            )
+        self.feature_mean = features.mean(0)
+        std = features.std(0)
+        self.feature_std = torch.where(std > 1e-12, std, torch.ones_like(std))
+        x = self._standardise(features)  # (N, D), centred
+        target_mean = targets.mean(0)
+        # Centred features and targets: the intercept is the target mean, unpenalised.
+        gram = x.T @ x + self.alpha * torch.eye(
+            x.shape[1], dtype=x.dtype, device=x.device
+        )  # (D, D)
+        rhs = x.T @ (targets - target_mean)  # (D, T)
+        if self.alpha > 0:
+            self.weight = torch.linalg.solve(gram, rhs)
+        else:
+            self.weight = torch.linalg.pinv(gram) @ rhs  # ordinary least squares, min-norm
+        self.bias = target_mean
+        return self
+
+    def predict(self, features: Tensor) -> Tensor:
+        """Predictions of shape (N, T), float32."""
+        if self.weight is None:
+            raise ValueError(
+                "RidgeProbe.predict called before fit; expected fit(features, targets)"
+            )
+        return (self._standardise(features) @ self.weight + self.bias).float()
+
+    def score(self, features: Tensor, targets: Tensor) -> Tensor:
+        """R² per target, shape (T,)."""
+        return r2_score(targets, self.predict(features))

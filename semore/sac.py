@@ -1,0 +1,343 @@
+"""Soft actor-critic with DrQ augmentation on top of any image encoder (SAC-AE / DrQ style).
+
+The encoder is trained by the critic (and optional auxiliary losses), never by the actor; the
+target critic keeps its own slowly-moving copy of the encoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from semore.augment import RandomShift
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Two hidden ReLU layers, as in the SAC-AE / DrQ heads."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+def orthogonal_init(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.orthogonal_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """target <- (1 - tau) * target + tau * online, for parameters (buffers are left as they are)."""
+    for target_param, online_param in zip(target.parameters(), online.parameters(), strict=True):
+        target_param.lerp_(online_param, tau)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    was_training = module.training
+    module.train(False)
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+class Actor(nn.Module):
+    """Tanh-squashed diagonal Gaussian policy over a representation h."""
+
+    def __init__(
+        self,
+        repr_dim: int,
+        action_dim: int,
+        hidden_dim: int,
+        log_std_min: float = -10.0,
+        log_std_max: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.log_std_min = log_std_min
+        self.log_std_max = log_std_max
+        self.trunk = mlp(repr_dim, hidden_dim, 2 * action_dim)
+        self.apply(orthogonal_init)
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Return (mu, log_std) of the pre-tanh Gaussian, each (B, action_dim)."""
+        mu, log_std = self.trunk(h).chunk(2, dim=-1)
+        # Squash smoothly into [min, max] instead of clamping, so log_std keeps a gradient.
+        log_std = torch.tanh(log_std)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
+        return mu, log_std
+
+    def sample(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Reparameterised action in (-1, 1) (B, A) and its log-probability (B,)."""
+        mu, log_std = self(h)
+        noise = torch.randn_like(mu)
+        pre_tanh = mu + log_std.exp() * noise
+        log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        # Change of variables: log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), stable for large |u|.
+        log_prob = log_prob - (2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))).sum(-1)
+        return torch.tanh(pre_tanh), log_prob
+
+
+class Critic(nn.Module):
+    """Twin Q networks on (h, action); ``forward`` returns (q1, q2), each (B,)."""
+
+    def __init__(self, repr_dim: int, action_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.q1 = mlp(repr_dim + action_dim, hidden_dim, 1)
+        self.q2 = mlp(repr_dim + action_dim, hidden_dim, 1)
+        self.apply(orthogonal_init)
+
+    def forward(self, h: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        x = torch.cat([h, action], dim=-1)  # (B, repr_dim + A)
+        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+
+
+@dataclass
+class SACConfig:
+    # 256 instead of SAC-AE's 1024: the heads run on CPU next to the encoder, and h is only 50-d.
+    hidden_dim: int = 256
+    # Standard horizon for 20 Hz driving episodes of ~1000 steps.
+    discount: float = 0.99
+    # SAC-AE / DrQ learning rates for pixel SAC with batch sizes of 128-512.
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    # Same as the critic: the encoder is trained by the critic loss.
+    encoder_lr: float = 1e-3
+    # SAC-AE: the temperature moves slower than the networks and with a short Adam memory.
+    alpha_lr: float = 1e-4
+    alpha_beta: float = 0.5
+    # SAC-AE: Q heads track quickly, the (larger) encoder copy faster still to keep targets fresh.
+    critic_tau: float = 0.01
+    encoder_tau: float = 0.05
+    # SAC-AE: the actor and the targets change every other step, which steadies Q learning.
+    actor_update_every: int = 2
+    target_update_every: int = 2
+    # SAC-AE: a low start keeps early exploration from drowning the (small) driving reward.
+    init_temperature: float = 0.1
+    # DrQ: +-4 px shifts for 84 px frames.
+    aug_pad: int = 4
+    # False: fine-tune the (pretrained) encoder with the critic; True: linear-probe-style ablation.
+    freeze_encoder: bool = False
+    # 0 disables the online auxiliary heads (plain SAC); > 0 keeps h reward-/motion-predictive.
+    reward_aux_weight: float = 0.0
+    motion_aux_weight: float = 0.0
+
+
+class SACAgent(nn.Module):
+    """SAC + DrQ agent around ``encoder`` (any module with an int ``repr_dim`` mapping (B, 3K, H, W)
+    uint8-range images to (B, repr_dim)). The passed encoder object is used as is (not copied),
+    so a pretrained encoder's weights are the starting point. Move with ``.to(device)`` before
+    the first update; optimiser state then lives on the same device.
+    """
+
+    def __init__(
+        self, encoder: nn.Module, action_dim: int, cfg: SACConfig, motion_dim: int = 0
+    ) -> None:
+        super().__init__()
+        repr_dim = getattr(encoder, "repr_dim", None)
+        if not isinstance(repr_dim, int) or repr_dim < 1:
+            raise ValueError(
+                f"SACAgent encoder {type(encoder).__name__} has repr_dim={repr_dim!r}; expected an int >= 1"
+            )
+        if cfg.motion_aux_weight > 0 and motion_dim < 1:
+            raise ValueError(
+                f"SACAgent motion_aux_weight={cfg.motion_aux_weight} with motion_dim={motion_dim}; "
+                "expected motion_dim >= 1 (or motion_aux_weight=0)"
+            )
+        self.cfg = cfg
+        self.action_dim = action_dim
+        self.target_entropy = -float(action_dim)
+
+        self.encoder = encoder
+        self.critic = Critic(repr_dim, action_dim, cfg.hidden_dim)
+        self.target_encoder = copy.deepcopy(encoder)
+        self.target_critic = copy.deepcopy(self.critic)
+        self.target_encoder.requires_grad_(False)
+        self.target_critic.requires_grad_(False)
+        self.actor = Actor(repr_dim, action_dim, cfg.hidden_dim)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
+        self.aug = RandomShift(cfg.aug_pad)
+        self.reward_head = None
+        if cfg.reward_aux_weight > 0:
+            self.reward_head = mlp(repr_dim + action_dim, cfg.hidden_dim, 1)
+        self.motion_head = None
+        if cfg.motion_aux_weight > 0:
+            self.motion_head = mlp(repr_dim, cfg.hidden_dim, motion_dim)
+        if cfg.freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+        # The auxiliary heads share the critic's optimiser: they are stepped by the same loss.
+        critic_params = list(self.critic.parameters())
+        for head in (self.reward_head, self.motion_head):
+            if head is not None:
+                critic_params += list(head.parameters())
+        self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
+        self.encoder_opt = None
+        if not cfg.freeze_encoder:
+            self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=cfg.encoder_lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.alpha_opt = torch.optim.Adam(
+            [self.log_alpha], lr=cfg.alpha_lr, betas=(cfg.alpha_beta, 0.999)
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_alpha.device
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.log_alpha.exp()
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, sample: bool) -> np.ndarray:
+        """Action (action_dim,) float32 in [-1, 1] for one stacked observation (3K, H, W) uint8."""
+        if obs.ndim != 3:
+            raise ValueError(f"SACAgent.act obs shape {obs.shape}; expected (3K, H, W)")
+        with eval_mode(self):
+            x = torch.as_tensor(obs, device=self.device).unsqueeze(0).float()  # (1, 3K, H, W)
+            mu, log_std = self.actor(self.encoder(x))
+            pre_tanh = (mu + log_std.exp() * torch.randn_like(mu)) if sample else mu
+        return torch.tanh(pre_tanh)[0].cpu().numpy().astype(np.float32)
+
+    def update_critic(
+        self,
+        h: Tensor,
+        action: Tensor,
+        reward: Tensor,
+        discount: Tensor,
+        next_obs: Tensor,
+        motion: Tensor | None = None,
+    ) -> dict[str, float]:
+        """One step on the critic, the encoder (through h) and the auxiliary heads."""
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor.sample(self.encoder(next_obs))
+            target_q1, target_q2 = self.target_critic(self.target_encoder(next_obs), next_action)
+            target_v = torch.min(target_q1, target_q2) - self.alpha * next_log_prob
+            # `discount` already holds gamma^n (0 at a terminal), see ReplayBuffer.
+            target_q = reward + discount * target_v
+        q1, q2 = self.critic(h, action)
+        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        loss = critic_loss
+        metrics = {
+            "critic_loss": critic_loss.item(),
+            "q1": q1.mean().item(),
+            "q2": q2.mean().item(),
+            "target_q": target_q.mean().item(),
+        }
+        if self.reward_head is not None:
+            # With nstep > 1 the target is the n-step discounted reward sum.
+            predicted = self.reward_head(torch.cat([h, action], dim=-1)).squeeze(-1)
+            reward_loss = F.mse_loss(predicted, reward)
+            loss = loss + self.cfg.reward_aux_weight * reward_loss
+            metrics["reward_aux_loss"] = reward_loss.item()
+        if self.motion_head is not None:
+            if motion is None:
+                raise ValueError(
+                    "SACAgent batch has no 'motion'; expected (B, motion_dim) targets when "
+                    "motion_aux_weight > 0"
+                )
+            motion_loss = F.mse_loss(self.motion_head(h), motion)
+            loss = loss + self.cfg.motion_aux_weight * motion_loss
+            metrics["motion_aux_loss"] = motion_loss.item()
+
+        self.critic_opt.zero_grad(set_to_none=True)
+        if self.encoder_opt is not None:
+            self.encoder_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        if self.encoder_opt is not None:
+            self.encoder_opt.step()
+        return metrics
+
+    def update_actor(self, h: Tensor) -> dict[str, float]:
+        """One step on the actor and the temperature; no gradient reaches the encoder."""
+        h = h.detach()  # the encoder is shaped by the critic and auxiliary losses only
+        action, log_prob = self.actor.sample(h)
+        q1, q2 = self.critic(h, action)
+        actor_loss = (self.alpha.detach() * log_prob - torch.min(q1, q2)).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()  # also fills critic grads; update_critic clears them before use
+        self.actor_opt.step()
+
+        alpha_loss = (self.alpha * (-log_prob.detach() - self.target_entropy)).mean()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        return {
+            "actor_loss": actor_loss.item(),
+            "alpha_loss": alpha_loss.item(),
+            "entropy": -log_prob.mean().item(),
+        }
+
+    def update_targets(self) -> None:
+        soft_update(self.target_critic, self.critic, self.cfg.critic_tau)
+        soft_update(self.target_encoder, self.encoder, self.cfg.encoder_tau)
+
+    def update(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
+        """One SAC step on a replay batch (see :class:`semore.replay.ReplayBuffer` for keys).
+
+        "discount" is gamma^n, or 0 when the episode terminated within the n steps.
+        """
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+        # DrQ: an independent random shift of obs and next_obs.
+        obs = self.aug(batch["obs"].float())  # (B, 3K, H, W) float, 0..255
+        next_obs = self.aug(batch["next_obs"].float())
+        action = batch["action"].float()
+        with torch.set_grad_enabled(not self.cfg.freeze_encoder):
+            h = self.encoder(obs)  # (B, repr_dim)
+        metrics = self.update_critic(
+            h,
+            action,
+            batch["reward"].float(),
+            batch["discount"].float(),
+            next_obs,
+            batch["motion"].float() if "motion" in batch else None,
+        )
+        if step % self.cfg.actor_update_every == 0:
+            metrics.update(self.update_actor(h))
+        if step % self.cfg.target_update_every == 0:
+            self.update_targets()
+        metrics["alpha"] = self.alpha.item()
+        return metrics
+
+    def checkpoint(self) -> dict:
+        """Copy of the networks, temperature and optimiser states (for exact resume)."""
+        optimizers = {name: opt.state_dict() for name, opt in self._optimizers().items()}
+        return copy.deepcopy({"agent": self.state_dict(), "optimizers": optimizers})
+
+    def restore(self, checkpoint: dict) -> None:
+        """Load a :meth:`checkpoint` from an agent built with the same encoder type and config."""
+        saved = checkpoint["optimizers"]
+        if set(saved) != set(self._optimizers()):
+            raise ValueError(
+                f"SACAgent checkpoint has optimisers {sorted(saved)}; expected "
+                f"{sorted(self._optimizers())} (same freeze_encoder setting)"
+            )
+        try:
+            self.load_state_dict(checkpoint["agent"])
+        except RuntimeError as err:
+            first_line = str(err).strip().splitlines()[-1].strip()
+            raise ValueError(
+                f"SACAgent checkpoint does not match this agent ({first_line}); expected the same "
+                "encoder type, action_dim, motion_dim and SACConfig"
+            ) from err
+        for name, opt in self._optimizers().items():
+            opt.load_state_dict(saved[name])
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        optimizers = {"critic": self.critic_opt, "actor": self.actor_opt, "alpha": self.alpha_opt}
+        if self.encoder_opt is not None:
+            optimizers["encoder"] = self.encoder_opt
+        return optimizers

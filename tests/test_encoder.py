@@ -1,0 +1,193 @@
+"""SemoreEncoder shapes, streams, interaction, export round-trip, and RandomShift."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from semore.augment import RandomShift
+from semore.encoder import (
+    EncoderConfig,
+    SemoreEncoder,
+    load_encoder,
+    load_encoder_metadata,
+    save_encoder,
+)
+
+
+def make_obs(batch: int, frame_stack: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 3 * frame_stack, height, width), generator=gen).to(
+        torch.uint8
+    )
+
+
+@pytest.mark.parametrize("size", [(84, 84), (84, 420), (32, 32)])
+@pytest.mark.parametrize("frame_stack", [1, 3])
+def test_output_shapes_for_sizes_and_frame_stacks(size, frame_stack):
+    torch.manual_seed(0)
+    encoder = SemoreEncoder(frame_stack, *size, num_filters=8, repr_dim=50).eval()
+    out = encoder.encode(make_obs(2, frame_stack, *size))
+    assert out["h"].shape == (2, 50)
+    assert out["z_sem"].shape == (2, encoder.sem_dim)
+    assert out["z_mot"].shape == (2, encoder.mot_dim)
+    assert torch.isfinite(out["h"]).all()
+    assert out["h"].abs().max() <= 1.0  # tanh output
+    assert torch.equal(encoder(make_obs(2, frame_stack, *size)), out["h"])
+
+
+@pytest.mark.parametrize("streams", ["semantic", "motion", "both"])
+@pytest.mark.parametrize("interaction", [True, False])
+def test_streams_and_interaction_flags(streams, interaction):
+    torch.manual_seed(0)
+    encoder = SemoreEncoder(3, 32, 32, num_filters=8, streams=streams, interaction=interaction)
+    encoder.eval()
+    out = encoder.encode(make_obs(4, 3, 32, 32))
+    expected_keys = {"h"}
+    expected_keys |= {"z_sem"} if streams in ("semantic", "both") else set()
+    expected_keys |= {"z_mot"} if streams in ("motion", "both") else set()
+    assert set(out) == expected_keys
+    assert encoder.sem_dim == (out["z_sem"].shape[1] if "z_sem" in out else 0)
+    assert encoder.mot_dim == (out["z_mot"].shape[1] if "z_mot" in out else 0)
+    has_interaction = encoder.interaction is not None
+    assert has_interaction == (interaction and streams == "both")
+    # Deterministic in eval mode.
+    assert torch.equal(encoder(make_obs(4, 3, 32, 32)), out["h"])
+
+
+def test_uint8_and_float_inputs_give_same_h():
+    torch.manual_seed(0)
+    encoder = SemoreEncoder(3, 32, 32, num_filters=8).eval()
+    obs = make_obs(3, 3, 32, 32)
+    torch.testing.assert_close(encoder(obs), encoder(obs.float()))
+
+
+def test_interaction_is_identity_at_init():
+    torch.manual_seed(0)
+    with_interaction = SemoreEncoder(3, 32, 32, num_filters=8, interaction=True).eval()
+    without = SemoreEncoder(3, 32, 32, num_filters=8, interaction=False).eval()
+    missing, unexpected = without.load_state_dict(with_interaction.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("interaction.") for k in unexpected)
+    obs = make_obs(2, 3, 32, 32)
+    torch.testing.assert_close(with_interaction(obs), without(obs))
+    # Opening the gates makes the streams exchange information.
+    with torch.no_grad():
+        with_interaction.interaction.gate_sem.fill_(1.0)
+        with_interaction.interaction.gate_mot.fill_(1.0)
+    assert not torch.allclose(with_interaction(obs), without(obs))
+
+
+def test_motion_stream_sees_frame_changes_semantic_only_latest_frame():
+    torch.manual_seed(0)
+    encoder = SemoreEncoder(3, 32, 32, num_filters=8, interaction=False).eval()
+    obs = make_obs(1, 3, 32, 32)
+    changed = obs.clone()
+    changed[:, :3] = 255 - changed[:, :3]  # alter only the oldest frame
+    a, b = encoder.encode(obs), encoder.encode(changed)
+    torch.testing.assert_close(a["z_sem"], b["z_sem"])
+    assert not torch.allclose(a["z_mot"], b["z_mot"])
+
+
+def test_gradients_reach_both_trunks():
+    encoder = SemoreEncoder(3, 32, 32, num_filters=8)
+    encoder(make_obs(2, 3, 32, 32)).square().sum().backward()
+    for trunk in (encoder.sem_trunk, encoder.mot_trunk):
+        assert trunk[0].weight.grad is not None and trunk[0].weight.grad.abs().sum() > 0
+
+
+def test_wrong_input_shape_raises():
+    encoder = SemoreEncoder(3, 32, 32, num_filters=8)
+    with pytest.raises(ValueError, match="expected"):
+        encoder(make_obs(1, 1, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("streams", "audio"), ("frame_stack", 0), ("image_width", 8), ("num_heads", 3)],
+)
+def test_config_validation_names_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        EncoderConfig(**{field: value})
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    encoder = SemoreEncoder(3, 32, 48, num_filters=8, repr_dim=16, streams="both").eval()
+    with torch.no_grad():  # non-trivial interaction so it is part of the round trip
+        encoder.interaction.gate_sem.fill_(0.5)
+    path = tmp_path / "sub" / "encoder.pt"
+    save_encoder(path, encoder, metadata={"run": "test", "step": 7})
+    assert path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == ["encoder.pt"]  # no temp file left
+    loaded = load_encoder(path).eval()
+    assert loaded.config == encoder.config
+    assert asdict(loaded.config) == asdict(encoder.config)
+    obs = make_obs(2, 3, 32, 48)
+    assert torch.equal(loaded(obs), encoder(obs))
+    assert load_encoder_metadata(path) == {"run": "test", "step": 7}
+    rebuilt = SemoreEncoder.from_config(encoder.config)
+    assert rebuilt.config == encoder.config
+
+
+def test_load_errors_name_the_file(tmp_path):
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(ValueError, match="missing.pt"):
+        load_encoder(missing)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="garbage.pt"):
+        load_encoder(garbage)
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match="foreign.pt.*semore-encoder"):
+        load_encoder(foreign)
+
+    encoder = SemoreEncoder(1, 16, 16, num_filters=4, repr_dim=8)
+    future = tmp_path / "future.pt"
+    save_encoder(future, encoder)
+    payload = torch.load(future, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, future)
+    with pytest.raises(ValueError, match=r"future.pt.*99.*expected 1"):
+        load_encoder(future)
+    with pytest.raises(ValueError, match="future.pt"):
+        load_encoder_metadata(future)
+
+
+def test_random_shift_preserves_shape_and_dtype_range():
+    shift = RandomShift(pad=4)
+    obs = make_obs(5, 3, 84, 420)
+    out = shift(obs)
+    assert out.shape == obs.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 255
+    assert torch.equal(out, out.round())  # whole pixels copied, no interpolation
+
+
+def test_random_shift_pad_zero_is_identity():
+    obs = make_obs(3, 3, 20, 36).float()
+    assert torch.equal(RandomShift(pad=0)(obs), obs)
+
+
+def test_random_shift_copies_shifted_pixels_per_sample():
+    torch.manual_seed(0)
+    height, width, pad = 6, 10, 2
+    # Unique value per pixel, same image in every sample.
+    image = torch.arange(height * width, dtype=torch.float32).view(1, 1, height, width)
+    batch = image.expand(64, 1, height, width).contiguous()
+    out = RandomShift(pad=pad)(batch)
+    padded = torch.nn.functional.pad(image, (pad,) * 4, mode="replicate")[0, 0]
+    offsets = set()
+    for sample in out[:, 0]:
+        matches = [
+            (dy, dx)
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+            if torch.equal(sample, padded[dy : dy + height, dx : dx + width])
+        ]
+        assert matches, "every output must be a crop of the replicate-padded input"
+        offsets.add(matches[0])
+    assert len(offsets) > 5  # independent offsets per sample

@@ -1,0 +1,256 @@
+"""SACAgent: updates, target networks, temperature, gradient routing, checkpoints, real encoder."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from semore.encoder import SemoreEncoder
+from semore.replay import FrameStack, ReplayBuffer
+from semore.sac import Actor, Critic, SACAgent, SACConfig
+
+K, H, W, A = 3, 16, 16, 2
+
+
+class TinyEncoder(nn.Module):
+    """Smallest encoder honouring the agent's contract: uint8-range (B, 3K, H, W) -> (B, repr_dim)."""
+
+    def __init__(self, repr_dim: int = 8) -> None:
+        super().__init__()
+        self.repr_dim = repr_dim
+        self.conv = nn.Conv2d(3 * K, 4, 3, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(4 * 2 * 2, repr_dim)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(obs.float() / 255.0))
+        return torch.tanh(self.fc(self.pool(x).flatten(1)))  # (B, repr_dim)
+
+
+def make_batch(batch_size=8, motion_dim=0, seed=0, height=H, width=W):
+    g = torch.Generator().manual_seed(seed)
+    batch = {
+        "obs": torch.randint(
+            0, 256, (batch_size, 3 * K, height, width), generator=g, dtype=torch.uint8
+        ),
+        "action": torch.rand(batch_size, A, generator=g) * 2 - 1,
+        "reward": torch.rand(batch_size, generator=g),
+        "discount": torch.full((batch_size,), 0.99),
+        "next_obs": torch.randint(
+            0, 256, (batch_size, 3 * K, height, width), generator=g, dtype=torch.uint8
+        ),
+    }
+    if motion_dim:
+        batch["motion"] = torch.randn(batch_size, motion_dim, generator=g)
+    return batch
+
+
+def make_agent(seed=0, **overrides):
+    torch.manual_seed(seed)
+    cfg = SACConfig(hidden_dim=32, **overrides)
+    return SACAgent(TinyEncoder(), A, cfg, motion_dim=3)
+
+
+def params(module: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_update_returns_finite_metrics():
+    agent = make_agent(reward_aux_weight=1.0, motion_aux_weight=0.5)
+    metrics = agent.update(make_batch(motion_dim=3), step=0)
+    expected = {
+        "critic_loss",
+        "q1",
+        "q2",
+        "target_q",
+        "actor_loss",
+        "alpha",
+        "alpha_loss",
+        "entropy",
+    }
+    assert expected | {"reward_aux_loss", "motion_aux_loss"} == set(metrics)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+    # the actor (and temperature) only step every actor_update_every steps
+    assert "actor_loss" not in agent.update(make_batch(motion_dim=3), step=1)
+
+
+def test_aux_config_errors():
+    with pytest.raises(ValueError, match="motion_dim"):
+        SACAgent(TinyEncoder(), A, SACConfig(motion_aux_weight=1.0), motion_dim=0)
+    agent = make_agent(motion_aux_weight=1.0)
+    with pytest.raises(ValueError, match="'motion'"):
+        agent.update(make_batch(), step=0)
+    encoder = TinyEncoder()
+    del encoder.repr_dim
+    with pytest.raises(ValueError, match="repr_dim"):
+        SACAgent(encoder, A, SACConfig())
+
+
+def test_target_networks_move_by_exactly_tau():
+    agent = make_agent()
+    cfg = agent.cfg
+    before = params(agent.target_critic), params(agent.target_encoder)
+    agent.update(make_batch(), step=1)  # 1 % target_update_every != 0: targets stay
+    assert same(params(agent.target_critic), before[0])
+    assert same(params(agent.target_encoder), before[1])
+
+    agent.update(make_batch(seed=1), step=2)
+    for target, online, old, tau in (
+        (agent.target_critic, agent.critic, before[0], cfg.critic_tau),
+        (agent.target_encoder, agent.encoder, before[1], cfg.encoder_tau),
+    ):
+        for new_t, online_p, old_t in zip(
+            target.parameters(), online.parameters(), old, strict=True
+        ):
+            torch.testing.assert_close(new_t, (1 - tau) * old_t + tau * online_p, rtol=0, atol=1e-6)
+        assert not same(params(target), old)
+
+
+def test_act_shape_and_range():
+    agent = make_agent()
+    obs = np.random.default_rng(0).integers(0, 256, (3 * K, H, W), dtype=np.uint8)
+    for sample in (True, False):
+        action = agent.act(obs, sample=sample)
+        assert action.shape == (A,) and action.dtype == np.float32
+        assert np.all(np.abs(action) <= 1.0)
+    np.testing.assert_array_equal(agent.act(obs, sample=False), agent.act(obs, sample=False))
+    assert agent.training  # act() restores the training mode
+    with pytest.raises(ValueError, match="3K"):
+        agent.act(obs[None], sample=False)
+
+
+def test_actor_sample_log_prob_matches_change_of_variables():
+    actor = Actor(repr_dim=4, action_dim=2, hidden_dim=8)
+    h = torch.randn(5, 4)
+    torch.manual_seed(0)
+    action, log_prob = actor.sample(h)
+    torch.manual_seed(0)
+    mu, log_std = actor(h)
+    u = mu + log_std.exp() * torch.randn_like(mu)
+    base = torch.distributions.Normal(mu, log_std.exp()).log_prob(u).sum(-1)
+    expected = base - torch.log(1 - torch.tanh(u) ** 2).sum(-1)
+    torch.testing.assert_close(action, torch.tanh(u))
+    torch.testing.assert_close(log_prob, expected, rtol=1e-4, atol=1e-4)
+    assert ((log_std >= -10) & (log_std <= 2)).all()
+    q1, q2 = Critic(4, 2, 8)(h, action)
+    assert q1.shape == q2.shape == (5,)
+
+
+def test_temperature_positive_and_learned():
+    agent = make_agent()
+    assert agent.alpha.item() == pytest.approx(0.1)
+    for step in range(4):
+        metrics = agent.update(make_batch(seed=step), step=step)
+    assert metrics["alpha"] > 0
+    assert agent.alpha.item() != pytest.approx(0.1, abs=1e-7)
+
+
+def test_actor_gradients_do_not_reach_encoder_but_critic_gradients_do():
+    agent = make_agent()
+    batch = make_batch()
+    obs = batch["obs"].float()
+    encoder_before = params(agent.encoder)
+
+    agent.encoder.zero_grad(set_to_none=True)
+    agent.update_actor(agent.encoder(obs))
+    assert all(p.grad is None for p in agent.encoder.parameters())
+    assert same(params(agent.encoder), encoder_before)
+
+    agent.update_critic(
+        agent.encoder(obs),
+        batch["action"],
+        batch["reward"],
+        batch["discount"],
+        batch["next_obs"].float(),
+    )
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.encoder.parameters())
+    assert not same(params(agent.encoder), encoder_before)
+
+
+def test_freeze_encoder_keeps_encoder_fixed():
+    agent = make_agent(freeze_encoder=True, reward_aux_weight=1.0)
+    encoder_before, critic_before = params(agent.encoder), params(agent.critic)
+    for step in range(3):
+        agent.update(make_batch(seed=step), step=step)
+    assert same(params(agent.encoder), encoder_before)
+    assert same(params(agent.target_encoder), encoder_before)
+    assert not same(params(agent.critic), critic_before)
+
+
+def test_agent_uses_the_passed_encoder_weights():
+    torch.manual_seed(123)
+    encoder = TinyEncoder()
+    weights = {k: v.clone() for k, v in encoder.state_dict().items()}
+    agent = SACAgent(encoder, A, SACConfig(hidden_dim=32))
+    assert agent.encoder is encoder
+    for module in (agent.encoder, agent.target_encoder):
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, weights[key])
+    assert agent.target_encoder is not encoder
+
+
+def test_checkpoint_restore_resumes_exactly(tmp_path):
+    agent = make_agent(seed=0, reward_aux_weight=1.0)
+    for step in range(3):
+        agent.update(make_batch(seed=step), step=step)
+    torch.save(agent.checkpoint(), tmp_path / "agent.pt")
+
+    restored = make_agent(seed=1, reward_aux_weight=1.0)  # different initial weights
+    restored.restore(torch.load(tmp_path / "agent.pt", weights_only=True))
+    obs = np.random.default_rng(0).integers(0, 256, (3 * K, H, W), dtype=np.uint8)
+    np.testing.assert_array_equal(agent.act(obs, sample=False), restored.act(obs, sample=False))
+    for name in ("critic_opt", "encoder_opt", "actor_opt", "alpha_opt"):
+        saved = getattr(agent, name).state_dict()["state"]
+        loaded = getattr(restored, name).state_dict()["state"]
+        assert saved.keys() == loaded.keys() and len(saved) > 0
+        for index in saved:
+            for key, value in saved[index].items():
+                assert torch.equal(value, loaded[index][key])
+
+    # the next update is identical, so training resumes exactly
+    metrics = []
+    for a in (agent, restored):
+        torch.manual_seed(7)
+        metrics.append(a.update(make_batch(seed=9), step=4))
+    assert metrics[0] == metrics[1]
+    assert same(params(agent), params(restored))
+
+    frozen = make_agent(freeze_encoder=True, reward_aux_weight=1.0)
+    with pytest.raises(ValueError, match="optimisers"):
+        frozen.restore(agent.checkpoint())
+    without_head = make_agent()
+    with pytest.raises(ValueError, match="reward_head"):
+        without_head.restore(agent.checkpoint())
+
+
+def test_real_semore_encoder_with_replay_buffer():
+    torch.manual_seed(0)
+    size = 32
+    encoder = SemoreEncoder(frame_stack=K, image_height=size, image_width=size, repr_dim=16)
+    agent = SACAgent(encoder, A, SACConfig(hidden_dim=32, reward_aux_weight=1.0))
+    encoder_before = params(encoder)
+
+    # online loop in miniature: FrameStack for acting, ReplayBuffer for learning
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(64, (size, size, 3), K, action_dim=A)
+    stacker = FrameStack(K)
+    frame = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    obs = stacker.reset(frame)
+    buf.add_first(frame)
+    for step in range(12):
+        action = agent.act(obs, sample=True)
+        assert action.shape == (A,) and np.all(np.abs(action) <= 1)
+        frame = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        obs = stacker.step(frame)
+        buf.add(action, float(rng.random()), frame, terminal=step == 11)
+
+    for step in range(2):
+        metrics = agent.update(buf.sample(4, rng), step=step)
+        assert all(math.isfinite(v) for v in metrics.values())
+    assert not same(params(encoder), encoder_before)
