@@ -136,9 +136,13 @@ def prepare_output(cfg: CollectConfig, out: Path) -> dict:
     return manifest
 
 
-def _work(cfg: CollectConfig, out: Path, blocks: list[int], worker: int, report) -> None:
-    """Record ``blocks`` with one simulator; ``report(kind, payload)`` tells the parent."""
-    env = make_env(cfg.backend, cfg.reward, cfg.highway, cfg.carla, worker=worker)
+def _work(cfg: CollectConfig, out: Path, blocks: list[int], worker: int, env_index: int, report) -> None:
+    """Record ``blocks`` with one simulator; ``report(kind, payload)`` tells the parent.
+
+    ``worker`` (the node's slice index) goes into sample keys; ``env_index`` picks this
+    process's simulator (CARLA: ``carla.hosts[env_index % len(hosts)]``).
+    """
+    env = make_env(cfg.backend, cfg.reward, cfg.highway, cfg.carla, worker=env_index)
     try:
         policy = CollectionPolicy(cfg.policy, env.action_dim)
         for block in blocks:
@@ -158,10 +162,11 @@ def _work(cfg: CollectConfig, out: Path, blocks: list[int], worker: int, report)
         env.close()
 
 
-def _subprocess_main(cfg_dict: dict, out: str, blocks: list[int], worker: int, queue) -> None:
+def _subprocess_main(cfg_dict: dict, out: str, blocks: list[int], worker: int, env_index: int, queue) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        _work(from_dict(CollectConfig, cfg_dict), Path(out), blocks, worker, lambda k, p: queue.put((k, p)))
+        cfg = from_dict(CollectConfig, cfg_dict)
+        _work(cfg, Path(out), blocks, worker, env_index, lambda k, p: queue.put((k, p)))
         queue.put(("done", worker))
     except KeyboardInterrupt:
         queue.put(("interrupted", worker))
@@ -200,7 +205,7 @@ def collect(cfg: CollectConfig, out: Path, worker_index: int = 0, num_workers: i
     workers = min(cfg.workers, len(blocks))
     try:
         if workers == 1:
-            _work(cfg, out, blocks, worker_index, report)
+            _work(cfg, out, blocks, worker_index, worker_index * cfg.workers, report)
         else:
             _run_pool(cfg, out, blocks, workers, worker_index, report)
     finally:
@@ -214,7 +219,7 @@ def _run_pool(cfg: CollectConfig, out: Path, blocks: list[int], workers: int, no
     procs = [
         ctx.Process(
             target=_subprocess_main,
-            args=(to_dict(cfg), str(out), blocks[rank::workers], node, queue),
+            args=(to_dict(cfg), str(out), blocks[rank::workers], node, node * cfg.workers + rank, queue),
             daemon=True,
         )
         for rank in range(workers)

@@ -98,12 +98,13 @@ def record_episode_with_retries(
     """:func:`record_episode`, re-running the episode after a simulator failure."""
     for attempt in range(max_retries + 1):
         try:
+            if attempt:
+                env.reconnect()  # may fail too while the server is down: counted as a retry
             return record_episode(env, *args, **kwargs)
         except SimulatorConnectionError as err:
             if attempt == max_retries:
                 raise SemoreError(f"{err} (gave up after {max_retries} retries)") from None
-            log.warning("simulator failure (%s); reconnecting, retry %d/%d", err, attempt + 1, max_retries)
-            env.reconnect()
+            log.warning("simulator failure (%s); retry %d/%d", err, attempt + 1, max_retries)
     raise AssertionError("unreachable")
 
 

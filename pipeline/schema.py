@@ -55,6 +55,13 @@ MOTION = "motion.npy"  # float32 (len(MOTION_TARGETS),), names and units in the 
 ANN_INFO = "ann.json"  # which step was captioned, flags for empty/failed captions
 ANN_MEMBERS = (CAPTION_SEM, CAPTION_MOT, EMB_SEM, EMB_MOT, MOTION, ANN_INFO)
 
+# state.json keeps one JSON type per field in every sample (Hugging Face `datasets` infers
+# column types from the first samples and fails on a later null): with no vehicle ahead
+# within range, `lead_present` is false, `lead_distance_m` is LEAD_RANGE_M and
+# `lead_closing_speed_mps` is 0; with no traffic light, `traffic_light` is "none".
+LEAD_RANGE_M = 100.0
+NO_TRAFFIC_LIGHT = "none"
+
 # Ego-motion targets written to motion.npy, in this order: (name, unit).
 MOTION_TARGETS = (
     ("speed", "m/s"),

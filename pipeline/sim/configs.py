@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.sim.base import RewardConfig
 
 BACKENDS = ("highway", "carla")
 POLICIES = ("expert", "random", "mixed")
@@ -20,7 +19,7 @@ class HighwayConfig:
     image_width: int = 84
     # Three lanes give the expert lane changes to make and the captions neighbours to name.
     lanes_count: int = 3
-    # Dense enough that a lead vehicle is usually in view, sparse enough to overtake.
+    # Dense enough that a lead vehicle is usually near, sparse enough to overtake.
     vehicles_count: int = 20
     vehicles_density: float = 1.0
     # highway-env integrates at 15 Hz and acts at 5 Hz by default; 5 Hz keeps an 84x84
@@ -29,8 +28,9 @@ class HighwayConfig:
     policy_frequency_hz: int = 5
     # 200 steps = 40 s of driving at 5 Hz: long enough for several overtakes.
     max_episode_steps: int = 200
-    # Pixels per metre of the ego-centred render: 84 px then show ~28 m around the ego.
-    render_scaling: float = 3.0
+    # Pixels per metre of the ego-centred render: 84 px then show ~56 m, ~39 m of it ahead,
+    # so the lead vehicle (the expert follows at 35-45 m) is usually in view.
+    render_scaling: float = 1.5
     # Where the ego sits across the render (0 = left edge, driving to the right): 0.3, as in
     # highway-env, shows more road ahead (where the lead vehicle is) than behind.
     render_ego_x_fraction: float = 0.3
@@ -80,8 +80,29 @@ class CarlaConfig:
     # Reconnect and re-run the in-flight episode this many times before giving up.
     max_retries: int = 3
     server_cmd: str | None = None
-    # Seconds to wait for a started server before connecting.
+    # Seconds to keep retrying the connection to a server started by `server_cmd`
+    # (CarlaUE4 takes 10-20 s to open its RPC port).
     server_start_wait_s: float = 20.0
+    # DBC's highway stretch of Town04: OpenDRIVE road 45, its four lanes (-1 = leftmost in
+    # the driving direction), ego 100 m into the road and traffic 100-300 m in, so every
+    # episode starts on the highway. None = the map's own spawn points (any town).
+    spawn_road_id: int | None = 45
+    spawn_lane_ids: list[int] = field(default_factory=lambda: [-1, -2, -3, -4])
+    ego_spawn_s_m: float = 100.0
+    vehicles_spawn_s_range_m: list[float] = field(default_factory=lambda: [100.0, 300.0])
+    # Traffic spawns on a grid of slots this far apart along the road: a car is ~4.5 m long,
+    # so 10 m slots never overlap (an overlapping spawn fails in CARLA).
+    vehicles_spawn_gap_m: float = 10.0
+    # DBC runs the autopilot 30% below the speed limit (the TM default is also 30%).
+    tm_speed_difference_pct: float = 30.0
+    # DBC's camera mount: 1.6 m ahead of the vehicle origin, 1.7 m up (x, y, z in metres).
+    camera_location_m: list[float] = field(default_factory=lambda: [1.6, 0.0, 1.7])
+    # Ticks after spawning before the first observation: vehicles spawned slightly above
+    # the road settle and the autopilot traffic starts moving.
+    reset_warmup_ticks: int = 10
+    # DBC ends an episode after 20 consecutive ticks in collision (the ego is stuck); a
+    # single contact is only penalised by the reward. 0 = never terminate on collisions.
+    collision_terminate_ticks: int = 20
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -92,6 +113,17 @@ class CarlaConfig:
                 raise ValueError(f"carla.hosts entry {host!r} is invalid: expected HOST:PORT")
         if self.timeout_s <= 0 or self.fixed_delta_s <= 0:
             raise ValueError("carla.timeout_s and carla.fixed_delta_s must be > 0")
+        if not self.camera_yaws_deg or self.image_height < 1 or self.image_width < 1:
+            raise ValueError("carla needs at least one camera yaw and image sizes >= 1")
+        if self.spawn_road_id is not None and not self.spawn_lane_ids:
+            raise ValueError("carla.spawn_lane_ids is empty: expected lane ids of spawn_road_id")
+        s_range = self.vehicles_spawn_s_range_m
+        if len(s_range) != 2 or s_range[0] > s_range[1]:
+            raise ValueError("carla.vehicles_spawn_s_range_m must be [low, high] with low <= high")
+        if self.vehicles_spawn_gap_m <= 0 or len(self.camera_location_m) != 3:
+            raise ValueError(
+                "carla.vehicles_spawn_gap_m must be > 0 and camera_location_m [x, y, z]"
+            )
 
 
 @dataclass

@@ -74,6 +74,8 @@ class HighwayExpert:
             self.target_lane = ego.lane_index
         changing = self.target_lane != ego.lane_index or abs(self._lateral(ego)) > 0.5
         if changing:
+            # The decision period counts from the end of a change, so the expert never weaves.
+            self.since_decision_s = 0.0
             self._abort_if_unsafe(road, ego)
         elif self.since_decision_s >= self.p.decision_period_s:
             self.since_decision_s = 0.0
@@ -89,7 +91,9 @@ class HighwayExpert:
 
     # Longitudinal ------------------------------------------------------------------------
 
-    def idm(self, speed: float, target_speed: float, gap_m: float | None, lead_speed: float) -> float:
+    def idm(
+        self, speed: float, target_speed: float, gap_m: float | None, lead_speed: float
+    ) -> float:
         """IDM acceleration [m/s^2]; ``gap_m=None`` means a free road."""
         p = self.p
         accel = 1.0 - (max(speed, 0.0) / max(target_speed, 1.0)) ** p.delta

@@ -25,6 +25,7 @@ from highway_env.road.road import Road, RoadNetwork  # noqa: E402
 from highway_env.utils import wrap_to_pi  # noqa: E402
 from highway_env.vehicle.kinematics import Vehicle  # noqa: E402
 
+from pipeline import schema  # noqa: E402
 from pipeline.errors import SemoreError  # noqa: E402
 from pipeline.sim.base import ACTION_DIM, RewardConfig, StepResult, driving_reward  # noqa: E402
 from pipeline.sim.configs import HighwayConfig  # noqa: E402
@@ -32,8 +33,7 @@ from pipeline.sim.expert import HighwayExpert  # noqa: E402
 
 # The privileged state looks this far along the road for neighbours and the lead vehicle.
 NEIGHBOUR_RANGE_M = 50.0
-LEAD_RANGE_M = 100.0
-MAX_NEIGHBOURS = 8
+LEAD_RANGE_M = schema.LEAD_RANGE_M
 
 
 class _TickedHighway(_GymHighwayEnv):
@@ -158,7 +158,13 @@ class HighwayEnv:
         return {"rgb": frame}
 
     def _state(self, accel: float, yaw_rate: float, collision: bool, steer: float) -> dict:
-        """The privileged state (plain JSON types, units in the names, signs as above)."""
+        """The privileged state (plain JSON types, units in the names, signs as above).
+
+        ``lead_distance_m`` is the bumper gap to the nearest vehicle ahead in the ego lane
+        (``schema.LEAD_RANGE_M`` with ``lead_present`` false when there is none); the lead's
+        closing speed is positive when the gap shrinks. Speeds along and across
+        the lane follow the direction of travel (heading plus the bicycle's slip angle).
+        """
         road, ego = self._env.road, self._env.vehicle
         lane = ego.lane
         ego_lon_m = lane.local_coordinates(ego.position)[0]
@@ -170,7 +176,7 @@ class HighwayEnv:
         ego_lane = int(ego.lane_index[2])
 
         per_lane = [0] * self.cfg.lanes_count
-        neighbours, lead = [], None
+        lead = None
         for other in road.vehicles:
             if other is ego:
                 continue
@@ -179,8 +185,6 @@ class HighwayEnv:
                 continue
             other_lane = int(other.lane_index[2])
             other_lon_speed = other.speed * np.cos(wrap_to_pi(other.heading - lane_heading))
-            # Positive when the gap shrinks, for vehicles ahead and behind alike.
-            closing = float(np.sign(distance_m) * (ego_lon_speed - other_lon_speed))
             gap_m = max(0.0, distance_m - (ego.LENGTH + other.LENGTH) / 2)
             if other_lane == ego_lane and distance_m > 0 and gap_m <= LEAD_RANGE_M:
                 if lead is None or gap_m < lead[0]:
@@ -188,9 +192,6 @@ class HighwayEnv:
             if abs(distance_m) <= NEIGHBOUR_RANGE_M:
                 if 0 <= other_lane < len(per_lane):
                     per_lane[other_lane] += 1
-                euclid = float(np.linalg.norm(other.position - ego.position))
-                neighbours.append((euclid, other_lane, float(distance_m), closing))
-        neighbours.sort()
         return {
             "speed_mps": float(ego.speed),
             "lon_speed_mps": float(ego_lon_speed),
@@ -201,13 +202,10 @@ class HighwayEnv:
             "position_m": [float(ego.position[0]), float(ego.position[1])],
             "lane_index": ego_lane,  # 0 = leftmost lane in the driving direction
             "lanes_count": int(self.cfg.lanes_count),
-            "lead_distance_m": None if lead is None else float(lead[0]),
-            "lead_closing_speed_mps": None if lead is None else lead[1],
+            "lead_present": lead is not None,
+            "lead_distance_m": LEAD_RANGE_M if lead is None else float(lead[0]),
+            "lead_closing_speed_mps": 0.0 if lead is None else float(lead[1]),
             "neighbours_per_lane": per_lane,
-            "neighbours": [
-                {"lane_index": n[1], "distance_m": n[2], "closing_speed_mps": n[3]}
-                for n in neighbours[:MAX_NEIGHBOURS]
-            ],
             "collision": bool(collision),
             "collision_impulse": float(self.cfg.collision_impulse if collision else 0.0),
             "on_road": bool(ego.on_road),
@@ -221,7 +219,8 @@ def _gym_config(cfg: HighwayConfig) -> dict:
     return {
         # The render is the observation; an empty attribute observation costs nothing.
         "observation": {"type": "AttributesObservation", "attributes": []},
-        "action": {"type": "ContinuousAction"},
+        # Braking stops the car but never reverses it (as with CARLA's throttle/brake).
+        "action": {"type": "ContinuousAction", "speed_range": [0.0, Vehicle.MAX_SPEED]},
         "lanes_count": cfg.lanes_count,
         "vehicles_count": cfg.vehicles_count,
         "vehicles_density": cfg.vehicles_density,

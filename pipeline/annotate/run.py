@@ -1,0 +1,325 @@
+"""Stage 2, ``semore-annotate``: caption and embed every raw shard into an aligned ann shard.
+
+``DIR/raw/raw-NNNNNN.tar`` -> ``DIR/ann/ann-NNNNNN.tar`` (same index, same keys in the same
+order) plus an ``ann`` section in ``DIR/manifest.json``. Shards are the unit of work and
+of resumption: complete, listed ann shards are kept; others are (re)written atomically and
+recorded one by one. ``--worker-index I --num-workers W`` takes the shards with
+``index % W == I``, so nodes of a job array (or torchrun ranks) split a dataset with no
+coordination beyond a file lock on the manifest.
+
+``--skip-bad``: a raw sample that misses a member or has an unreadable state is left out
+of its ann shard (its key is listed under ``skipped_keys`` of that shard, so keys align
+1:1 except for those); a raw shard that cannot be read to the end gets no ann shard and
+is listed under the section's ``skipped_shards`` (and retried by the next run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline import cli, dataset, schema
+from pipeline import manifest as mf
+from pipeline.annotate import motion
+from pipeline.annotate.annotator import Annotator, ShardOutcome, captioner_id, prompt_hashes
+from pipeline.annotate.config import CAPTIONERS, TEXT_ENCODERS, AnnotateConfig, content_hash
+from pipeline.annotate.text_encoders import TextEncoder, make_text_encoder
+from pipeline.config import from_dict, load_config, to_dict
+from pipeline.errors import SemoreError
+from pipeline.shards import TMP_MARK, list_shards, remove_stale_tmp
+
+log = logging.getLogger(__name__)
+
+
+def ann_name(raw_name: str) -> str:
+    """``raw-000003.tar`` -> ``ann-000003.tar``."""
+    return schema.shard_name(schema.ANN_PREFIX, schema.shard_index(raw_name))
+
+
+def reusable_section(manifest: dict, cfg: AnnotateConfig, root: Path) -> bool:
+    """Whether the manifest's ``ann`` section was made by this config from this raw data.
+
+    A section from another config is an error while ann shards exist; once ``ann/`` is
+    emptied or deleted it is replaced (returns False, as when there is none).
+    """
+    section = manifest.get("ann")
+    if section is None:
+        return False
+    raw_hash = manifest["raw"].get("config_hash")
+    if section.get("config_hash") != content_hash(cfg):
+        problem = f"another annotate config (hash {section.get('config_hash')}, this run {content_hash(cfg)})"
+    elif section.get("raw_config_hash") != raw_hash:
+        problem = (
+            f"other raw data (raw config hash {section.get('raw_config_hash')}, now {raw_hash})"
+        )
+    else:
+        return True
+    ann_dir = root / schema.ANN_DIR
+    if list_shards(ann_dir, schema.ANN_PREFIX):
+        raise SemoreError(
+            f"{ann_dir} holds annotations made with {problem}: expected the same config, "
+            f"or a fresh --data copy, or delete {ann_dir} to annotate again"
+        )
+    log.warning(
+        "replacing the ann section of %s (made with %s): %s holds no shards", root, problem, ann_dir
+    )
+    return False
+
+
+def new_section(cfg: AnnotateConfig, raw: dict, encoder: TextEncoder) -> dict:
+    return {
+        "command": mf.command_line(),
+        "config": to_dict(cfg),
+        "config_hash": content_hash(cfg),
+        "git_revision": mf.git_revision(),
+        "captioner": captioner_id(cfg),
+        "text_encoder": encoder.name,
+        "prompts": prompt_hashes(cfg),
+        "embedding_dim": encoder.dim,
+        **motion.manifest_fields(),
+        "keyframe_stride": cfg.keyframe_stride,
+        "raw_config_hash": raw.get("config_hash"),
+        # The caption cache is per shard, so shards do not depend on each other.
+        "cache_scope": "shard",
+        "shards": {},
+        "skipped_shards": {},
+    }
+
+
+def plan(
+    root: Path, manifest: dict, cfg: AnnotateConfig, index: int, count: int
+) -> list[tuple[Path, Path]]:
+    """(raw, ann) shard paths this invocation must write: its slice minus complete shards."""
+    done = manifest["ann"].get("shards", {}) if reusable_section(manifest, cfg, root) else {}
+    ann_dir = root / schema.ANN_DIR
+    todo = []
+    for raw_path in dataset.completed_shards(root, "raw"):
+        if schema.shard_index(raw_path.name) % count != index:
+            continue
+        ann_path = ann_dir / ann_name(raw_path.name)
+        if ann_path.name not in done or not ann_path.is_file():
+            todo.append((raw_path, ann_path))
+    return todo
+
+
+def annotate(
+    cfg: AnnotateConfig,
+    root: Path,
+    worker_index: int = 0,
+    num_workers: int = 1,
+    skip_bad: bool = False,
+) -> dict:
+    """Annotate this invocation's slice of ``root``'s raw shards; returns the final manifest."""
+    root = Path(root)
+    manifest = mf.read_manifest(root)
+    mf.section(manifest, "raw", root)
+    todo = plan(root, manifest, cfg, worker_index, num_workers)
+    if not todo:
+        log.info("nothing to annotate: every raw shard of this slice has a complete ann shard")
+        return manifest
+    if cfg.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
+    encoder = make_text_encoder(cfg)
+    with dataset.manifest_lock(root):
+        manifest = mf.read_manifest(root)  # another node may have created the section meanwhile
+        if not reusable_section(manifest, cfg, root):
+            manifest["ann"] = new_section(cfg, manifest["raw"], encoder)
+        section = manifest["ann"]
+        if section.get("embedding_dim") != encoder.dim:
+            raise SemoreError(
+                f"{mf.manifest_path(root)} records embedding_dim {section.get('embedding_dim')}: "
+                f"expected {encoder.dim} from {encoder.name} (were the weights replaced?)"
+            )
+        for raw_path, _ in todo:  # retried now; listed again if still unreadable
+            section.setdefault("skipped_shards", {}).pop(raw_path.name, None)
+        mf.write_manifest(root, manifest)
+    _remove_stale(root, todo, num_workers)
+
+    raw_shards = manifest["raw"]["shards"]
+    # The manifest's sample counts let a shard that a tar reader cuts short be caught.
+    tasks = [(raw, ann, raw_shards.get(raw.name, {}).get("num_samples")) for raw, ann in todo]
+    bar = tqdm(
+        total=sum(n or 0 for *_, n in tasks), unit="sample", desc="annotate", dynamic_ncols=True
+    )
+    workers = min(cfg.workers, len(tasks))
+    try:
+        if workers == 1:
+            annotator = Annotator.from_config(cfg, encoder)
+            for raw_path, ann_path, expected in tasks:
+                _record(
+                    root, annotator.run_shard(raw_path, ann_path, skip_bad, expected, bar.update)
+                )
+        else:
+            del encoder  # each worker process loads its own
+            _run_pool(cfg, tasks, workers, skip_bad, root, bar)
+    finally:
+        bar.close()
+    return mf.read_manifest(root)
+
+
+def _remove_stale(root: Path, todo: list[tuple[Path, Path]], num_workers: int) -> None:
+    """Delete temporary shards of killed runs; with several nodes, only this slice's."""
+    ann_dir = root / schema.ANN_DIR
+    if num_workers == 1:
+        stale = remove_stale_tmp(ann_dir)
+    else:
+        stale = [p for _, ann in todo for p in ann_dir.glob(f".{ann.name}{TMP_MARK}*")]
+        for path in stale:
+            path.unlink(missing_ok=True)
+    for path in stale:
+        log.info("removed incomplete shard %s left by an interrupted run", path.name)
+
+
+def _record(root: Path, outcome: ShardOutcome) -> None:
+    """Manifest update after each shard (parent process only)."""
+    if outcome.skipped_reason is None:
+        dataset.record_shard(root, "ann", outcome.ann_name, outcome.info)
+        return
+    with dataset.manifest_lock(root):
+        manifest = mf.read_manifest(root)
+        mf.section(manifest, "ann", root).setdefault("skipped_shards", {})[outcome.raw_name] = (
+            outcome.skipped_reason
+        )
+        mf.write_manifest(root, manifest)
+
+
+_WORKER: Annotator | None = None
+
+
+def _work(
+    cfg_dict: dict, threads: int, log_level: int, task: tuple, skip_bad: bool
+) -> ShardOutcome:
+    """Pool task: models are loaded on a worker's first task (errors then reach the parent)."""
+    global _WORKER
+    if _WORKER is None:
+        import torch
+
+        logging.basicConfig(
+            level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        torch.set_num_threads(threads)  # K workers share the cores instead of oversubscribing
+        _WORKER = Annotator.from_config(from_dict(AnnotateConfig, cfg_dict))
+    raw_path, ann_path, expected = task
+    return _WORKER.run_shard(raw_path, ann_path, skip_bad, expected)
+
+
+def _run_pool(
+    cfg: AnnotateConfig, tasks: list, workers: int, skip_bad: bool, root: Path, bar: tqdm
+) -> None:
+    ctx = mp.get_context("spawn")  # CUDA and tokenizer threads are not fork-safe
+    threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // workers)
+    level = logging.getLogger().getEffectiveLevel()
+    error = None
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = [
+            pool.submit(_work, to_dict(cfg), threads, level, task, skip_bad) for task in tasks
+        ]
+        try:
+            for future in as_completed(futures):
+                try:
+                    outcome = future.result()
+                except Exception as err:  # re-raised below, once finished shards are recorded
+                    if error is None:
+                        error = err
+                        for other in futures:
+                            other.cancel()
+                    continue
+                _record(root, outcome)
+                bar.update(outcome.info.get("num_samples", 0))
+        except KeyboardInterrupt:
+            for other in futures:
+                other.cancel()
+            raise
+    if error is not None:
+        raise error
+
+
+def node_slice(worker_index: int | None, num_workers: int | None) -> tuple[int, int]:
+    """``--worker-index/--num-workers``, else torch.distributed's ``RANK/WORLD_SIZE``."""
+    index = worker_index if worker_index is not None else int(os.environ.get("RANK", 0))
+    count = num_workers if num_workers is not None else int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= index < count:
+        raise SemoreError(
+            f"--worker-index {index} is out of range: expected 0 <= index < --num-workers {count}"
+        )
+    return index, count
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.make_parser(
+        "semore-annotate", "Caption and embed raw shards into aligned annotation shards."
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="YAML, e.g. configs/annotate/quickstart.yaml"
+    )
+    parser.add_argument(
+        "--data", type=Path, required=True, help="dataset folder holding raw/ and manifest.json"
+    )
+    parser.add_argument(
+        "--captioner", choices=CAPTIONERS, help="scene (from the simulator state) or vlm"
+    )
+    parser.add_argument("--text-encoder", choices=TEXT_ENCODERS, help="caption embedding model")
+    parser.add_argument(
+        "--workers", type=cli.positive_int, help="processes over shards on this machine"
+    )
+    parser.add_argument(
+        "--worker-index",
+        type=cli.non_negative_int,
+        default=None,
+        help="this node's slice (default: $RANK or 0)",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=cli.positive_int,
+        default=None,
+        help="number of slices (default: $WORLD_SIZE or 1)",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip bad raw samples/shards (listed in the manifest) instead of stopping",
+    )
+    return parser
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> None:
+    cfg = load_config(AnnotateConfig, args.config, overrides)
+    flags = {
+        "captioner": args.captioner,
+        "text_encoder": args.text_encoder,
+        "workers": args.workers,
+    }
+    cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    worker_index, num_workers = node_slice(args.worker_index, args.num_workers)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    section = annotate(cfg, args.data, worker_index, num_workers, args.skip_bad).get("ann", {})
+    totals = section.get("totals", {})
+    lookups = totals.get("caption_lookups", 0)
+    print(
+        f"{args.data}: {totals.get('num_samples', 0)} annotated samples in {totals.get('num_shards', 0)} shards; "
+        f"{totals.get('encoder_calls', 0)} captions encoded for {lookups} lookups "
+        f"(cache hit rate {100 * totals.get('cache_hits', 0) / max(1, lookups):.1f}%); "
+        f"{totals.get('skipped_samples', 0)} samples and {len(section.get('skipped_shards', {}))} shards skipped"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_cli(build_parser(), argv, _run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,316 @@
+"""Stage 3a, ``semore-pretrain``: train the dual-stream encoder on raw + annotation shards.
+
+A run folder holds ``config.yaml`` (the resolved config of the latest invocation),
+``checkpoints/`` (Lightning checkpoints, ``last.ckpt`` always the newest), ``logs/``
+(``csv/version_N/metrics.csv`` and ``tensorboard/version_N``, one version per invocation)
+and, when training finishes, ``encoder.pt`` (the export fine-tuning and probing load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from pipeline import cli
+from pipeline.config import load_config, to_dict
+from pipeline.datamodule import DataConfig, SemoreDataModule
+from pipeline.errors import SemoreError
+from semore.encoder import EncoderConfig, save_encoder
+
+log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.ckpt"
+ENCODER_EXPORT = "encoder.pt"
+
+
+@dataclass
+class EncoderSection:
+    """Encoder architecture; frame stack comes from ``data`` and image size from the dataset."""
+
+    # DrQ trunk width: enough for 84 px inputs and cheap on CPU.
+    num_filters: int = 32
+    # 50 dims as in SAC-AE / DrQ, so the agent's heads are comparable.
+    repr_dim: int = 50
+    # "both" is the method; "semantic" / "motion" are the single-stream ablations.
+    streams: Literal["semantic", "motion", "both"] = "both"
+    # The cross-stream exchange is part of the method; false is the ablation.
+    interaction: bool = True
+    # 4 heads of 8 dims over 32 filters suit the small token grid.
+    num_heads: int = 4
+
+    def __post_init__(self) -> None:
+        self.to_encoder_config(3, 84, 84)  # EncoderConfig's checks, before any data is read
+
+    def to_encoder_config(
+        self, frame_stack: int, image_height: int, image_width: int
+    ) -> EncoderConfig:
+        return EncoderConfig(frame_stack, image_height, image_width, **asdict(self))
+
+
+@dataclass
+class LossSection:
+    """Loss weights (0 turns a term off, which is how the loss ablations run)."""
+
+    # Equal weights: every term is O(1) at initialisation (motion targets are standardised).
+    sem_weight: float = 1.0
+    mot_weight: float = 1.0
+    motion_reg_weight: float = 1.0
+    reward_weight: float = 1.0
+    # CLIP's initial temperature; it is learned from there.
+    temperature: float = 0.07
+
+
+@dataclass
+class OptimSection:
+    # Adam at 3e-4, the usual rate for DrQ-size conv encoders trained from scratch.
+    lr: float = 3e-4
+    # Light AdamW decay on weight matrices only; a regulariser, not a tuning knob.
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class TrainerSection:
+    """Lightning Trainer settings."""
+
+    # Optimiser steps in total; --resume continues up to this number.
+    max_steps: int = 2000
+    # Validate every this many training steps (across epoch boundaries).
+    val_check_interval: int = 200
+    # At most this many validation batches (a fraction is of the held-out set).
+    limit_val_batches: int | float = 1.0
+    # Save a checkpoint (and last.ckpt) every this many steps: what a crash can lose.
+    checkpoint_every_n_steps: int = 200
+    log_every_n_steps: int = 10
+    # "bf16-mixed" on GPUs; full precision on CPU, where bf16 is slower.
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    # Nodes for DDP; with torchrun / SLURM Lightning reads ranks from the environment.
+    num_nodes: int = 1
+    strategy: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_steps",
+            "val_check_interval",
+            "checkpoint_every_n_steps",
+            "log_every_n_steps",
+            "num_nodes",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name} is {getattr(self, name)}: expected an int >= 1")
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderSection = field(default_factory=EncoderSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    # DrQ's 4-pixel random shift for 84 px frames; 0 turns augmentation off.
+    aug_pad: int = 4
+    seed: int = 0
+
+
+# Fields that shape the model's weights: a resumed run must keep them.
+_ARCHITECTURE_FIELDS = ("encoder", "data.frame_stack")
+
+
+def _field(config: dict, dotted: str):
+    for part in dotted.split("."):
+        config = config.get(part, {}) if isinstance(config, dict) else {}
+    return config
+
+
+def prepare_run(cfg: PretrainConfig, out: Path, resume: bool) -> Path | None:
+    """Check ``out`` against ``--resume``; return the checkpoint to resume from, if any."""
+    checkpoints = out / "checkpoints"
+    existing = sorted(checkpoints.glob("*.ckpt")) if checkpoints.is_dir() else []
+    if resume:
+        last = checkpoints / LAST_CHECKPOINT
+        if not last.is_file():
+            raise SemoreError(f"--resume given but {last} does not exist: expected a run to resume")
+        saved_path = out / "config.yaml"
+        saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else None
+        for name in _ARCHITECTURE_FIELDS if isinstance(saved, dict) else ():
+            before, now = _field(saved, name), _field(to_dict(cfg), name)
+            if before != now:
+                raise SemoreError(
+                    f"--resume: {name} is {now} but {saved_path} has {before}: expected the "
+                    "architecture the run was started with (or a new --out)"
+                )
+        return last
+    if existing:
+        raise SemoreError(
+            f"--out {out} already holds checkpoints: expected --resume to continue it, or a new --out"
+        )
+    return None
+
+
+def build_module(cfg: PretrainConfig, dm: SemoreDataModule):
+    from pipeline.pretrain_module import SemorePretrainModule
+
+    stats = dm.stats
+    encoder_cfg = cfg.encoder.to_encoder_config(cfg.data.frame_stack, *dm.image_hw)
+    return SemorePretrainModule(
+        encoder_config=asdict(encoder_cfg),
+        text_dim=dm.info.embedding_dim,
+        motion_dim=len(dm.info.motion_targets),
+        action_dim=dm.info.action_dim,
+        motion_mean=stats.motion_mean.tolist(),
+        motion_std=stats.motion_std.tolist(),
+        reward_mean=stats.reward_mean,
+        reward_std=stats.reward_std,
+        **asdict(cfg.loss),
+        **asdict(cfg.optim),
+        aug_pad=cfg.aug_pad,
+    )
+
+
+def build_trainer(cfg: PretrainConfig, out: Path, quiet: bool = False):
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    class FinalStepCheckpoint(Callback):
+        """Save last.ckpt at the final step too, whatever the checkpoint interval.
+
+        Saved from the same hook as ModelCheckpoint's step checkpoints, so the loop state
+        in it resumes exactly like theirs (the logged step continues without a gap).
+        """
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step >= trainer.max_steps:
+                trainer.save_checkpoint(out / "checkpoints" / LAST_CHECKPOINT)
+
+    t = cfg.trainer
+    checkpoint = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=t.checkpoint_every_n_steps,
+        save_top_k=1,  # with no monitored metric: keep the newest only
+        save_last=True,
+    )
+    return L.Trainer(
+        max_steps=t.max_steps,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None,  # validation counts steps, not epochs
+        limit_val_batches=t.limit_val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        precision=t.precision,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        logger=[
+            CSVLogger(out / "logs", name="csv"),
+            TensorBoardLogger(out / "logs", name="tensorboard"),
+        ],
+        callbacks=[FinalStepCheckpoint(), checkpoint],
+        enable_progress_bar=not quiet,
+        enable_model_summary=not quiet,
+    )
+
+
+def export_metadata(cfg: PretrainConfig, dm: SemoreDataModule, global_step: int) -> dict:
+    stats = dm.stats
+    return {
+        "dataset": dm.info.dataset_id(),
+        "motion_targets": [list(t) for t in dm.info.motion_targets],
+        "motion_mean": stats.motion_mean.tolist(),
+        "motion_std": stats.motion_std.tolist(),
+        "reward_mean": stats.reward_mean,
+        "reward_std": stats.reward_std,
+        "embedding_dim": dm.info.embedding_dim,
+        "holdout_every": cfg.data.holdout_every,
+        "heldout_episodes": dm.stats.heldout_episodes,
+        "config": to_dict(cfg),
+        "global_step": global_step,
+    }
+
+
+def pretrain(
+    cfg: PretrainConfig, data: Path, out: Path, resume: bool = False, quiet: bool = False
+) -> Path | None:
+    """Train (or resume) a run in ``out`` and export ``out/encoder.pt``.
+
+    Returns the export's path on the rank that wrote it (global rank 0), else None.
+    """
+    import lightning as L
+
+    ckpt_path = prepare_run(cfg, out, resume)
+    dm = SemoreDataModule(data, cfg.data, seed=cfg.seed)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = build_module(cfg, dm)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".config.yaml.tmp-{os.getpid()}"
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, out / "config.yaml")
+
+    trainer = build_trainer(cfg, out, quiet)
+    if not dm.stats.heldout_episodes:
+        log.warning(
+            "no held-out episodes (data.holdout_every=%d): validation is off",
+            cfg.data.holdout_every,
+        )
+        trainer.limit_val_batches = 0
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except SystemExit:
+        # Lightning turns Ctrl-C into sys.exit(1) after a graceful shutdown.
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    if not trainer.is_global_zero:
+        return None
+    export = out / ENCODER_EXPORT
+    save_encoder(export, module.encoder, export_metadata(cfg, dm, trainer.global_step))
+    log.info("exported the encoder at step %d to %s", trainer.global_step, export)
+    return export
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.make_parser(
+        "semore-pretrain", "Pretrain the dual-stream encoder on raw + annotation shards."
+    )
+    parser.add_argument(
+        "--config", type=Path, required=True, help="YAML, e.g. configs/pretrain/quickstart.yaml"
+    )
+    parser.add_argument(
+        "--data", type=Path, required=True, help="dataset folder with raw and annotation shards"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="run folder (checkpoints, logs, encoder.pt)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoints/last.ckpt (the global step continues)",
+    )
+    return parser
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> None:
+    cfg = load_config(PretrainConfig, args.config, overrides)
+    export = pretrain(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet)
+    if export is not None:
+        print(f"{args.out}: encoder exported to {export}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_cli(build_parser(), argv, _run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

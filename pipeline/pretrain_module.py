@@ -1,0 +1,89 @@
+"""The pretraining LightningModule: a thin wrapper around the method's model and loss."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from semore.augment import RandomShift
+from semore.encoder import EncoderConfig, SemoreEncoder
+from semore.heads import SemorePretrainModel
+from semore.losses import SemorePretrainLoss
+
+
+class SemorePretrainModule(L.LightningModule):
+    """SemorePretrainModel + SemorePretrainLoss, with DrQ random shifts on training batches.
+
+    Every loss term is logged on its own under ``train/`` (per step) and ``val/`` (per
+    validation run). The motion and reward mean/std the targets were standardised with
+    are buffers, so they travel with every checkpoint.
+    """
+
+    def __init__(
+        self,
+        encoder_config: dict,
+        text_dim: int,
+        motion_dim: int,
+        action_dim: int,
+        motion_mean: list[float],
+        motion_std: list[float],
+        reward_mean: float = 0.0,
+        reward_std: float = 1.0,
+        sem_weight: float = 1.0,
+        mot_weight: float = 1.0,
+        motion_reg_weight: float = 1.0,
+        reward_weight: float = 1.0,
+        temperature: float = 0.07,
+        lr: float = 3e-4,
+        weight_decay: float = 1e-4,
+        aug_pad: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        encoder = SemoreEncoder.from_config(EncoderConfig(**encoder_config))
+        self.model = SemorePretrainModel(encoder, text_dim, motion_dim, action_dim)
+        self.loss = SemorePretrainLoss(
+            sem_weight, mot_weight, motion_reg_weight, reward_weight, temperature
+        )
+        self.augment = RandomShift(aug_pad)
+        self.register_buffer("motion_mean", torch.tensor(motion_mean, dtype=torch.float32))
+        self.register_buffer("motion_std", torch.tensor(motion_std, dtype=torch.float32))
+        self.register_buffer("reward_stats", torch.tensor([reward_mean, reward_std]))
+
+    @property
+    def encoder(self) -> SemoreEncoder:
+        return self.model.encoder
+
+    def _step(self, batch: dict[str, Tensor], prefix: str) -> Tensor:
+        obs = batch["obs"]  # (B, 3K, H, W) uint8
+        if prefix == "train":
+            obs = self.augment(obs)  # float, same 0..255 range
+        outputs = self.model(obs, batch["action"])
+        terms = self.loss(outputs, batch)
+        on_step = prefix == "train"
+        log_kwargs = dict(
+            on_step=on_step, on_epoch=not on_step, batch_size=obs.shape[0], sync_dist=not on_step
+        )
+        terms_only = {f"{prefix}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
+        self.log_dict(terms_only, **log_kwargs)
+        self.log(f"{prefix}/loss", terms["loss"].detach(), prog_bar=True, **log_kwargs)
+        return terms["loss"]
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # No decay on biases, norms, gates and temperatures: decaying them only adds bias.
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        return torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.lr,
+        )

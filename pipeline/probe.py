@@ -1,0 +1,241 @@
+"""``semore-probe``: linear probe of a frozen encoder on held-out episodes.
+
+Features h are computed for every sample of the raw shards (frame stacks rebuilt within
+episodes; annotations are not needed). A ridge regression per target is fitted on the
+training episodes and scored (R²) on the held-out episodes, with the same episode split
+as pretraining (``episode % holdout_every == holdout_every - 1`` is held out), so the
+probe is scored on episodes the encoder never trained on.
+
+Targets: ego speed (m/s), lead distance (m; no lead vehicle and leads beyond
+``LEAD_DISTANCE_CAP_M`` both read as that cap), lane index, and the step's reward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline import cli
+from pipeline.errors import SemoreError
+from pipeline.stream import (
+    LEAD_DISTANCE_CAP_M,
+    Collate,
+    EpisodeSplit,
+    iter_pairs,
+    iter_windows,
+    read_dataset_info,
+    shard_urls,
+)
+from semore.encoder import EncoderConfig, SemoreEncoder, load_encoder, load_encoder_metadata
+from semore.probe import RidgeProbe
+
+log = logging.getLogger(__name__)
+
+# (reported name, batch field): the probe's targets, in report order.
+PROBE_TARGETS = (
+    ("speed", "speed_mps"),
+    ("lead_distance", "lead_distance_m"),
+    ("lane", "lane_index"),
+    ("reward", "reward"),
+)
+# Same default as pretraining's data.holdout_every, so a random-encoder baseline is
+# scored on the same episodes as a pretrained one.
+DEFAULT_HOLDOUT_EVERY = 4
+# Fixed seed of the "random" encoder baseline, so its numbers are reproducible.
+RANDOM_ENCODER_SEED = 0
+
+
+def random_encoder(data_dir: str | Path, frame_stack: int = 3) -> SemoreEncoder:
+    """A freshly initialised encoder (default EncoderConfig) sized for the dataset's frames."""
+    info = read_dataset_info(data_dir, with_ann=False)
+    cfg = EncoderConfig(
+        frame_stack=frame_stack, image_height=info.image_height, image_width=info.image_width
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_ENCODER_SEED)
+        return SemoreEncoder.from_config(cfg)
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    data_dir: str | Path,
+    frame_stack: int,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
+    """h (N, D) for every sample, with the probe targets and episode ids, in shard order."""
+    info = read_dataset_info(data_dir, with_ann=False)
+    encoder = encoder.to(device).eval()
+    collate = Collate()
+    chunks: dict[str, list[torch.Tensor]] = {}
+
+    def flush(samples: list[dict]) -> None:
+        batch = collate(samples)
+        batch["h"] = encoder(batch["obs"].to(device)).float().cpu()  # (B, D)
+        for name in ["h", "episode", *(field for _, field in PROBE_TARGETS)]:
+            chunks.setdefault(name, []).append(batch[name])
+
+    samples: list[dict] = []
+    for raw_url, _ in shard_urls(data_dir, with_ann=False):
+        windows = iter_windows(
+            iter_pairs(raw_url, None),
+            frame_stack,
+            image_hw=(info.image_height, info.image_width),
+            where=f"{raw_url}: ",
+        )
+        for sample in windows:
+            samples.append(sample)
+            if len(samples) == batch_size:
+                flush(samples)
+                samples = []
+    if samples:
+        flush(samples)
+    return {name: torch.cat(values) for name, values in chunks.items()}
+
+
+def run_probe(
+    encoder: nn.Module,
+    data_dir: str | Path,
+    frame_stack: int | None = None,
+    holdout_every: int = DEFAULT_HOLDOUT_EVERY,
+    batch_size: int = 256,
+    alpha: float = 1.0,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Fit ridge probes from h on training episodes; R² per target on held-out episodes.
+
+    ``encoder`` maps uint8 (B, 3K, H, W) to (B, D); ``frame_stack`` defaults to its
+    ``config.frame_stack``. A target missing from the state (NaN) is skipped row-wise.
+    """
+    if frame_stack is None:
+        frame_stack = encoder.config.frame_stack
+    if holdout_every < 2:
+        raise SemoreError(f"holdout_every is {holdout_every}: expected an int >= 2")
+    features = extract_features(encoder, data_dir, frame_stack, batch_size, device)
+    split = EpisodeSplit(holdout_every)
+    episodes = features["episode"].tolist()
+    heldout = torch.tensor([split.is_heldout(e) for e in episodes])
+    heldout_episodes = sorted(
+        {e for e, held in zip(episodes, heldout.tolist(), strict=True) if held}
+    )
+    train_episodes = sorted(set(episodes) - set(heldout_episodes))
+    if not heldout_episodes or not train_episodes:
+        raise SemoreError(
+            f"{data_dir} has episodes {sorted(set(episodes))}: expected some held out "
+            f"(episode % {holdout_every} == {holdout_every - 1}) and some to train on"
+        )
+    h = features["h"]
+    r2: dict[str, float | None] = {}
+    for name, field in PROBE_TARGETS:
+        target = features[field].double()
+        valid = torch.isfinite(target)
+        fit_rows, test_rows = valid & ~heldout, valid & heldout
+        if fit_rows.sum() < 2 or test_rows.sum() < 1:
+            log.warning("probe target %s has too few recorded values; skipped", name)
+            r2[name] = None
+            continue
+        probe = RidgeProbe(alpha).fit(h[fit_rows], target[fit_rows])
+        r2[name] = float(probe.score(h[test_rows], target[test_rows])[0])
+    return {
+        "r2": r2,
+        "heldout_episodes": heldout_episodes,
+        "num_train_episodes": len(train_episodes),
+        "num_train_samples": int((~heldout).sum()),
+        "num_heldout_samples": int(heldout.sum()),
+        "holdout_every": holdout_every,
+        "alpha": alpha,
+        "repr_dim": int(h.shape[1]),
+        "lead_distance_cap_m": LEAD_DISTANCE_CAP_M,
+    }
+
+
+def summary_line(result: dict) -> str:
+    scores = " ".join(
+        f"{name}={'n/a' if value is None else f'{value:.2f}'}"
+        for name, value in result["r2"].items()
+    )
+    return (
+        f"probe: {scores} (held-out episodes: {len(result['heldout_episodes'])}, "
+        f"samples: {result['num_heldout_samples']})"
+    )
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'target':<16}{'R2 held-out':>12}"]
+    for name, value in result["r2"].items():
+        lines.append(f"{name:<16}{'n/a' if value is None else f'{value:.3f}':>12}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.make_parser(
+        "semore-probe",
+        "Linear probe of a frozen encoder on held-out episodes.",
+        config_overrides=False,
+    )
+    parser.add_argument(
+        "--encoder",
+        required=True,
+        help="an exported encoder (RUN/encoder.pt) or 'random' for the baseline",
+    )
+    parser.add_argument("--data", type=Path, required=True, help="dataset folder (raw shards)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=256)
+    parser.add_argument(
+        "--holdout-every",
+        type=cli.positive_int,
+        default=None,
+        help="held-out episode rule (default: the encoder's pretraining value, else 4)",
+    )
+    parser.add_argument(
+        "--frame-stack",
+        type=cli.positive_int,
+        default=3,
+        help="frames per input of the random encoder",
+    )
+    parser.add_argument("--alpha", type=float, default=1.0, help="ridge penalty on standardised h")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def load_probe_encoder(spec: str, data_dir: Path, frame_stack: int) -> tuple[nn.Module, dict]:
+    """``random`` or an export path -> (encoder, export metadata)."""
+    if spec == "random":
+        return random_encoder(data_dir, frame_stack), {}
+    return load_encoder(spec), load_encoder_metadata(spec)
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> None:
+    encoder, metadata = load_probe_encoder(args.encoder, args.data, args.frame_stack)
+    holdout_every = args.holdout_every or metadata.get("holdout_every") or DEFAULT_HOLDOUT_EVERY
+    result = run_probe(
+        encoder,
+        args.data,
+        holdout_every=holdout_every,
+        batch_size=args.batch_size,
+        alpha=args.alpha,
+        device=args.device,
+    )
+    result.update(encoder=args.encoder, data=str(args.data))
+    print(format_table(result))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, args.out)
+    print(summary_line(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_cli(build_parser(), argv, _run, config_overrides=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

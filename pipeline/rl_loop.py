@@ -1,0 +1,307 @@
+"""The online SAC loop of ``semore-finetune`` (drqv2 / CleanRL style), with exact resume.
+
+Steps are *agent* steps (one policy decision = ``action_repeat`` simulator steps). The
+loop acts (uniformly at random for the first ``num_seed_steps``), stores the transition,
+updates the agent every ``update_every`` steps once the seed steps are done, and every
+``eval_every_steps`` (and at the end) evaluates the deterministic policy, logs, and saves
+``checkpoints/last.pt`` plus the replay buffer. metrics.csv gets one "train" row per
+training episode (with the means of the update metrics since the previous row) and one
+"eval" row per evaluation (means over its episodes).
+
+Evaluation runs in the training simulator (CARLA has one ego per server), so the training
+episode in flight ends there as a time-limit truncation and a new one starts after it.
+A resumed run starts at a checkpoint, i.e. right after an evaluation, in exactly that
+state, so it continues as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from pipeline.config import to_dict
+from pipeline.errors import SemoreError
+from pipeline.rl_env import AgentStep, Driver, EpisodeLost
+from pipeline.rl_eval import MetricsLog, evaluate, plot_learning_curve, read_metrics
+from semore.replay import ReplayBuffer
+from semore.sac import SACAgent
+
+if TYPE_CHECKING:
+    from lightning.fabric import Fabric
+
+    from pipeline.finetune import FinetuneConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "semore-finetune"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+METRICS_NAME = "metrics.csv"
+CURVE_NAME = "learning_curve.png"
+SUMMARY_NAME = "summary.json"
+# Stream ids of SeedSequence: training episodes, evaluation episodes, the loop's numpy RNG.
+_TRAIN, _EVAL, _LOOP = 0, 1, 2
+
+
+def episode_seed(seed: int, stream: int, index: int) -> int:
+    """A 31-bit simulator seed, independent of scheduling (eval seeds repeat every eval)."""
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0] >> 1)
+
+
+def _save_atomic(save, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        save(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class OnlineTrainer:
+    """Owns the counters, the open training episode, logging and checkpoints of one run."""
+
+    def __init__(
+        self,
+        cfg: FinetuneConfig,
+        agent: SACAgent,
+        driver: Driver,
+        replay: ReplayBuffer,
+        out: Path,
+        fabric: Fabric,
+        run_info: dict,
+    ) -> None:
+        self.cfg = cfg
+        self.agent = agent
+        self.driver = driver
+        self.replay = replay
+        self.out = Path(out)
+        self.fabric = fabric
+        self.run_info = run_info  # encoder source and config, stored with checkpoints
+        self.ckpt_dir = self.out / CHECKPOINT_DIR
+        self.rng = np.random.default_rng([cfg.seed, _LOOP])
+        self.step = 0
+        self.episode = 0  # training episodes started
+        self.num_updates = 0
+        self.sim_steps = 0
+        self.last_eval_step = -1
+        self.wall_time_s = 0.0  # accumulated over resumes
+        self.current: AgentStep | None = None  # latest step of the open training episode
+        self.metrics: MetricsLog | None = None
+        self._ep: dict[str, float] = defaultdict(float)  # sums over the open episode
+        self._update_sums: dict[str, float] = defaultdict(float)  # since the last train row
+        self._update_count: dict[str, int] = defaultdict(int)
+        self._t0 = self._rate_t = time.monotonic()
+        self._rate_step = 0
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        """Replay buffer first, then last.pt naming it (each atomic), then older buffers go."""
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        replay_name = f"replay-{self.step:09d}.npz"
+        _save_atomic(lambda f: np.savez(f, **self.replay.state_dict()), self.ckpt_dir / replay_name)
+        rng = {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "agent": self.agent.checkpoint(),
+            "step": self.step,
+            "episode": self.episode,
+            "num_updates": self.num_updates,
+            "sim_steps": self.sim_steps,
+            "last_eval_step": self.last_eval_step,
+            "wall_time_s": self._wall_time(),
+            "rng": rng,
+            "replay_file": replay_name,
+            "config": to_dict(self.cfg),
+            **self.run_info,
+        }
+        _save_atomic(lambda f: torch.save(checkpoint, f), self.ckpt_dir / LAST_CHECKPOINT)
+        for old in self.ckpt_dir.glob("replay-*.npz"):
+            if old.name != replay_name:
+                old.unlink()
+        log.info("saved %s at step %d", self.ckpt_dir / LAST_CHECKPOINT, self.step)
+
+    def load(self, checkpoint: dict) -> None:
+        """Restore the agent, replay buffer, counters and RNGs of :meth:`save`."""
+        self.agent.restore(checkpoint["agent"])
+        replay_path = self.ckpt_dir / checkpoint["replay_file"]
+        if not replay_path.is_file():
+            raise SemoreError(
+                f"{replay_path} is missing: expected the replay buffer saved with "
+                f"{self.ckpt_dir / LAST_CHECKPOINT}"
+            )
+        with np.load(replay_path) as saved:
+            self.replay.load_state_dict({key: saved[key] for key in saved.files})
+        for name in ("step", "episode", "num_updates", "sim_steps", "last_eval_step"):
+            setattr(self, name, int(checkpoint[name]))
+        self.wall_time_s = float(checkpoint["wall_time_s"])
+        self.rng.bit_generator.state = checkpoint["rng"]["numpy"]
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+
+    # ------------------------------------------------------------------ logging
+    def _wall_time(self) -> float:
+        return self.wall_time_s + time.monotonic() - self._t0
+
+    def _log(self, phase: str, values: dict) -> None:
+        row = {"phase": phase, "step": self.step, "episode": self.episode, **values}
+        row["wall_time_s"] = self._wall_time()
+        self.metrics.write(row)
+        numbers = {f"{phase}/{k}": v for k, v in values.items() if isinstance(v, (int, float))}
+        self.fabric.log_dict(numbers, step=self.step)
+
+    # ------------------------------------------------------------------ episodes
+    def _start_episode(self) -> None:
+        self.current = self.driver.reset(episode_seed(self.cfg.seed, _TRAIN, self.episode))
+        self.replay.add_first(self.current.frame, self.current.motion)
+        self.episode += 1
+        self._ep = defaultdict(float)
+
+    def _end_episode(self) -> None:
+        """Log the open episode (if any) as a train row; the next step starts a new one."""
+        if self.current is None:
+            return
+        ep = self._ep
+        row = {
+            "episode_return": ep["episode_return"],
+            "distance_m": ep["distance_m"],
+            "collisions": int(ep["collisions"]),
+            "mean_abs_steer": ep["abs_steer"] / max(ep["episode_steps"], 1),
+            "episode_steps": int(ep["episode_steps"]),
+        }
+        elapsed = time.monotonic() - self._rate_t
+        row["steps_per_s"] = (self.step - self._rate_step) / max(elapsed, 1e-9)
+        self._rate_t, self._rate_step = time.monotonic(), self.step
+        row.update({k: v / self._update_count[k] for k, v in self._update_sums.items()})
+        self._update_sums.clear()
+        self._update_count.clear()
+        self._log("train", row)
+        self.current = None
+
+    def _act(self) -> np.ndarray:
+        if self.step < self.cfg.num_seed_steps:
+            return self.rng.uniform(-1.0, 1.0, self.agent.action_dim).astype(np.float32)
+        # Acting stays in float32: one small forward pass gains nothing from autocast.
+        return self.agent.act(self.current.obs, sample=True)
+
+    def _update(self) -> None:
+        batch = self.replay.sample(self.cfg.batch_size, self.rng)
+        with self.fabric.autocast():
+            # The update counter (not the env step) drives actor/target schedules, so
+            # actor_update_every keeps its meaning whatever update_every is.
+            metrics = self.agent.update(batch, self.num_updates)
+        self.num_updates += 1
+        for key, value in metrics.items():
+            self._update_sums[key] += value
+            self._update_count[key] += 1
+
+    def _evaluate(self) -> dict:
+        self._end_episode()  # evaluation borrows the training simulator
+        seeds = [episode_seed(self.cfg.seed, _EVAL, i) for i in range(self.cfg.num_eval_episodes)]
+
+        def policy(obs: np.ndarray) -> np.ndarray:
+            return self.agent.act(obs, sample=False)
+
+        result = evaluate(self.driver, policy, seeds)
+        self.last_eval_step = self.step
+        self._log("eval", result)
+        log.info(
+            "step %d/%d: eval return %.1f +- %.1f, distance %.1f m, collisions %.2f, "
+            "|steer| %.3f (%d updates, %.0f s)",
+            self.step,
+            self.cfg.num_train_steps,
+            result["episode_return"],
+            result["episode_return_std"],
+            result["distance_m"],
+            result["collisions"],
+            result["mean_abs_steer"],
+            self.num_updates,
+            self._wall_time(),
+        )
+        self.save()
+        self._rate_t, self._rate_step = time.monotonic(), self.step
+        return result
+
+    def _maybe_evaluate(self) -> None:
+        due = self.step % self.cfg.eval_every_steps == 0 or self.step >= self.cfg.num_train_steps
+        if due and self.step != self.last_eval_step:
+            self._evaluate()
+
+    # ------------------------------------------------------------------ main loop
+    def train(self) -> dict:
+        """Run until ``num_train_steps`` agent steps; return the summary (also written)."""
+        cfg = self.cfg
+        self._t0 = self._rate_t = time.monotonic()
+        self._rate_step = self.step
+        # A resume keeps the rows up to its checkpoint; a new run starts an empty file.
+        resumed = self.last_eval_step >= 0
+        self.metrics = MetricsLog(
+            self.out / METRICS_NAME, keep_up_to_step=self.step if resumed else -1
+        )
+        while self.step < cfg.num_train_steps:
+            self._maybe_evaluate()
+            if self.current is None:
+                self._start_episode()
+            action = self._act()
+            try:
+                result = self.driver.step(action)
+            except EpisodeLost:
+                self._end_episode()  # the lost step is not counted; its episode ends here
+                continue
+            self.replay.add(action, result.reward, result.frame, result.terminated, result.motion)
+            self.current = result
+            self.step += 1
+            self.sim_steps += result.sim_steps
+            ep = self._ep
+            ep["episode_return"] += result.reward
+            ep["distance_m"] += result.distance_m
+            ep["collisions"] += result.collisions
+            ep["abs_steer"] += result.abs_steer
+            ep["episode_steps"] += 1
+            if self.step > cfg.num_seed_steps and self.step % cfg.update_every == 0:
+                self._update()
+            if result.terminated or result.truncated:
+                self._end_episode()
+        self._maybe_evaluate()
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Write learning_curve.png and summary.json from metrics.csv."""
+        plot_learning_curve(
+            self.out / METRICS_NAME,
+            self.out / CURVE_NAME,
+            title=f"encoder: {self.run_info['encoder_source']}",
+        )
+        evals = [r for r in read_metrics(self.out / METRICS_NAME) if r["phase"] == "eval"]
+        final = {k: float(v) for k, v in evals[-1].items() if k != "phase" and v != ""}
+        wall_time_s = self._wall_time()
+        summary = {
+            "final_eval": final,
+            "best_eval_return": max(float(r["episode_return"]) for r in evals),
+            "step": self.step,
+            "num_train_steps": self.cfg.num_train_steps,
+            "sim_steps": self.sim_steps,
+            "episodes": self.episode,
+            "num_updates": self.num_updates,
+            "wall_time_s": wall_time_s,
+            "steps_per_s": self.step / max(wall_time_s, 1e-9),
+            "seed": self.cfg.seed,
+            "backend": self.cfg.env.backend,
+            **self.run_info,
+        }
+        tmp = self.out / f".{SUMMARY_NAME}.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, self.out / SUMMARY_NAME)
+        return summary

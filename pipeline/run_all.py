@@ -1,0 +1,140 @@
+"""``semore-run``: every stage in order from one config, resuming what is done, then a report.
+
+collect -> annotate -> pretrain -> probe (pretrained and random) -> finetune (pretrained
+and the from-scratch baseline) -> ``RUN/report.html``. Each stage is called through its
+own ``main`` with the same flags a user would type, and is skipped when its output is
+complete, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import cli
+from pipeline.config import load_config
+from pipeline.errors import SemoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageSpec:
+    """One stage: its YAML config and extra ``--section.field value`` overrides."""
+
+    config: str = ""
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    """Paths are relative to the repository root (where ``make quickstart`` runs)."""
+
+    collect: StageSpec = field(default_factory=lambda: StageSpec("configs/collect/quickstart.yaml"))
+    annotate: StageSpec = field(default_factory=lambda: StageSpec("configs/annotate/quickstart.yaml"))
+    pretrain: StageSpec = field(default_factory=lambda: StageSpec("configs/pretrain/quickstart.yaml"))
+    finetune: StageSpec = field(default_factory=lambda: StageSpec("configs/finetune/quickstart.yaml"))
+    # Episodes shown in the report's contact sheet and how many steps of each.
+    report_episodes: list[int] = field(default_factory=lambda: [0, 1])
+    report_max_steps: int = 12
+
+
+def _flags(spec: StageSpec, root: Path) -> list[str]:
+    path = Path(spec.config)
+    flags = ["--config", str(path if path.is_absolute() else root / path)]
+    for name, value in _flatten(spec.overrides).items():
+        flags += [f"--{name}", json.dumps(value) if not isinstance(value, str) else value]
+    return flags
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _call(name: str, main, argv: list[str]) -> None:
+    log.info("stage %s: %s", name, " ".join(argv))
+    code = main(argv)
+    if code != 0:
+        raise SemoreError(f"stage {name} failed with exit code {code} (its error is printed above)")
+
+
+def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> Path:
+    """Run (or resume) every stage into ``out``; returns the report's path."""
+    from pipeline import collect, finetune, pretrain, probe
+    from pipeline.annotate import run as annotate_run
+
+    common = ["--debug"] if debug else []
+    data = out / "data"
+    _call("collect", collect.main, [*_flags(cfg.collect, root), "--out", str(data), *common])
+    _call("annotate", annotate_run.main, [*_flags(cfg.annotate, root), "--data", str(data), *common])
+
+    pre = out / "pretrain"
+    encoder = pre / "encoder.pt"
+    if not encoder.is_file():
+        resume = ["--resume"] if (pre / "checkpoints" / "last.ckpt").is_file() else []
+        _call("pretrain", pretrain.main, [*_flags(cfg.pretrain, root), "--data", str(data), "--out", str(pre), *resume, *common])
+
+    probes = {}
+    for label, source in (("pretrained", str(encoder)), ("random", "random")):
+        path = out / f"probe_{label}.json"
+        if not path.is_file():
+            _call(f"probe ({label})", probe.main, ["--encoder", source, "--data", str(data), "--out", str(path), *common])
+        probes[label] = json.loads(path.read_text())
+
+    arch = _encoder_overrides(encoder)
+    curves = {}
+    for label, source in (("pretrained", str(encoder)), ("baseline", "none")):
+        run_dir = out / f"finetune_{label}"
+        if not (run_dir / "summary.json").is_file():
+            resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
+            extra = arch if source == "none" else []
+            argv = [*_flags(cfg.finetune, root), "--encoder", source, "--out", str(run_dir), *extra, *resume, *common]
+            _call(f"finetune ({label})", finetune.main, argv)
+        curves[label] = run_dir / "metrics.csv"
+
+    from pipeline.report import write_report
+
+    return write_report(out, data, probes, curves, cfg.report_episodes, cfg.report_max_steps)
+
+
+def _encoder_overrides(encoder_path: Path) -> list[str]:
+    """``--encoder.*`` flags giving the baseline exactly the pretrained architecture."""
+    from dataclasses import asdict
+
+    from semore.encoder import load_encoder
+
+    flags = []
+    for name, value in asdict(load_encoder(encoder_path).config).items():
+        flags += [f"--encoder.{name}", json.dumps(value) if not isinstance(value, str) else value]
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.make_parser("semore-run", "Run the whole Semore pipeline from one config.")
+    parser.add_argument("--config", type=Path, required=True, help="e.g. configs/quickstart.yaml")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (created or resumed)")
+    return parser
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> None:
+    cfg = load_config(RunConfig, args.config, overrides)
+    root = Path.cwd()
+    report = run_pipeline(cfg, args.out, root, debug=args.debug)
+    print(f"semore-run: done; report at {report}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_cli(build_parser(), argv, _run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,707 @@
+"""The CARLA backend: the real ``carla`` client (0.9.x) behind :class:`DrivingEnv`.
+
+The default scenario is DBC's Town04 highway. The world runs in synchronous mode with a
+fixed time step, so one ``step`` is exactly one ``world.tick()``; the Traffic Manager (TM)
+is synchronous too and re-seeded every episode. RGB cameras on the ego (yaw -120..120
+degrees) are returned one by one (``yawm120`` ... ``yaw120``, left to right) and stitched
+left to right into the ``rgb`` panorama (84x420 by default).
+
+Conventions are CARLA's (left-handed, z up): yaw, yaw rate, steering and lateral speed
+are positive to the right. Speeds and distances are measured in the frame of the ego's
+lane (its waypoint's forward vector), as in DBC's reward ``v . u_highway * dt``: that is
+progress along the road, the same quantity the highway backend rewards. ``lane_index`` 0
+is the leftmost driving lane of the ego's direction of travel, counted by walking
+``get_left_lane()`` over driving lanes with the same sign of OpenDRIVE ``lane_id``.
+
+Failures: every ``RuntimeError`` of the client (time-outs, a lost connection, a crashed
+server) becomes :class:`SimulatorConnectionError`; the caller then calls ``reconnect()``
+and re-runs the in-flight episode with the same seed. Episodes terminate as in DBC, after
+``collision_terminate_ticks`` consecutive ticks in collision (one contact only costs
+reward), and are truncated at ``max_episode_steps``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import random
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline import schema
+from pipeline.errors import SemoreError
+from pipeline.sim.base import (
+    ACTION_DIM,
+    RewardConfig,
+    SimulatorConnectionError,
+    StepResult,
+    driving_reward,
+)
+from pipeline.sim.configs import CarlaConfig
+
+log = logging.getLogger(__name__)
+
+# The same ranges as the highway backend, so captions and probes carry over.
+NEIGHBOUR_RANGE_M = 50.0
+LEAD_RANGE_M = schema.LEAD_RANGE_M
+# Vehicles farther sideways than this are on another road, not in a neighbouring lane.
+NEIGHBOUR_LATERAL_RANGE_M = 20.0
+# A waypoint lies on the road surface; spawning there puts the wheels into it.
+SPAWN_LIFT_M = 0.3
+_LIGHT_NAMES = {"Red": "red", "Yellow": "yellow", "Green": "green"}
+
+
+def camera_name(yaw_deg: float) -> str:
+    """Member-safe camera name: -120 -> "yawm120", 0 -> "yaw000", 60 -> "yaw060"."""
+    return f"yaw{'m' if yaw_deg < 0 else ''}{abs(round(yaw_deg)):03d}"
+
+
+def import_carla() -> Any:
+    """The ``carla`` module, imported on first use so this module loads without it."""
+    try:
+        import carla
+    except ImportError:
+        raise SemoreError(
+            "the carla backend needs the CARLA client: pip install 'semore[carla]' (carla==0.9.16)"
+        ) from None
+    return carla
+
+
+class _SensorEvents:
+    """Collision impulses and lane crossings reported by the client's sensor threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._impulses: list[tuple[int, float]] = []  # (frame, |normal_impulse| in N*s)
+        self._crossings: list[int] = []  # frames
+
+    def on_collision(self, event: Any) -> None:
+        impulse = event.normal_impulse
+        size = math.sqrt(impulse.x**2 + impulse.y**2 + impulse.z**2)
+        with self._lock:
+            self._impulses.append((event.frame, size))
+
+    def on_lane_invasion(self, event: Any) -> None:
+        with self._lock:
+            self._crossings.append(event.frame)
+
+    def pop(self, frame: int) -> tuple[float, bool]:
+        """(summed impulse, lane crossed) of events up to ``frame``; later ones are kept."""
+        with self._lock:
+            impulse = sum(size for f, size in self._impulses if f <= frame)
+            crossed = any(f <= frame for f in self._crossings)
+            self._impulses = [(f, size) for f, size in self._impulses if f > frame]
+            self._crossings = [f for f in self._crossings if f > frame]
+        return float(impulse), crossed
+
+
+class CarlaEnv:
+    """One ego vehicle in a synchronous CARLA world; see the module docstring."""
+
+    action_dim = ACTION_DIM
+
+    def __init__(self, cfg: CarlaConfig, reward: RewardConfig, host: str):
+        self.cfg, self.reward_cfg = cfg, reward
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise SemoreError(f"carla host {host!r} is invalid: expected HOST:PORT")
+        self.host, self.port = name, int(port)
+        self.address = f"{self.host}:{self.port}"
+        self.tm_port = self.port + cfg.tm_port_offset
+        self._carla = import_carla()
+        self._yaws_deg = sorted(float(y) for y in cfg.camera_yaws_deg)  # left to right
+        cameras = [camera_name(y) for y in self._yaws_deg]
+        if len(set(cameras)) != len(cameras):
+            raise SemoreError(
+                f"carla.camera_yaws_deg {cfg.camera_yaws_deg} gives duplicate camera names: "
+                "expected yaws at least 1 degree apart"
+            )
+        # One camera is stored as rgb.png alone; several as cam_<name>.png plus the panorama.
+        self.camera_names = ["rgb"] if len(cameras) == 1 else ["rgb", *cameras]
+        self.image_shape = (cfg.image_height, cfg.image_width * len(cameras))
+        self._server: subprocess.Popen | None = None
+        self._client = self._world = self._map = self._tm = None
+        self._world_id: int | None = None
+        self._original_settings = None
+        # (world id, actor ids) of an episode cut off by a failure, removed on reconnect.
+        self._stale: tuple[int | None, list[int]] = (None, [])
+        self._closed = False
+        self._forget_episode()
+        if not cfg.server_cmd:
+            self._connect()
+            return
+        self._start_server()
+        try:
+            self._connect_when_ready()
+        except BaseException:
+            self._stop_server()  # no orphaned server when the env cannot be built
+            raise
+
+    @property
+    def step_duration_s(self) -> float:
+        return self.cfg.fixed_delta_s
+
+    # -- episode --------------------------------------------------------------------------
+
+    def reset(self, seed: int) -> tuple[dict[str, np.ndarray], dict]:
+        self._check_connected("reset")
+        try:
+            if self._destroy_actors():
+                self._world.tick(self.cfg.timeout_s)  # let the removal land before respawning
+            self._tm.set_random_device_seed(int(seed))
+            self._spawn(random.Random(seed))
+            frame, images = self._first_frame()
+            self._events.pop(frame)  # contacts while the spawned cars settled do not count
+            self._num_steps = 0
+            self._weather = _describe_weather(self._world.get_weather())
+            state = self._state(impulse=0.0, crossed=False, steer=0.0, prev_lon_speed=None)
+        except RuntimeError as err:
+            raise self._lost("reset", err) from None
+        return self._frames(images), state
+
+    def step(self, action: np.ndarray | None) -> StepResult:
+        if self._num_steps is None:
+            raise SemoreError("carla step() called before reset(seed): expected reset first")
+        self._check_connected("step")
+        expert = action is None
+        if not expert:
+            action = np.asarray(action, dtype=np.float32).reshape(-1)
+            if action.shape != (ACTION_DIM,) or not np.all(np.isfinite(action)):
+                raise SemoreError(
+                    f"carla action {action.tolist()} is invalid: expected 2 finite values "
+                    "[steer, throttle_brake] in [-1, 1]"
+                )
+            action = np.clip(action, -1.0, 1.0)
+        cfg = self.cfg
+        try:
+            if expert != self._autopilot:
+                self._ego.set_autopilot(expert, self.tm_port)
+                self._autopilot = expert
+            if not expert:
+                steer, pedal = float(action[0]), float(action[1])
+                self._ego.apply_control(
+                    self._carla.VehicleControl(
+                        throttle=max(pedal, 0.0), steer=steer, brake=max(-pedal, 0.0)
+                    )
+                )
+            frame = self._world.tick(cfg.timeout_s)
+            images = self._await_images(frame, cfg.timeout_s)
+            if images is None:
+                raise SimulatorConnectionError(
+                    f"the CARLA server at {self.address} sent no complete set of camera images "
+                    f"for frame {frame} within {cfg.timeout_s:g} s"
+                )
+            if expert:  # record what the autopilot really applied during this tick
+                control = self._ego.get_control()
+                action = np.array([control.steer, control.throttle - control.brake], np.float32)
+            impulse, crossed = self._events.pop(frame)
+            self._num_steps += 1
+            state = self._state(impulse, crossed, float(action[0]), self._lon_speed_mps)
+        except RuntimeError as err:
+            raise self._lost(f"step {self._num_steps + 1}", err) from None
+        distance_m = state["lon_speed_mps"] * cfg.fixed_delta_s
+        self._collision_ticks = self._collision_ticks + 1 if impulse > 0 else 0
+        terminated = 0 < cfg.collision_terminate_ticks <= self._collision_ticks
+        return StepResult(
+            frames=self._frames(images),
+            action=action.astype(np.float32),
+            reward=driving_reward(self.reward_cfg, distance_m, impulse, float(action[0])),
+            terminated=terminated,
+            truncated=self._num_steps >= cfg.max_episode_steps and not terminated,
+            state=state,
+            distance_m=distance_m,
+            info={"frame": int(frame)},
+        )
+
+    def _spawn(self, rng: random.Random) -> None:
+        """The ego, the autopilot traffic and the ego's sensors, all chosen by ``rng``."""
+        carla, cfg, world = self._carla, self.cfg, self._world
+        library = world.get_blueprint_library()
+        try:
+            ego_bp = library.find(cfg.ego_blueprint)
+        except (IndexError, KeyError, RuntimeError):
+            raise SemoreError(
+                f"carla.ego_blueprint {cfg.ego_blueprint!r} is not in the server's blueprint "
+                "library: expected a vehicle id such as vehicle.audi.a2"
+            ) from None
+        ego_bp.set_attribute("role_name", "hero")
+        ego_transform, traffic_transforms = self._spawn_transforms(rng)
+        self._ego = world.try_spawn_actor(ego_bp, ego_transform)
+        if self._ego is None:
+            loc = ego_transform.location
+            raise SimulatorConnectionError(
+                f"the CARLA server at {self.address} could not spawn the ego at "
+                f"({loc.x:.1f}, {loc.y:.1f}): the spot is occupied"
+            )
+        self._vehicle_ids.append(self._ego.id)
+
+        blueprints = sorted(
+            (bp for bp in library.filter("vehicle.*") if _four_wheeled(bp)), key=lambda bp: bp.id
+        )
+        command = carla.command
+        batch = []
+        for transform in traffic_transforms:
+            bp = rng.choice(blueprints)
+            if bp.has_attribute("color"):
+                bp.set_attribute("color", rng.choice(bp.get_attribute("color").recommended_values))
+            bp.set_attribute("role_name", "autopilot")
+            autopilot = command.SetAutopilot(command.FutureActor, True, self.tm_port)
+            batch.append(command.SpawnActor(bp, transform).then(autopilot))
+        responses = self._client.apply_batch_sync(batch, False) if batch else []
+        ids = [r.actor_id for r in responses if not r.error]
+        self._vehicle_ids.extend(ids)
+        if len(ids) < len(batch):
+            log.debug(
+                "%d of %d traffic vehicles failed to spawn", len(batch) - len(ids), len(batch)
+            )
+        self._traffic = list(world.get_actors(ids)) if ids else []
+
+        camera_bp = library.find("sensor.camera.rgb")
+        camera_bp.set_attribute("image_size_x", str(cfg.image_width))
+        camera_bp.set_attribute("image_size_y", str(cfg.image_height))
+        camera_bp.set_attribute("fov", str(cfg.camera_fov_deg))
+        x, y, z = cfg.camera_location_m
+        for yaw in self._yaws_deg:
+            mount = carla.Transform(carla.Location(x=x, y=y, z=z), carla.Rotation(yaw=yaw))
+            camera = world.spawn_actor(camera_bp, mount, attach_to=self._ego)
+            self._sensors.append(camera)
+            images: queue.Queue = queue.Queue()
+            camera.listen(images.put)
+            self._camera_queues.append(images)
+        for blueprint, callback in (
+            ("sensor.other.collision", self._events.on_collision),
+            ("sensor.other.lane_invasion", self._events.on_lane_invasion),
+        ):
+            sensor = world.spawn_actor(
+                library.find(blueprint), carla.Transform(), attach_to=self._ego
+            )
+            self._sensors.append(sensor)
+            sensor.listen(callback)
+
+    def _spawn_transforms(self, rng: random.Random) -> tuple[Any, list]:
+        """(ego transform, traffic transforms): DBC's highway slots, or the map's spawn points."""
+        cfg = self.cfg
+        if cfg.spawn_road_id is None:
+            points = list(self._map.get_spawn_points())
+            if not points:
+                raise SemoreError(
+                    f"carla.town {cfg.town} has no spawn points: set carla.spawn_road_id"
+                )
+            rng.shuffle(points)
+            return points[0], points[1 : 1 + cfg.num_vehicles]
+        ego_lane = rng.choice(cfg.spawn_lane_ids)
+        low_m, high_m = cfg.vehicles_spawn_s_range_m
+        gap_m = cfg.vehicles_spawn_gap_m
+        slots = [
+            (lane, low_m + i * gap_m)
+            for lane in cfg.spawn_lane_ids
+            for i in range(int((high_m - low_m) // gap_m) + 1)
+            if lane != ego_lane or abs(low_m + i * gap_m - cfg.ego_spawn_s_m) >= gap_m
+        ]
+        chosen = rng.sample(slots, min(cfg.num_vehicles, len(slots)))
+        if len(chosen) < cfg.num_vehicles:
+            log.warning("only %d spawn slots for %d vehicles", len(chosen), cfg.num_vehicles)
+        ego = self._road_transform(ego_lane, cfg.ego_spawn_s_m)
+        return ego, [self._road_transform(lane, s_m) for lane, s_m in chosen]
+
+    def _road_transform(self, lane_id: int, s_m: float) -> Any:
+        carla, road_id = self._carla, self.cfg.spawn_road_id
+        waypoint = self._map.get_waypoint_xodr(road_id, lane_id, s_m)
+        if waypoint is None:
+            raise SemoreError(
+                f"carla: road {road_id} lane {lane_id} at s={s_m:g} m does not exist in "
+                f"{self.cfg.town}: expected a road of the map (set carla.spawn_road_id to null "
+                "to use the map's spawn points)"
+            )
+        loc, rot = waypoint.transform.location, waypoint.transform.rotation
+        return carla.Transform(
+            carla.Location(x=loc.x, y=loc.y, z=loc.z + SPAWN_LIFT_M),
+            carla.Rotation(pitch=rot.pitch, yaw=rot.yaw, roll=rot.roll),
+        )
+
+    # -- sensors --------------------------------------------------------------------------
+
+    def _first_frame(self) -> tuple[int, list[np.ndarray]]:
+        """Warm up, then tick until every camera delivered the current frame."""
+        cfg = self.cfg
+        for _ in range(cfg.reset_warmup_ticks):
+            self._world.tick(cfg.timeout_s)
+        # A freshly spawned camera may skip its first frames: wait briefly, then tick again.
+        wait_s = min(1.0, cfg.timeout_s)
+        for _ in range(max(1, math.ceil(cfg.timeout_s / wait_s))):
+            frame = self._world.tick(cfg.timeout_s)
+            images = self._await_images(frame, wait_s)
+            if images is not None:
+                return frame, images
+        raise SimulatorConnectionError(
+            f"the cameras on the CARLA server at {self.address} delivered no complete frame "
+            f"within {cfg.timeout_s:g} s of reset"
+        )
+
+    def _await_images(self, frame: int, wait_s: float) -> list[np.ndarray] | None:
+        """RGB images of ``frame`` from every camera, dropping older ones; None on time-out."""
+        deadline = time.monotonic() + wait_s
+        images = []
+        for camera_queue in self._camera_queues:
+            while True:
+                try:
+                    image = camera_queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    return None
+                if image.frame == frame:
+                    break
+                if image.frame > frame:  # ours was skipped: the frame cannot be completed
+                    return None
+            bgra = np.frombuffer(image.raw_data, dtype=np.uint8)
+            bgra = bgra.reshape(image.height, image.width, 4)  # (H, W, BGRA)
+            images.append(np.ascontiguousarray(bgra[:, :, 2::-1]))  # (H, W, RGB)
+        return images
+
+    def _frames(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+        if len(images) == 1:
+            return {"rgb": images[0]}
+        frames = {"rgb": np.concatenate(images, axis=1)}  # (H, n*W, 3), left to right
+        frames.update(zip(self.camera_names[1:], images, strict=True))
+        return frames
+
+    # -- privileged state -----------------------------------------------------------------
+
+    def _state(
+        self, impulse: float, crossed: bool, steer: float, prev_lon_speed: float | None
+    ) -> dict:
+        """JSON-ready state with the highway backend's keys plus traffic_light, weather,
+        lane_invasion. Lead distance is the bumper-to-bumper gap (``schema.LEAD_RANGE_M``
+        with ``lead_present`` false when there is none); its closing speed is positive when
+        the gap shrinks."""
+        driving = self._carla.LaneType.Driving
+        ego, road = self._ego, self._map
+        transform = ego.get_transform()
+        loc = transform.location
+        waypoint = road.get_waypoint(loc, project_to_road=True, lane_type=driving)
+        fx, fy = _unit_xy(waypoint.transform.get_forward_vector())
+        rx, ry = -fy, fx  # CARLA is left-handed: the right of (x, y) is (-y, x)
+        velocity = ego.get_velocity()
+        lon_speed = velocity.x * fx + velocity.y * fy
+        lane_index = _lanes_beside(waypoint, "get_left_lane", driving)
+        lanes_count = lane_index + 1 + _lanes_beside(waypoint, "get_right_lane", driving)
+        ego_half_length = ego.bounding_box.extent.x
+
+        per_lane = [0] * lanes_count
+        lead = None
+        for other in self._traffic:
+            other_loc = other.get_location()
+            dx, dy = other_loc.x - loc.x, other_loc.y - loc.y
+            distance_m = dx * fx + dy * fy
+            if (
+                abs(distance_m) > LEAD_RANGE_M + 10.0
+                or abs(dx * rx + dy * ry) > NEIGHBOUR_LATERAL_RANGE_M
+            ):
+                continue
+            other_wp = road.get_waypoint(other_loc, project_to_road=True, lane_type=driving)
+            ox, oy = _unit_xy(other_wp.transform.get_forward_vector())
+            if ox * fx + oy * fy <= 0.0:  # the other carriageway
+                continue
+            other_lane = _lanes_beside(other_wp, "get_left_lane", driving)
+            other_v = other.get_velocity()
+            relative = lon_speed - (other_v.x * fx + other_v.y * fy)
+            gap_m = max(0.0, distance_m - ego_half_length - other.bounding_box.extent.x)
+            if other_lane == lane_index and distance_m > 0 and gap_m <= LEAD_RANGE_M:
+                if lead is None or gap_m < lead[0]:
+                    lead = (gap_m, relative)
+            if abs(distance_m) <= NEIGHBOUR_RANGE_M:
+                if 0 <= other_lane < lanes_count:
+                    per_lane[other_lane] += 1
+
+        dt_s = self.cfg.fixed_delta_s
+        accel = 0.0 if prev_lon_speed is None else (lon_speed - prev_lon_speed) / dt_s
+        self._lon_speed_mps = lon_speed
+        heading = math.radians(transform.rotation.yaw - waypoint.transform.rotation.yaw)
+        light = ego.get_traffic_light_state() if ego.is_at_traffic_light() else None
+        on_road = road.get_waypoint(loc, project_to_road=False, lane_type=driving) is not None
+        return {
+            "speed_mps": float(math.hypot(velocity.x, velocity.y)),
+            "lon_speed_mps": float(lon_speed),
+            "lat_speed_mps": float(velocity.x * rx + velocity.y * ry),
+            "acceleration_mps2": float(accel),
+            "heading_rad": float(math.remainder(heading, 2 * math.pi)),  # relative to the lane
+            "yaw_rate_radps": float(math.radians(ego.get_angular_velocity().z)),
+            "position_m": [float(loc.x), float(loc.y)],
+            "lane_index": int(lane_index),
+            "lanes_count": int(lanes_count),
+            "lead_present": lead is not None,
+            "lead_distance_m": LEAD_RANGE_M if lead is None else float(lead[0]),
+            "lead_closing_speed_mps": 0.0 if lead is None else float(lead[1]),
+            "neighbours_per_lane": per_lane,
+            "collision": bool(impulse > 0.0),
+            "collision_impulse": float(impulse),
+            "on_road": bool(on_road),
+            "steer": float(steer),
+            "time_s": float(self._num_steps * dt_s),
+            "traffic_light": schema.NO_TRAFFIC_LIGHT if light is None else _LIGHT_NAMES.get(light.name, schema.NO_TRAFFIC_LIGHT),
+            "weather": self._weather,
+            "lane_invasion": bool(crossed),
+        }
+
+    # -- connection -----------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        """Client, world (loading ``town`` if another map is up), sync settings and TM."""
+        carla, cfg = self._carla, self.cfg
+        try:
+            client = carla.Client(self.host, self.port)
+            client.set_timeout(cfg.timeout_s)
+            world = client.get_world()
+            if self._original_settings is None:
+                self._original_settings = world.get_settings()
+            if world.get_map().name.rsplit("/", 1)[-1] != cfg.town:
+                log.info("loading %s on the CARLA server at %s", cfg.town, self.address)
+                world = self._load_town(client)
+            traffic_manager = client.get_trafficmanager(self.tm_port)
+            traffic_manager.set_synchronous_mode(True)
+            traffic_manager.global_percentage_speed_difference(cfg.tm_speed_difference_pct)
+            settings = world.get_settings()
+            settings.synchronous_mode = True
+            settings.fixed_delta_seconds = cfg.fixed_delta_s
+            world.apply_settings(settings)
+            self._map = world.get_map()
+            self._world_id = world.id
+        except RuntimeError as err:
+            if "time-out" in str(err):
+                raise SimulatorConnectionError(
+                    f"cannot reach the CARLA server at {self.address} within {cfg.timeout_s:g} s: "
+                    f"expected a running server (start CarlaUE4.sh -carla-rpc-port={self.port}, "
+                    "or set carla.server_cmd)"
+                ) from None
+            raise SimulatorConnectionError(
+                f"the CARLA server at {self.address} failed during connection set-up: {_one_line(err)}"
+            ) from None
+        self._client, self._world, self._tm = client, world, traffic_manager
+
+    def _load_town(self, client: Any) -> Any:
+        try:
+            return client.load_world(self.cfg.town)
+        except RuntimeError as err:
+            if "time-out" in str(err):
+                raise
+            raise SemoreError(
+                f"carla.town {self.cfg.town!r} cannot be loaded by the CARLA server at "
+                f"{self.address} ({_one_line(err)}): expected a map it has, e.g. Town04"
+            ) from None
+
+    def reconnect(self) -> None:
+        """Re-create client, world and TM (restarting an own server that died or hangs),
+        and destroy the in-flight episode's actors if the server kept them."""
+        if self._closed:
+            raise SemoreError("carla reconnect() after close(): expected a new CarlaEnv")
+        if self._sensors or self._vehicle_ids:  # kept until a reconnect succeeds
+            self._stale = (self._world_id, [s.id for s in self._sensors] + self._vehicle_ids)
+        for sensor in self._sensors:
+            _quietly(sensor.stop)
+        self._forget_episode()
+        self._client = self._world = self._map = self._tm = None
+        if self._server is not None and self._server.poll() is not None:
+            log.warning("the CARLA server of carla.server_cmd exited; restarting it")
+            self._restart_server()
+        else:
+            try:
+                self._connect()
+            except SimulatorConnectionError:
+                if self._server is None:
+                    raise
+                log.warning("the CARLA server of carla.server_cmd does not answer; restarting it")
+                self._restart_server()
+        stale_world_id, stale_ids = self._stale
+        self._stale = (None, [])
+        if stale_ids and stale_world_id == self._world_id:  # the server kept them: remove
+            command = self._carla.command
+            try:
+                self._client.apply_batch_sync([command.DestroyActor(i) for i in stale_ids], False)
+            except RuntimeError as err:
+                raise self._lost("reconnect", err) from None
+
+    def close(self) -> None:
+        """Destroy actors (sensors stopped first), restore settings, release TM sync."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._world is not None:
+            try:
+                self._destroy_actors()
+                if self._original_settings is not None:
+                    self._world.apply_settings(self._original_settings)
+                self._tm.set_synchronous_mode(False)
+            except RuntimeError as err:
+                log.warning(
+                    "could not clean up the CARLA server at %s (%s): its world may stay "
+                    "synchronous until restarted",
+                    self.address,
+                    _one_line(err),
+                )
+        self._client = self._world = self._map = self._tm = None
+        self._stop_server()
+
+    def _destroy_actors(self) -> int:
+        """Stop and destroy this episode's sensors, then its vehicles; returns the count."""
+        for sensor in self._sensors:
+            sensor.stop()
+        ids = [s.id for s in self._sensors] + self._vehicle_ids
+        if ids:
+            command = self._carla.command
+            self._client.apply_batch_sync([command.DestroyActor(i) for i in ids], False)
+        self._forget_episode()
+        return len(ids)
+
+    def _forget_episode(self) -> None:
+        self._ego = None
+        self._traffic: list = []
+        self._sensors: list = []  # cameras left to right, then collision, lane invasion
+        self._vehicle_ids: list[int] = []  # ego first
+        self._camera_queues: list[queue.Queue] = []
+        self._events = _SensorEvents()
+        self._autopilot = False
+        self._num_steps: int | None = None
+        self._lon_speed_mps = 0.0
+        self._collision_ticks = 0
+        self._weather: str | None = None
+
+    def _check_connected(self, what: str) -> None:
+        if self._closed:
+            raise SemoreError(f"carla {what}() after close(): expected a new CarlaEnv")
+        if self._world is None:
+            raise SimulatorConnectionError(
+                f"not connected to the CARLA server at {self.address}: expected reconnect() to succeed"
+            )
+
+    def _lost(self, what: str, err: RuntimeError) -> SimulatorConnectionError:
+        return SimulatorConnectionError(
+            f"the CARLA server at {self.address} failed during {what}: {_one_line(err)}"
+        )
+
+    # -- own server process ---------------------------------------------------------------
+
+    def _start_server(self) -> None:
+        try:
+            cmd = self.cfg.server_cmd.format(port=self.port)
+        except (KeyError, IndexError, ValueError):
+            raise SemoreError(
+                f"carla.server_cmd {self.cfg.server_cmd!r} is invalid: expected {{port}} as its "
+                "only placeholder"
+            ) from None
+        log.info("starting a CARLA server: %s", cmd)
+        try:
+            # Own process group: close() stops the launcher script and the engine it starts.
+            self._server = subprocess.Popen(
+                shlex.split(cmd),
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError as err:
+            raise SemoreError(
+                f"carla.server_cmd {cmd!r} cannot start ({err.strerror}): expected e.g. "
+                "'/opt/carla/CarlaUE4.sh -RenderOffScreen -carla-rpc-port={port}'"
+            ) from None
+
+    def _connect_when_ready(self) -> None:
+        """Retry connecting to the started server for up to ``server_start_wait_s``."""
+        deadline = time.monotonic() + self.cfg.server_start_wait_s
+        while True:
+            code = self._server.poll()
+            if code:  # 0 may be a launcher that daemonised: keep trying
+                raise SemoreError(
+                    f"carla.server_cmd exited with code {code} before the CARLA server at "
+                    f"{self.address} answered: expected it to keep a server running"
+                )
+            try:
+                self._connect()
+                return
+            except SimulatorConnectionError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+
+    def _restart_server(self) -> None:
+        self._stop_server()
+        self._start_server()
+        self._connect_when_ready()
+
+    def _stop_server(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(server.pid, sig)  # the group, even if the launcher already exited
+            except ProcessLookupError:
+                break
+            try:
+                server.wait(timeout=10.0)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if server.poll() is None:
+            server.wait()
+
+
+def _four_wheeled(blueprint: Any) -> bool:
+    return (
+        blueprint.has_attribute("number_of_wheels")
+        and blueprint.get_attribute("number_of_wheels").as_int() == 4
+    )
+
+
+def _lanes_beside(waypoint: Any, side: str, driving: Any) -> int:
+    """Driving lanes of the same direction next to ``waypoint`` on one side."""
+    count, lane = 0, getattr(waypoint, side)()
+    while (
+        lane is not None
+        and count < 16
+        and lane.lane_type == driving
+        and lane.lane_id * waypoint.lane_id > 0
+    ):
+        count += 1
+        lane = getattr(lane, side)()
+    return count
+
+
+def _unit_xy(vector: Any) -> tuple[float, float]:
+    norm = math.hypot(vector.x, vector.y) or 1.0
+    return vector.x / norm, vector.y / norm
+
+
+def _describe_weather(weather: Any) -> str:
+    """A preset-like phrase: "clear, day", "cloudy, heavy rain, night"..."""
+    sky = (
+        "clear"
+        if weather.cloudiness < 20
+        else "partly cloudy"
+        if weather.cloudiness < 60
+        else "cloudy"
+    )
+    parts = [sky]
+    if weather.precipitation >= 10:
+        parts.append("heavy rain" if weather.precipitation >= 50 else "rain")
+    if weather.fog_density >= 30:
+        parts.append("fog")
+    altitude = weather.sun_altitude_angle
+    parts.append("night" if altitude < 0 else "low sun" if altitude < 15 else "day")
+    return ", ".join(parts)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _quietly(fn: Any) -> None:
+    try:
+        fn()
+    except RuntimeError as err:
+        log.debug("ignored during CARLA clean-up: %s", _one_line(err))

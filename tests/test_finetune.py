@@ -1,0 +1,260 @@
+"""Stage 3b, ``semore-finetune``: outputs, exact resume, encoder initialisation, CARLA
+reconnects and one-line errors, on tiny highway runs (32x32 frames, 8-filter encoder)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import finetune as finetune_mod
+from pipeline.config import load_config
+from pipeline.finetune import FinetuneConfig, build_agent, build_encoder, main
+from pipeline.rl_env import MOTION_DIM, motion_stats, motion_targets
+from pipeline.rl_eval import read_metrics
+from pipeline.sim.base import SimulatorConnectionError, StepResult
+from semore.encoder import SemoreEncoder, save_encoder
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "quickstart.yaml"
+TINY = [
+    "--config", str(CONFIG),
+    "--env.highway.image_height", "32",
+    "--env.highway.image_width", "32",
+    "--env.highway.max_episode_steps", "15",
+    "--encoder.num_filters", "8",
+    "--batch_size", "8",
+    "--num_seed_steps", "10",
+    "--eval_every_steps", "10",
+    "--num_eval_episodes", "1",
+    "--replay_capacity", "500",
+    "--sac.hidden_dim", "32",
+    "--fabric.accelerator", "cpu",
+    "--quiet",
+]  # fmt: skip
+TRAIN_METRICS = ("critic_loss", "actor_loss", "alpha", "reward_aux_loss", "motion_aux_loss")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models gain nothing from threads, and OpenMP threads stall on a busy 2-core box.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_export(path: Path, size: int = 32, metadata: dict | None = None) -> SemoreEncoder:
+    torch.manual_seed(123)
+    encoder = SemoreEncoder(frame_stack=3, image_height=size, image_width=size, num_filters=8)
+    save_encoder(path, encoder, metadata)
+    return encoder
+
+
+def load_ckpt(out: Path) -> dict:
+    return torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+
+
+def error_line(capsys) -> str:
+    """The one error line (warnings logged before it are allowed)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("semore-finetune: error: ")]
+    assert len(errors) == 1 and err[-1] == errors[0], err
+    return errors[0]
+
+
+def test_finetune_outputs_and_resume_continues_exactly(tmp_path):
+    out = tmp_path / "run"
+    aux = ["--sac.reward_aux_weight", "1.0", "--sac.motion_aux_weight", "1.0"]
+    assert (
+        main([*TINY, *aux, "--encoder", "none", "--out", str(out), "--num-train-steps", "20"]) == 0
+    )
+
+    rows = read_metrics(out / "metrics.csv")
+    assert {r["phase"] for r in rows} == {"train", "eval"}
+    assert [int(r["step"]) for r in rows if r["phase"] == "eval"] == [0, 10, 20]
+    for row in rows:
+        for key in ("episode_return", "distance_m", "collisions", "mean_abs_steer"):
+            assert math.isfinite(float(row[key])), (key, row)
+        for key, value in row.items():
+            if key != "phase" and value != "":
+                assert math.isfinite(float(value)), (key, row)
+    train = [r for r in rows if r["phase"] == "train"]
+    for key in TRAIN_METRICS:
+        assert any(r.get(key, "") != "" for r in train), key
+    assert (out / "learning_curve.png").stat().st_size > 1000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 20 and summary["encoder_source"] == "none"
+    assert summary["final_eval"]["episode_return"] == pytest.approx(
+        float([r for r in rows if r["phase"] == "eval"][-1]["episode_return"]), rel=1e-5
+    )
+    ckpt = load_ckpt(out)
+    assert ckpt["step"] == 20 and ckpt["num_updates"] == 5  # steps 12, 14, ..., 20
+    assert (out / "checkpoints" / ckpt["replay_file"]).is_file()
+
+    # --resume continues the step count and appends to metrics.csv.
+    resume = [*TINY, *aux, "--encoder", "none", "--out", str(out), "--resume"]
+    assert main([*resume, "--num-train-steps", "30"]) == 0
+    resumed = read_metrics(out / "metrics.csv")
+    assert [{k: r[k] for k in rows[0]} for r in resumed[: len(rows)]] == rows
+    assert all(int(r["step"]) > 20 for r in resumed[len(rows) :])
+    assert [int(r["step"]) for r in resumed if r["phase"] == "eval"] == [0, 10, 20, 30]
+    assert load_ckpt(out)["step"] == 30 and load_ckpt(out)["num_updates"] == 10
+    assert len(list((out / "checkpoints").glob("replay-*.npz"))) == 1
+
+    # The resumed run is the run that was never interrupted.
+    straight = tmp_path / "straight"
+    assert (
+        main([*TINY, *aux, "--encoder", "none", "--out", str(straight), "--num-train-steps", "30"])
+        == 0
+    )
+    a, b = load_ckpt(out)["agent"]["agent"], load_ckpt(straight)["agent"]["agent"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    evals = [
+        r["episode_return"] for r in read_metrics(straight / "metrics.csv") if r["phase"] == "eval"
+    ]
+    assert evals == [r["episode_return"] for r in resumed if r["phase"] == "eval"]
+
+
+def test_pretrained_export_initialises_agent_encoder(tmp_path):
+    export = tmp_path / "encoder.pt"
+    encoder = make_export(export)
+    out = tmp_path / "run"
+    # No update happens before step 10, so the final checkpoint holds the step-0 weights.
+    args = [*TINY, "--encoder", str(export), "--out", str(out), "--num-train-steps", "5"]
+    assert main(args) == 0
+    agent_state = load_ckpt(out)["agent"]["agent"]
+    assert load_ckpt(out)["num_updates"] == 0
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(agent_state[f"encoder.{name}"], value), name
+        assert torch.equal(agent_state[f"target_encoder.{name}"], value), name
+    assert json.loads((out / "summary.json").read_text())["encoder_source"] == str(export.resolve())
+
+    # Same seed, pretrained vs none: identical architecture and heads, different encoder.
+    cfg = load_config(FinetuneConfig, CONFIG, TINY[2:-1])
+    agents = []
+    for source in (str(export), "none"):
+        torch.manual_seed(cfg.seed)
+        agents.append(build_agent(build_encoder(source, cfg)[0], cfg).state_dict())
+    pretrained, baseline = agents
+    assert pretrained.keys() == baseline.keys()
+    assert all(
+        torch.equal(pretrained[k], baseline[k]) for k in pretrained if k.startswith("actor.")
+    )
+    assert all(
+        torch.equal(pretrained[k], baseline[k]) for k in pretrained if k.startswith("critic.")
+    )
+    assert not torch.equal(pretrained["encoder.fuse.0.weight"], baseline["encoder.fuse.0.weight"])
+
+
+def test_motion_targets_use_export_statistics():
+    names = ("speed_mps", "acceleration_mps2", "yaw_rate_radps", "lat_speed_mps")
+    state = dict(zip(names, (20.0, 1.0, 0.1, -0.5), strict=True))
+    mean, std = motion_stats(
+        {"motion_mean": [10.0, 0.0, 0.0, 0.0], "motion_std": [5.0, 2.0, 0.0, 0.5]}
+    )
+    assert np.allclose(motion_targets(state, mean, std), [2.0, 0.5, 0.1, -1.0])  # std 0 -> 1
+    mean, std = motion_stats({})
+    assert np.allclose(motion_targets(state, mean, std), [20.0, 1.0, 0.1, -0.5])
+    with pytest.raises(Exception, match="expected 4 values"):
+        motion_stats({"motion_mean": [0.0], "motion_std": [1.0]})
+    assert MOTION_DIM == 4
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
+    export = tmp_path / "encoder.pt"
+    make_export(export, size=32)
+    out = str(tmp_path / "run")
+    mismatch = ["--env.highway.image_height", "40", "--env.highway.image_width", "40"]
+    assert main([*TINY, *mismatch, "--encoder", str(export), "--out", out]) == 2
+    line = error_line(capsys)
+    assert "32x32" in line and "40x40" in line and "image_height" in line
+
+    missing = tmp_path / "nope" / "encoder.pt"
+    assert main([*TINY, "--encoder", str(missing), "--out", out]) == 2
+    assert str(missing) in error_line(capsys)
+
+    assert main([*TINY, "--encoder", "none", "--out", out, "--num-train-steps", "2"]) == 0
+    capsys.readouterr()
+    assert main([*TINY, "--encoder", "none", "--out", out, "--num-train-steps", "4"]) == 2
+    assert "--resume" in error_line(capsys)
+    changed = ["--batch_size", "4", "--resume"]
+    assert main([*TINY, *changed, "--encoder", "none", "--out", out, "--num-train-steps", "4"]) == 2
+    assert "batch_size" in error_line(capsys)
+    assert main([*TINY, "--encoder", str(export), "--out", out, "--resume"]) == 2
+    assert "--encoder" in error_line(capsys)
+
+
+class FlakyCarla:
+    """A CARLA stand-in (16x16 frames) whose connection drops on chosen step calls."""
+
+    action_dim = 2
+    camera_names = ["rgb"]
+    image_shape = (16, 16)
+    step_duration_s = 0.05
+
+    def __init__(self, fail_calls=(), always_fail=False):
+        self.fail_calls = set(fail_calls)
+        self.always_fail = always_fail
+        self.calls = self.reconnects = 0
+
+    def reset(self, seed):
+        self.rng = np.random.default_rng(seed)
+        self.t = 0
+        return {"rgb": self._frame()}, self._state(0.0)
+
+    def _frame(self):
+        return self.rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+
+    def _state(self, steer):
+        return {"speed_mps": 10.0, "acceleration_mps2": 0.0, "yaw_rate_radps": 0.0,
+                "lat_speed_mps": 0.0, "steer": float(steer), "collision": False}  # fmt: skip
+
+    def step(self, action):
+        self.calls += 1
+        if self.always_fail or self.calls in self.fail_calls:
+            raise SimulatorConnectionError("carla server at localhost:2000 timed out")
+        self.t += 1
+        return StepResult(
+            {"rgb": self._frame()}, np.asarray(action), 0.5, False, self.t >= 24,
+            self._state(action[0]), distance_m=0.5,
+        )  # fmt: skip
+
+    def reconnect(self):
+        self.reconnects += 1
+
+    def close(self):
+        pass
+
+
+def test_carla_connection_loss_reconnects_and_gives_up(tmp_path, monkeypatch, capsys):
+    envs = []
+
+    def fake_make_env(backend, reward, highway, carla, worker=0):
+        assert backend == "carla"
+        return envs[-1]
+
+    monkeypatch.setattr(finetune_mod, "make_env", fake_make_env)
+    carla = ["--env.backend", "carla", "--env.carla.image_height", "16", "--env.carla.image_width",
+             "16", "--env.carla.camera_yaws_deg", "[0.0]", "--env.carla.max_retries", "2"]  # fmt: skip
+    envs.append(FlakyCarla(fail_calls={9, 30, 31}))
+    out = tmp_path / "run"
+    assert (
+        main([*TINY, *carla, "--encoder", "none", "--out", str(out), "--num-train-steps", "12"])
+        == 0
+    )
+    assert envs[-1].reconnects == 3
+    ckpt = load_ckpt(out)
+    # Action repeat 4 on CARLA: 6 sim steps per eval episode; true distance sums every one.
+    assert ckpt["step"] == 12 and ckpt["sim_steps"] == 48
+    evals = [r for r in read_metrics(out / "metrics.csv") if r["phase"] == "eval"]
+    assert all(float(r["episode_steps"]) == 6 and float(r["distance_m"]) == 12.0 for r in evals)
+    assert all(float(r["episode_return"]) == 12.0 for r in evals)
+
+    envs.append(FlakyCarla(always_fail=True))
+    assert main([*TINY, *carla, "--encoder", "none", "--out", str(tmp_path / "dead")]) == 2
+    assert "gave up after 2 consecutive reconnects" in error_line(capsys)
+    assert envs[-1].reconnects == 2

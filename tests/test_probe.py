@@ -1,0 +1,119 @@
+"""``semore-probe`` / ``run_probe``: linear probes of frozen features on held-out episodes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.probe import main, run_probe
+from semore.encoder import SemoreEncoder, save_encoder
+from tests import conftest
+
+FRAME_STACK = 3
+
+
+def pixel(episode: int, step: int) -> int:
+    return (episode * 37 + step * 11) % 256
+
+
+class LatestFramePixel(nn.Module):
+    """A fake encoder: h is linear in the latest frame's red value (plus a constant)."""
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        red = obs[:, 3 * (FRAME_STACK - 1)].float().mean((1, 2))  # (B,)
+        return torch.stack([2.0 * red + 1.0, torch.ones_like(red)], dim=1)  # (B, 2)
+
+
+@pytest.fixture
+def pixel_tied_dataset(tmp_path: Path, monkeypatch) -> Path:
+    """Synthetic raw data whose speed and lead distance are linear in the frame's red value."""
+    original = conftest.synthetic_state
+
+    def state(episode: int, step: int, dt_s: float) -> dict:
+        values = original(episode, step, dt_s)
+        values["speed_mps"] = 0.1 * pixel(episode, step)
+        values["lead_distance_m"] = 0.3 * pixel(episode, step)
+        return values
+
+    module = sys.modules[conftest.write_synthetic_raw.__module__]
+    monkeypatch.setattr(module, "synthetic_state", state)
+    return conftest.write_synthetic_raw(tmp_path / "data", num_episodes=8, steps_per_episode=6)
+
+
+def test_run_probe_recovers_linear_targets_on_heldout_episodes(pixel_tied_dataset: Path):
+    result = run_probe(
+        LatestFramePixel(),
+        pixel_tied_dataset,
+        frame_stack=FRAME_STACK,
+        holdout_every=4,
+        batch_size=5,
+        alpha=1e-6,
+    )
+    assert result["heldout_episodes"] == [3, 7]
+    assert (result["num_train_samples"], result["num_heldout_samples"]) == (36, 12)
+    r2 = result["r2"]
+    assert r2["speed"] > 0.999 and r2["lead_distance"] > 0.999
+    assert r2["reward"] > 0.999  # the synthetic reward is speed * dt
+    assert set(r2) == {"speed", "lead_distance", "lane", "reward"}
+
+
+def test_probe_scores_the_latest_frame_not_an_older_one(pixel_tied_dataset: Path):
+    class OldestFramePixel(nn.Module):
+        def forward(self, obs):
+            red = obs[:, 0].float().mean((1, 2))
+            return torch.stack([red, torch.ones_like(red)], dim=1)
+
+    r2 = run_probe(
+        OldestFramePixel(), pixel_tied_dataset, frame_stack=FRAME_STACK, holdout_every=4, alpha=1e-6
+    )["r2"]
+    assert r2["speed"] < 0.99  # two steps stale: clearly worse than the latest frame
+
+
+def test_cli_random_encoder_prints_table_and_summary(raw_dataset: Path, tmp_path: Path, capsys):
+    out = tmp_path / "probe.json"
+    code = main(
+        [
+            "--encoder",
+            "random",
+            "--data",
+            str(raw_dataset),
+            "--out",
+            str(out),
+            "--batch-size",
+            "7",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["target", "R2", "held-out"]
+    summary = lines[-1]
+    assert summary.startswith("probe: speed=") and "lead_distance=" in summary
+    assert "lane=" in summary and "reward=" in summary
+    assert summary.endswith("(held-out episodes: 1, samples: 6)")
+    saved = json.loads(out.read_text())
+    assert saved["encoder"] == "random" and saved["repr_dim"] == 50
+    assert set(saved["r2"]) == {"speed", "lead_distance", "lane", "reward"}
+
+
+def test_cli_uses_the_exports_holdout_rule(raw_dataset: Path, tmp_path: Path, capsys):
+    encoder = SemoreEncoder(
+        frame_stack=2, image_height=32, image_width=32, num_filters=8, repr_dim=6, num_heads=2
+    )
+    path = tmp_path / "encoder.pt"
+    save_encoder(path, encoder, {"holdout_every": 2})
+    assert main(["--encoder", str(path), "--data", str(raw_dataset), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().endswith("(held-out episodes: 2, samples: 12)")
+
+
+def test_cli_errors_are_one_line(raw_dataset: Path, tmp_path: Path, capsys):
+    assert main(["--encoder", str(tmp_path / "missing.pt"), "--data", str(raw_dataset)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "missing.pt" in err
+    assert main(["--encoder", "random", "--data", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
