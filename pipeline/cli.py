@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -48,6 +49,29 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
     return value
+
+
+def add_slice_args(parser: argparse.ArgumentParser, unit: str) -> None:
+    """``--worker-index/--num-workers``: this invocation's slice of a multi-node job."""
+    parser.add_argument(
+        "--worker-index", type=non_negative_int, default=None,
+        help=f"this node's slice of the {unit} (default: $RANK or 0)",
+    )
+    parser.add_argument(
+        "--num-workers", type=positive_int, default=None,
+        help="number of slices (default: $WORLD_SIZE or 1)",
+    )
+
+
+def node_slice(worker_index: int | None, num_workers: int | None) -> tuple[int, int]:
+    """``--worker-index/--num-workers``, else torch.distributed's ``RANK/WORLD_SIZE``."""
+    index = worker_index if worker_index is not None else int(os.environ.get("RANK", 0))
+    count = num_workers if num_workers is not None else int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= index < count:
+        raise SemoreError(
+            f"--worker-index {index} is out of range: expected 0 <= index < --num-workers {count}"
+        )
+    return index, count
 
 
 def run_cli(

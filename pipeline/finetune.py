@@ -81,6 +81,7 @@ class FabricConfig:
 class FinetuneConfig:
     """Everything that determines a fine-tuning run, except the encoder export itself."""
 
+    # The embedded highway simulator at the DrQ / DBC 84x84 observation size.
     env: EnvConfig = field(default_factory=EnvConfig)
     # Simulator steps per agent decision. None = 0.2 s per decision as in DBC: 1 on highway
     # (each step already spans 3 ticks at 15 Hz, i.e. 5 Hz control) and 4 on CARLA (20 Hz).
@@ -104,11 +105,15 @@ class FinetuneConfig:
     eval_every_steps: int = 10_000
     # DrQ / DBC report means over 10 episodes.
     num_eval_episodes: int = 10
+    # SAC-AE / DrQ hyper-parameters; also where freeze_encoder and the online auxiliary
+    # weights (reward_aux_weight, motion_aux_weight; 0 = plain SAC) live.
     sac: SACConfig = field(default_factory=SACConfig)
     # Used for --encoder none; image size and frame stack follow the env and frame_stack.
     # With an export, its own config is used (and must match the env).
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # Seeds the networks, replay sampling and the episodes (eval episodes repeat per eval).
     seed: int = 0
+    # Single device, full precision: exact and resumable bit for bit.
     fabric: FabricConfig = field(default_factory=FabricConfig)
 
     def __post_init__(self) -> None:
@@ -245,7 +250,13 @@ def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = Fa
                 f"--out {out} already holds a fine-tuning run ({ckpt_path}): expected --resume "
                 "to continue it, or a new --out"
             )
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for foreign or corrupt files
+            raise SemoreError(
+                f"{ckpt_path} is not readable ({type(err).__name__}): expected a checkpoint "
+                "written by semore-finetune"
+            ) from None
     elif resume:
         log.info("--resume: no checkpoint in %s yet, starting a new run", out)
 

@@ -18,17 +18,11 @@ import numpy as np
 from pipeline import schema
 from pipeline.errors import SemoreError
 from pipeline.sim.base import DrivingEnv, SimulatorConnectionError
+from pipeline.annotate.motion import motion_targets as raw_motion_targets
 from semore.replay import FrameStack
 
 log = logging.getLogger(__name__)
 
-# Where each ego-motion target of schema.MOTION_TARGETS lives in StepResult.state.
-MOTION_STATE_KEYS = {
-    "speed": "speed_mps",
-    "acceleration": "acceleration_mps2",
-    "yaw_rate": "yaw_rate_radps",
-    "lateral_speed": "lat_speed_mps",
-}
 MOTION_DIM = len(schema.MOTION_TARGETS)
 
 
@@ -60,15 +54,7 @@ def motion_stats(metadata: dict, where: str = "encoder metadata") -> tuple[np.nd
 
 def motion_targets(state: dict, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Standardised ego-motion targets (MOTION_DIM,) float32 from a simulator state."""
-    values = []
-    for name, _unit in schema.MOTION_TARGETS:
-        key = MOTION_STATE_KEYS[name]
-        if key not in state:
-            raise SemoreError(
-                f"simulator state has no {key!r}: expected it for the motion target {name!r}"
-            )
-        values.append(float(state[key]))
-    return ((np.asarray(values, np.float32) - mean) / std).astype(np.float32)
+    return ((raw_motion_targets(state, "simulator ") - mean) / std).astype(np.float32)
 
 
 @dataclass

@@ -69,6 +69,13 @@ MOTION_TARGETS = (
     ("yaw_rate", "rad/s"),
     ("lateral_speed", "m/s"),
 )
+# Where each motion target is read from in state.json (units in the field names).
+MOTION_STATE_FIELDS = {
+    "speed": "speed_mps",
+    "acceleration": "acceleration_mps2",
+    "yaw_rate": "yaw_rate_radps",
+    "lateral_speed": "lat_speed_mps",
+}
 
 # Run names become the first key field; keys must not contain dots (webdataset splits
 # the member extension at the first dot) nor underscores (the key's field separator).

@@ -22,7 +22,7 @@ from pipeline import schema
 from pipeline.errors import SemoreError
 
 TMP_MARK = ".tmp-"  # in-progress shards: `.raw-000001.tar.tmp-<pid>`; never read as data
-_FIXED_MTIME = 0.0  # reproducible tar headers
+_FIXED_MTIME = 0  # reproducible tar headers (an int: a float adds a pax header per member)
 
 
 def encode_member(name: str, value: object) -> bytes:
@@ -141,6 +141,16 @@ def iter_shard(path: str | Path, decode: bool = True) -> Iterator[dict]:
                         yield current
                     current = {"__key__": key}
                 current[member] = decode_member(member, data) if decode else data
+            end_offset = tar.offset
+        # tarfile stops quietly at a corrupt header or a cut at a member boundary; a complete
+        # tar ends with at least two zero blocks and has nothing but zeros after its members.
+        with open(path, "rb") as handle:
+            handle.seek(end_offset)
+            trailer = handle.read()
+        if trailer.strip(b"\0"):
+            raise tarfile.ReadError(f"invalid tar header at byte {end_offset}")
+        if len(trailer) < 2 * tarfile.BLOCKSIZE:
+            raise tarfile.ReadError(f"no end-of-archive marker after byte {end_offset}")
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
         last = current["__key__"] if current else None
         raise SemoreError(

@@ -209,7 +209,7 @@ class SACAgent(nn.Module):
             x = torch.as_tensor(obs, device=self.device).unsqueeze(0).float()  # (1, 3K, H, W)
             mu, log_std = self.actor(self.encoder(x))
             pre_tanh = (mu + log_std.exp() * torch.randn_like(mu)) if sample else mu
-        return torch.tanh(pre_tanh)[0].cpu().numpy().astype(np.float32)
+        return torch.tanh(pre_tanh)[0].float().cpu().numpy()
 
     def update_critic(
         self,

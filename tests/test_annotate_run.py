@@ -21,7 +21,19 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "annotate" / "qui
 
 def _annotate(root: Path, *extra: str) -> int:
     # One torch thread: tests share a small machine, where more threads only wait on each other.
-    return main(["--config", str(QUICKSTART), "--data", str(root), "--device", "cpu", "--num_threads", "1", *extra])
+    return main(
+        [
+            "--config",
+            str(QUICKSTART),
+            "--data",
+            str(root),
+            "--device",
+            "cpu",
+            "--num_threads",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def _manifest(root: Path) -> dict:
@@ -29,7 +41,9 @@ def _manifest(root: Path) -> dict:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))
+    }
 
 
 def _error_line(capsys) -> str:
@@ -67,10 +81,15 @@ def test_annotations_align_with_raw_shards(raw_dataset, capsys):
                 assert a[member].dtype == np.float32 and a[member].shape == (384,)
                 assert abs(np.linalg.norm(a[member]) - 1.0) < 1e-5
             state = r[schema.STATE]
-            expected = [state["speed_mps"], state["acceleration_mps2"], state["yaw_rate_radps"], state["lat_speed_mps"]]
+            expected = [
+                state["speed_mps"],
+                state["acceleration_mps2"],
+                state["yaw_rate_radps"],
+                state["lat_speed_mps"],
+            ]
             np.testing.assert_array_equal(a[schema.MOTION], np.asarray(expected, dtype=np.float32))
             step = schema.parse_key(a["__key__"]).step
-            assert a[schema.ANN_INFO] == {"captioned_step": step, "sem_flag": None, "mot_flag": None}
+            assert a[schema.ANN_INFO] == {"captioned_step": step, "sem_flag": "", "mot_flag": ""}
             captions |= {a[schema.CAPTION_SEM], a[schema.CAPTION_MOT]}
             collided |= state["collision"] and "collides" in a[schema.CAPTION_MOT]
         info = section["shards"][ann_path.name]
@@ -122,13 +141,12 @@ def test_bad_raw_shard_stops_or_is_skipped(raw_dataset, capsys, damage):
     if damage == "truncated":
         bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     else:
-        _corrupt_header(bad, member=12)  # a header in mid-file: tar readers just stop there
+        _corrupt_header(bad, member=12)  # a header in mid-file: tarfile alone just stops there
     assert _annotate(raw_dataset) == 2
     line = _error_line(capsys)
-    # A truncated tar fails to read; a corrupt header ends the tar early, so the last sample
-    # read misses members (or, if it happened to be whole, the sample count falls short).
+    # Both a truncated tar and a corrupt header mid-file are reported as a damaged shard.
     assert "raw-000001.tar" in line
-    assert ("delete it and rerun" if damage == "truncated" else "is missing") in line
+    assert "corrupt or truncated" in line and "delete it and rerun" in line
     ann_dir = raw_dataset / schema.ANN_DIR
     assert (ann_dir / "ann-000000.tar").is_file() and not (ann_dir / "ann-000001.tar").exists()
     assert not list(ann_dir.glob(".*tmp*"))
@@ -167,7 +185,10 @@ def test_format_version_mismatch_is_a_one_line_error(raw_dataset, capsys):
     (raw_dataset / schema.MANIFEST_NAME).write_text(json.dumps(manifest))
     assert _annotate(raw_dataset) == 2
     line = _error_line(capsys)
-    assert "format version 999: expected 1" in line and schema.MANIFEST_NAME in line
+    assert (
+        f"format version 999: expected {schema.FORMAT_VERSION}" in line
+        and schema.MANIFEST_NAME in line
+    )
 
 
 def test_open_clip_text_encoder_through_the_cli(raw_dataset, tmp_path):
@@ -177,7 +198,10 @@ def test_open_clip_text_encoder_through_the_cli(raw_dataset, tmp_path):
     assert _annotate(raw_dataset, "--text-encoder", "open_clip", "--open_clip.model_name", "TinyCLIP-test",
                      "--open_clip.pretrained", str(checkpoint), "--open_clip.model_config_json", str(config_json)) == 0  # fmt: skip
     section = _manifest(raw_dataset)["ann"]
-    assert section["embedding_dim"] == 16 and section["text_encoder"] == "open_clip:TinyCLIP-test/tiny_clip.pt"
+    assert (
+        section["embedding_dim"] == 16
+        and section["text_encoder"] == "open_clip:TinyCLIP-test/tiny_clip.pt"
+    )
     sample = next(iter_shard(raw_dataset / schema.ANN_DIR / "ann-000000.tar"))
     assert sample[schema.EMB_SEM].shape == (16,)
 
@@ -204,3 +228,18 @@ def test_two_worker_processes_match_one(raw_dataset, tmp_path):
     assert _annotate(copy, "--workers", "2") == 0
     assert _digests(copy / schema.ANN_DIR) == _digests(raw_dataset / schema.ANN_DIR)
     assert _manifest(copy)["ann"]["shards"] == _manifest(raw_dataset)["ann"]["shards"]
+
+
+def test_ann_shards_load_with_webdataset_and_datasets(raw_dataset):
+    import datasets
+    import webdataset as wds
+
+    assert _annotate(raw_dataset) == 0
+    shards = [str(p) for p in sorted((raw_dataset / schema.ANN_DIR).glob("ann-*.tar"))]
+    sample = next(iter(wds.WebDataset(shards, shardshuffle=False).decode()))
+    assert sample[schema.EMB_SEM].shape == (384,) and sample[schema.ANN_INFO]["captioned_step"] == 0
+    cache = str(raw_dataset.parent / "hf-cache")
+    table = datasets.load_dataset(
+        "webdataset", data_files={"train": shards}, split="train", cache_dir=cache
+    )
+    assert table.num_rows == 24 and len(table[0][schema.EMB_MOT]) == 384

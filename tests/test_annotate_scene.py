@@ -108,9 +108,14 @@ def test_collision_is_mentioned(captioner):
 
 def test_captions_are_deterministic_and_distinct_states_give_distinct_captions(captioner):
     states = [synthetic_state(episode, step, 0.2) for episode in range(3) for step in range(6)]
-    pairs = [(captioner.semantic(s), captioner.motion(p, s)) for p, s in zip(states, states[1:], strict=False)]
+    pairs = [
+        (captioner.semantic(s), captioner.motion(p, s))
+        for p, s in zip(states, states[1:], strict=False)
+    ]
     again = SceneCaptioner(SceneConfig())
-    assert pairs == [(again.semantic(s), again.motion(p, s)) for p, s in zip(states, states[1:], strict=False)]
+    assert pairs == [
+        (again.semantic(s), again.motion(p, s)) for p, s in zip(states, states[1:], strict=False)
+    ]
     assert len(set(pairs)) > 0.8 * len(pairs)
     # Each field that the caption reports changes the caption on its own.
     base = _state(

@@ -183,8 +183,10 @@ class Annotator:
                         schema.MOTION: row.motion,
                         schema.ANN_INFO: {
                             "captioned_step": row.captioned_step,
-                            "sem_flag": row.caption.sem_flag,
-                            "mot_flag": row.caption.mot_flag,
+                            # "" (not null) when fine: the datasets webdataset loader
+                            # cannot mix null and string values of a column across shards.
+                            "sem_flag": row.caption.sem_flag or "",
+                            "mot_flag": row.caption.mot_flag or "",
                         },
                     },
                 )
@@ -230,11 +232,8 @@ class Annotator:
                 f"{where}sample {key!r} {schema.STATE} holds a {type(state).__name__}: expected an object"
             )
         motion = motion_targets(state, f"{where}sample {key!r} ")
-        return _Item(key, parsed.step, state, motion, frame), (
-            parsed.run,
-            parsed.worker,
-            parsed.episode,
-        )
+        episode_id = (parsed.run, parsed.worker, parsed.episode)
+        return _Item(key, parsed.step, state, motion, frame), episode_id
 
     def _caption_episode(self, items: list[_Item], counts: dict) -> list[_Row]:
         """Caption the keyframes of one episode and carry each caption to the following steps."""

@@ -101,8 +101,9 @@ class AnnotateConfig:
     # The motion caption compares step t with step t - k (clipped at the episode start);
     # one step (0.2 s on highway, 0.05 s on CARLA) already shows motion.
     motion_gap_steps: int = 1
-    # Captions per text-encoder forward pass: large enough to amortise the overhead.
-    encode_batch_size: int = 128
+    # Captions per text-encoder forward pass. Batches are length-sorted and padded to their
+    # longest caption: on CPU 32 wastes ~20% less compute on padding than 128; GPUs like more.
+    encode_batch_size: int = 32
     # "auto": cuda > mps > cpu. Used by the VLM and the text encoder.
     device: str = "auto"
     # Processes over shards on this machine (each loads its own models).

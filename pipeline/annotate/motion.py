@@ -7,13 +7,7 @@ import numpy as np
 from pipeline import schema
 from pipeline.errors import SemoreError
 
-# schema.MOTION_TARGETS name -> the state.json field holding it (units in the field name).
-STATE_FIELDS = {
-    "speed": "speed_mps",
-    "acceleration": "acceleration_mps2",
-    "yaw_rate": "yaw_rate_radps",
-    "lateral_speed": "lat_speed_mps",
-}
+STATE_FIELDS = schema.MOTION_STATE_FIELDS
 
 
 def motion_targets(state: dict, where: str = "") -> np.ndarray:

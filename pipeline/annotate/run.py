@@ -44,7 +44,7 @@ def ann_name(raw_name: str) -> str:
     return schema.shard_name(schema.ANN_PREFIX, schema.shard_index(raw_name))
 
 
-def reusable_section(manifest: dict, cfg: AnnotateConfig, root: Path) -> bool:
+def reusable_section(manifest: dict, cfg: AnnotateConfig, root: Path, quiet: bool = False) -> bool:
     """Whether the manifest's ``ann`` section was made by this config from this raw data.
 
     A section from another config is an error while ann shards exist; once ``ann/`` is
@@ -68,9 +68,13 @@ def reusable_section(manifest: dict, cfg: AnnotateConfig, root: Path) -> bool:
             f"{ann_dir} holds annotations made with {problem}: expected the same config, "
             f"or a fresh --data copy, or delete {ann_dir} to annotate again"
         )
-    log.warning(
-        "replacing the ann section of %s (made with %s): %s holds no shards", root, problem, ann_dir
-    )
+    if not quiet:
+        log.warning(
+            "replacing the ann section of %s (made with %s): %s holds no shards",
+            root,
+            problem,
+            ann_dir,
+        )
     return False
 
 
@@ -116,6 +120,7 @@ def annotate(
     worker_index: int = 0,
     num_workers: int = 1,
     skip_bad: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Annotate this invocation's slice of ``root``'s raw shards; returns the final manifest."""
     root = Path(root)
@@ -129,10 +134,14 @@ def annotate(
         import torch
 
         torch.set_num_threads(cfg.num_threads)
-    encoder = make_text_encoder(cfg)
+    # Models load before the manifest changes, so a model that fails to load leaves no trace.
+    # With a pool, the workers load their own and the parent only needs the encoder's dim.
+    workers = min(cfg.workers, len(todo))
+    annotator = Annotator.from_config(cfg) if workers == 1 else None
+    encoder = annotator.encoder if annotator else make_text_encoder(cfg)
     with dataset.manifest_lock(root):
         manifest = mf.read_manifest(root)  # another node may have created the section meanwhile
-        if not reusable_section(manifest, cfg, root):
+        if not reusable_section(manifest, cfg, root, quiet=True):
             manifest["ann"] = new_section(cfg, manifest["raw"], encoder)
         section = manifest["ann"]
         if section.get("embedding_dim") != encoder.dim:
@@ -148,13 +157,12 @@ def annotate(
     raw_shards = manifest["raw"]["shards"]
     # The manifest's sample counts let a shard that a tar reader cuts short be caught.
     tasks = [(raw, ann, raw_shards.get(raw.name, {}).get("num_samples")) for raw, ann in todo]
+    total = sum(n or 0 for *_, n in tasks)
     bar = tqdm(
-        total=sum(n or 0 for *_, n in tasks), unit="sample", desc="annotate", dynamic_ncols=True
+        total=total, unit="sample", desc="annotate", dynamic_ncols=True, disable=not progress
     )
-    workers = min(cfg.workers, len(tasks))
     try:
-        if workers == 1:
-            annotator = Annotator.from_config(cfg, encoder)
+        if annotator is not None:
             for raw_path, ann_path, expected in tasks:
                 _record(
                     root, annotator.run_shard(raw_path, ann_path, skip_bad, expected, bar.update)
@@ -244,17 +252,6 @@ def _run_pool(
         raise error
 
 
-def node_slice(worker_index: int | None, num_workers: int | None) -> tuple[int, int]:
-    """``--worker-index/--num-workers``, else torch.distributed's ``RANK/WORLD_SIZE``."""
-    index = worker_index if worker_index is not None else int(os.environ.get("RANK", 0))
-    count = num_workers if num_workers is not None else int(os.environ.get("WORLD_SIZE", 1))
-    if not 0 <= index < count:
-        raise SemoreError(
-            f"--worker-index {index} is out of range: expected 0 <= index < --num-workers {count}"
-        )
-    return index, count
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser(
         "semore-annotate", "Caption and embed raw shards into aligned annotation shards."
@@ -304,9 +301,10 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
         "workers": args.workers,
     }
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-    worker_index, num_workers = node_slice(args.worker_index, args.num_workers)
+    worker_index, num_workers = cli.node_slice(args.worker_index, args.num_workers)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    section = annotate(cfg, args.data, worker_index, num_workers, args.skip_bad).get("ann", {})
+    manifest = annotate(cfg, args.data, worker_index, num_workers, args.skip_bad, not args.quiet)
+    section = manifest.get("ann", {})
     totals = section.get("totals", {})
     lookups = totals.get("caption_lookups", 0)
     print(
