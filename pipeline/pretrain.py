@@ -15,12 +15,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import lightning as L
 import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from pipeline import cli
 from pipeline.config import load_config, to_dict
 from pipeline.datamodule import DataConfig, SemoreDataModule
 from pipeline.errors import SemoreError
+from pipeline.pretrain_module import SemorePretrainModule
 from semore.encoder import EncoderConfig, save_encoder
 
 log = logging.getLogger(__name__)
@@ -154,9 +158,7 @@ def prepare_run(cfg: PretrainConfig, out: Path, resume: bool) -> Path | None:
     return None
 
 
-def build_module(cfg: PretrainConfig, dm: SemoreDataModule):
-    from pipeline.pretrain_module import SemorePretrainModule
-
+def build_module(cfg: PretrainConfig, dm: SemoreDataModule) -> SemorePretrainModule:
     stats = dm.stats
     encoder_cfg = cfg.encoder.to_encoder_config(cfg.data.frame_stack, *dm.image_hw)
     return SemorePretrainModule(
@@ -174,22 +176,22 @@ def build_module(cfg: PretrainConfig, dm: SemoreDataModule):
     )
 
 
-def build_trainer(cfg: PretrainConfig, out: Path, quiet: bool = False):
-    import lightning as L
-    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+class FinalStepCheckpoint(Callback):
+    """Save ``last.ckpt`` at the final step too, whatever the checkpoint interval.
 
-    class FinalStepCheckpoint(Callback):
-        """Save last.ckpt at the final step too, whatever the checkpoint interval.
+    Saved from the same hook as ModelCheckpoint's step checkpoints, so the loop state in
+    it resumes exactly like theirs (the logged step continues without a gap).
+    """
 
-        Saved from the same hook as ModelCheckpoint's step checkpoints, so the loop state
-        in it resumes exactly like theirs (the logged step continues without a gap).
-        """
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if trainer.global_step >= trainer.max_steps:
-                trainer.save_checkpoint(out / "checkpoints" / LAST_CHECKPOINT)
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= trainer.max_steps:
+            trainer.save_checkpoint(self.path)
 
+
+def build_trainer(cfg: PretrainConfig, out: Path, quiet: bool = False) -> L.Trainer:
     t = cfg.trainer
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
@@ -215,7 +217,7 @@ def build_trainer(cfg: PretrainConfig, out: Path, quiet: bool = False):
             CSVLogger(out / "logs", name="csv"),
             TensorBoardLogger(out / "logs", name="tensorboard"),
         ],
-        callbacks=[FinalStepCheckpoint(), checkpoint],
+        callbacks=[FinalStepCheckpoint(out / "checkpoints" / LAST_CHECKPOINT), checkpoint],
         enable_progress_bar=not quiet,
         enable_model_summary=not quiet,
     )
@@ -245,8 +247,6 @@ def pretrain(
 
     Returns the export's path on the rank that wrote it (global rank 0), else None.
     """
-    import lightning as L
-
     ckpt_path = prepare_run(cfg, out, resume)
     dm = SemoreDataModule(data, cfg.data, seed=cfg.seed)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

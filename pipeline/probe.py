@@ -7,7 +7,8 @@ as pretraining (``episode % holdout_every == holdout_every - 1`` is held out), s
 probe is scored on episodes the encoder never trained on.
 
 Targets: ego speed (m/s), lead distance (m; no lead vehicle and leads beyond
-``LEAD_DISTANCE_CAP_M`` both read as that cap), lane index, and the step's reward.
+``LEAD_DISTANCE_CAP_M`` = ``schema.LEAD_RANGE_M`` = 100 m both read as 100 m), lane index,
+and the step's reward.
 """
 
 from __future__ import annotations

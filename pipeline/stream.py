@@ -26,9 +26,10 @@ from pipeline import manifest as mf
 from pipeline.errors import SemoreError
 from pipeline.shards import decode_member, iter_shard
 
-# "No lead vehicle" (None) and leads farther than this both read as this distance: beyond
-# ~100 m a lead is a few pixels in an 84 px render, so larger values carry no signal.
-LEAD_DISTANCE_CAP_M = 100.0
+# No lead vehicle (``lead_present`` false, or a null distance in older data) and leads
+# farther than this both read as this distance: the simulators' lead range, beyond which
+# a vehicle is a few pixels in an 84 px render.
+LEAD_DISTANCE_CAP_M = schema.LEAD_RANGE_M
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,9 @@ class EpisodeSplit:
 
 def _lead_distance(state: dict) -> float:
     value = state.get("lead_distance_m")
-    return LEAD_DISTANCE_CAP_M if value is None else min(float(value), LEAD_DISTANCE_CAP_M)
+    if value is None or not state.get("lead_present", True):
+        return LEAD_DISTANCE_CAP_M
+    return min(float(value), LEAD_DISTANCE_CAP_M)
 
 
 def _float_or_nan(value: object) -> float:

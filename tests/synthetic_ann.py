@@ -18,7 +18,7 @@ from pipeline.shards import AtomicShardWriter, iter_shard
 
 
 def semantic_caption(state: dict) -> str:
-    lead = state.get("lead_distance_m")
+    lead = state["lead_distance_m"] if state.get("lead_present", True) else None
     lead_text = "no lead vehicle" if lead is None else f"lead {10 * round(lead / 10):.0f} m ahead"
     return f"{lead_text}, lane {state['lane_index']}"
 
@@ -37,16 +37,9 @@ def caption_embedding(caption: str, embedding_dim: int) -> np.ndarray:
 
 
 def motion_targets(state: dict) -> np.ndarray:
-    """``schema.MOTION_TARGETS`` in order: speed, acceleration, yaw rate, lateral speed."""
-    return np.array(
-        [
-            state["speed_mps"],
-            state["acceleration_mps2"],
-            state["yaw_rate_radps"],
-            state["lat_speed_mps"],
-        ],
-        dtype=np.float32,
-    )
+    """``schema.MOTION_TARGETS`` in order, read from the state."""
+    fields = [schema.MOTION_STATE_FIELDS[name] for name, _ in schema.MOTION_TARGETS]
+    return np.array([state[field] for field in fields], dtype=np.float32)
 
 
 def write_synthetic_ann(root: Path, embedding_dim: int = 16) -> Path:

@@ -80,7 +80,9 @@ def fake_env(monkeypatch):
 
 
 def run(out: Path, *extra: str) -> int:
-    return main(["--config", str(CONFIG), "--out", str(out), "--quiet", *extra])
+    """semore-collect on the quickstart preset, with 4 episodes per shard unless overridden."""
+    argv = ["--config", str(CONFIG), "--out", str(out), "--quiet", "--episodes_per_shard", "4"]
+    return main([*argv, *extra])
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:

@@ -38,6 +38,7 @@ def pixel_tied_dataset(tmp_path: Path, monkeypatch) -> Path:
         values = original(episode, step, dt_s)
         values["speed_mps"] = 0.1 * pixel(episode, step)
         values["lead_distance_m"] = 0.3 * pixel(episode, step)
+        values["lead_present"] = True
         return values
 
     module = sys.modules[conftest.write_synthetic_raw.__module__]
@@ -117,3 +118,16 @@ def test_cli_errors_are_one_line(raw_dataset: Path, tmp_path: Path, capsys):
     assert len(err.splitlines()) == 1 and "missing.pt" in err
     assert main(["--encoder", "random", "--data", str(tmp_path / "nowhere")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_lead_distance_target_is_capped_at_the_lead_range(raw_dataset: Path):
+    from pipeline.stream import LEAD_DISTANCE_CAP_M, iter_pairs, iter_windows, shard_urls
+
+    samples = [s for raw, _ in shard_urls(raw_dataset, with_ann=False)
+               for s in iter_windows(iter_pairs(raw, None), FRAME_STACK)]  # fmt: skip
+    for sample in samples:
+        state = conftest.synthetic_state(sample["episode"], sample["step"], 0.2)
+        expected = state["lead_distance_m"] if state["lead_present"] else LEAD_DISTANCE_CAP_M
+        assert sample["lead_distance_m"] == min(expected, LEAD_DISTANCE_CAP_M)
+    assert LEAD_DISTANCE_CAP_M == 100.0
+    assert any(s["lead_distance_m"] == LEAD_DISTANCE_CAP_M for s in samples)
