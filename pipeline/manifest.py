@@ -23,6 +23,13 @@ def manifest_path(root: str | Path) -> Path:
     return Path(root) / schema.MANIFEST_NAME
 
 
+def manifest_where(root: str | Path) -> str:
+    """How errors name a dataset's manifest: its path, or its URL for a remote dataset."""
+    if "://" in str(root):  # a Path would collapse the URL's "//"
+        return f"{str(root).rstrip('/')}/{schema.MANIFEST_NAME}"
+    return str(manifest_path(root))
+
+
 def config_hash(config: dict) -> str:
     """Stable short hash of a resolved config (sorted JSON)."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"))
@@ -62,16 +69,23 @@ def read_manifest(root: str | Path, required: bool = True) -> dict | None:
         if required:
             raise SemoreError(f"{path} not found: expected a Semore dataset folder (run semore-collect)")
         return None
+    return parse_manifest(path.read_bytes(), path)
+
+
+def parse_manifest(data: bytes, where: str | Path) -> dict:
+    """Parse and version-check a manifest's bytes; ``where`` (a path or URL) names it in errors."""
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(data.decode())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SemoreError(f"{path} is not valid JSON ({err.__class__.__name__}): expected a manifest") from None
+        raise SemoreError(
+            f"{where} is not valid JSON ({err.__class__.__name__}): expected a manifest"
+        ) from None
     if not isinstance(manifest, dict) or "format_version" not in manifest:
-        raise SemoreError(f"{path} has no format_version: expected a Semore manifest")
+        raise SemoreError(f"{where} has no format_version: expected a Semore manifest")
     found = manifest["format_version"]
     if found != schema.FORMAT_VERSION:
         raise SemoreError(
-            f"{path} has format version {found}: expected {schema.FORMAT_VERSION} "
+            f"{where} has format version {found}: expected {schema.FORMAT_VERSION} "
             f"(written by semore {manifest.get('semore_version', '?')}, this is {__version__})"
         )
     return manifest
@@ -89,7 +103,7 @@ def section(manifest: dict, name: str, root: str | Path) -> dict:
     """The ``raw``/``ann`` section, or a one-line error naming what to run first."""
     if name not in manifest:
         stage = "semore-collect" if name == "raw" else "semore-annotate"
-        raise SemoreError(f"{manifest_path(root)} has no '{name}' section: run {stage} first")
+        raise SemoreError(f"{manifest_where(root)} has no '{name}' section: run {stage} first")
     return manifest[name]
 
 

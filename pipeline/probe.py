@@ -34,7 +34,7 @@ from pipeline.stream import (
     shard_urls,
 )
 from semore.encoder import EncoderConfig, SemoreEncoder, load_encoder, load_encoder_metadata
-from semore.probe import RidgeProbe
+from semore.probe import RidgeProbe, select_alpha
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +107,15 @@ def run_probe(
     frame_stack: int | None = None,
     holdout_every: int = DEFAULT_HOLDOUT_EVERY,
     batch_size: int = 256,
-    alpha: float = 1.0,
+    alpha: float | None = None,
     device: str | torch.device = "cpu",
 ) -> dict:
     """Fit ridge probes from h on training episodes; R² per target on held-out episodes.
 
     ``encoder`` maps uint8 (B, 3K, H, W) to (B, D); ``frame_stack`` defaults to its
     ``config.frame_stack``. A target missing from the state (NaN) is skipped row-wise.
+    ``alpha=None`` picks each target's ridge penalty by cross-validation over the training
+    episodes (never the held-out ones), so every encoder gets its best linear read-out.
     """
     if frame_stack is None:
         frame_stack = encoder.config.frame_stack
@@ -134,16 +136,22 @@ def run_probe(
         )
     h = features["h"]
     r2: dict[str, float | None] = {}
+    alphas: dict[str, float | None] = {}
+    episode_ids = features["episode"]
     for name, field in PROBE_TARGETS:
         target = features[field].double()
         valid = torch.isfinite(target)
         fit_rows, test_rows = valid & ~heldout, valid & heldout
         if fit_rows.sum() < 2 or test_rows.sum() < 1:
             log.warning("probe target %s has too few recorded values; skipped", name)
-            r2[name] = None
+            r2[name] = alphas[name] = None
             continue
-        probe = RidgeProbe(alpha).fit(h[fit_rows], target[fit_rows])
+        chosen = alpha
+        if chosen is None:
+            chosen = select_alpha(h[fit_rows], target[fit_rows], episode_ids[fit_rows])
+        probe = RidgeProbe(chosen).fit(h[fit_rows], target[fit_rows])
         r2[name] = float(probe.score(h[test_rows], target[test_rows])[0])
+        alphas[name] = chosen
     return {
         "r2": r2,
         "heldout_episodes": heldout_episodes,
@@ -151,7 +159,7 @@ def run_probe(
         "num_train_samples": int((~heldout).sum()),
         "num_heldout_samples": int(heldout.sum()),
         "holdout_every": holdout_every,
-        "alpha": alpha,
+        "alpha": alphas,
         "repr_dim": int(h.shape[1]),
         "lead_distance_cap_m": LEAD_DISTANCE_CAP_M,
     }
@@ -201,7 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="frames per input of the random encoder",
     )
-    parser.add_argument("--alpha", type=float, default=1.0, help="ridge penalty on standardised h")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="ridge penalty on standardised h (default: chosen per target by cross-validation "
+        "over the training episodes)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
 

@@ -7,12 +7,14 @@ that is what lets a rerun rewrite a missing shard identically and lets tests com
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import webdataset as wds
@@ -120,15 +122,42 @@ def list_shards(folder: str | Path, prefix: str) -> list[Path]:
     return sorted(folder.glob(f"{prefix}-[0-9]*{schema.SHARD_SUFFIX}"), key=lambda p: p.name)
 
 
-def iter_shard(path: str | Path, decode: bool = True) -> Iterator[dict]:
-    """Yield the samples of one shard in order, grouping members by key.
+def open_remote(url: str) -> BinaryIO:
+    """Open a shard URL for one sequential read (``hf://`` via huggingface_hub's HfFileSystem)."""
+    import fsspec  # huggingface_hub registers the hf:// protocol with fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    # block_size=0: stream the file in one request instead of fetching it block by block
+    return fs.open(path, "rb", block_size=0)
+
+
+@contextlib.contextmanager
+def _open_tar(path: str | Path, remote: bool) -> Iterator[tarfile.TarFile]:
+    if not remote:
+        with tarfile.open(path, mode="r|") as tar:
+            yield tar
+        return
+    with open_remote(str(path)) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        yield tar
+
+
+def iter_shard(
+    path: str | Path, decode: bool = True, num_samples: int | None = None
+) -> Iterator[dict]:
+    """Yield the samples of one shard (a local path or a URL) in order, grouping members by key.
 
     A truncated or corrupt tar raises ``SemoreError`` naming the shard and the last key read.
+    A URL is read as a stream, without the local end-of-archive check: pass the manifest's
+    ``num_samples`` to check that the whole shard arrived.
     """
-    path = Path(path)
+    remote = "://" in str(path)
+    path = str(path) if remote else Path(path)
     current: dict | None = None
+    count = 0
+    # fsspec backends raise their HTTP clients' own errors, which are not all OSErrors
+    errors = Exception if remote else (tarfile.TarError, EOFError, OSError, ValueError)
     try:
-        with tarfile.open(path, mode="r|") as tar:
+        with _open_tar(path, remote) as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -140,19 +169,30 @@ def iter_shard(path: str | Path, decode: bool = True) -> Iterator[dict]:
                     if current is not None:
                         yield current
                     current = {"__key__": key}
+                    count += 1
                 current[member] = decode_member(member, data) if decode else data
             end_offset = tar.offset
         # tarfile stops quietly at a corrupt header or a cut at a member boundary; a complete
         # tar ends with at least two zero blocks and has nothing but zeros after its members.
-        with open(path, "rb") as handle:
-            handle.seek(end_offset)
-            trailer = handle.read()
-        if trailer.strip(b"\0"):
-            raise tarfile.ReadError(f"invalid tar header at byte {end_offset}")
-        if len(trailer) < 2 * tarfile.BLOCKSIZE:
-            raise tarfile.ReadError(f"no end-of-archive marker after byte {end_offset}")
-    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        if not remote:
+            with open(path, "rb") as handle:
+                handle.seek(end_offset)
+                trailer = handle.read()
+            if trailer.strip(b"\0"):
+                raise tarfile.ReadError(f"invalid tar header at byte {end_offset}")
+            if len(trailer) < 2 * tarfile.BLOCKSIZE:
+                raise tarfile.ReadError(f"no end-of-archive marker after byte {end_offset}")
+        if num_samples is not None and count != num_samples:
+            raise tarfile.ReadError(f"{count} samples where the manifest lists {num_samples}")
+    except errors as err:
         last = current["__key__"] if current else None
+        if remote:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise SemoreError(
+                f"shard {path} is unreadable, corrupt or truncated after key {last!r} ({reason}): "
+                "expected a complete WebDataset tar (check the network, HF_HUB_OFFLINE and "
+                "your access to the repo)"
+            ) from None
         raise SemoreError(
             f"shard {path} is corrupt or truncated after key {last!r} ({err}): "
             "expected a complete WebDataset tar; delete it and rerun the stage that wrote it"

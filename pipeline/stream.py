@@ -1,5 +1,9 @@
 """Reading a dataset's shards in order: raw + annotation join, frame stacks, batches.
 
+A dataset is a local folder or a Hugging Face Hub dataset repo
+(``hf://datasets/ORG/NAME[@REVISION]``, as written by ``semore-push``), whose shards are
+streamed rather than downloaded.
+
 A shard pair ``(raw-NNNNNN.tar, ann-NNNNNN.tar)`` is read sequentially in lockstep and
 joined by sample key. Frame stacks are rebuilt while reading (episodes are never split
 across shards and steps are in order), so shuffling can happen afterwards without
@@ -11,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 import torch
@@ -32,11 +38,114 @@ from pipeline.shards import decode_member, iter_shard
 LEAD_DISTANCE_CAP_M = schema.LEAD_RANGE_M
 
 
+HUB_PREFIX = "hf://datasets/"
+# --data hf://datasets/ORG/NAME[@REVISION]; "hf:/" too, as a Path collapses the "//"
+_HUB_DATA = re.compile(r"hf:/+datasets/(?P<repo_id>[\w.-]+/[\w.-]+)(?:@(?P<revision>.+?))?/?")
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    """A dataset repo on the Hugging Face Hub, read by streaming its shards."""
+
+    repo_id: str  # ORG/NAME
+    revision: str  # branch, tag or commit
+
+    @property
+    def url(self) -> str:
+        """``hf://datasets/ORG/NAME@REV``: the base of the file URLs fsspec's hf:// reads."""
+        return f"{HUB_PREFIX}{self.repo_id}@{quote(self.revision, safe='')}"
+
+    def read_manifest(self) -> dict:
+        """Fetch ``manifest.json`` (a small file, cached by huggingface_hub) and check it."""
+        from huggingface_hub import errors, hf_hub_download
+
+        where = mf.manifest_where(self.url)
+        try:
+            path = hf_hub_download(
+                self.repo_id, schema.MANIFEST_NAME, repo_type="dataset", revision=self.revision
+            )
+        except errors.RepositoryNotFoundError:  # also what a private repo without access gives
+            raise SemoreError(
+                f"dataset repo {self.repo_id} not found on the Hugging Face Hub or not readable: "
+                "expected a dataset pushed with semore-push (for a private repo, a token with "
+                "read access: HF_TOKEN or `hf auth login`)"
+            ) from None
+        except errors.RevisionNotFoundError:
+            raise SemoreError(
+                f"dataset repo {self.repo_id} has no revision {self.revision!r}: expected a "
+                "branch, tag or commit of it"
+            ) from None
+        except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled):
+            raise SemoreError(
+                f"cannot reach the Hugging Face Hub for {where} and it is not cached: expected "
+                "network access to stream the dataset (is HF_HUB_OFFLINE set?)"
+            ) from None
+        except errors.EntryNotFoundError:
+            raise SemoreError(
+                f"{where} not found: expected a Semore dataset pushed with semore-push"
+            ) from None
+        except OSError as err:  # other HTTP and connection errors
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise SemoreError(
+                f"cannot read {where} ({reason}): expected a readable Hugging Face Hub dataset"
+            ) from None
+        return mf.parse_manifest(Path(path).read_bytes(), where)
+
+
+# Where ``--data`` points: a local dataset folder or a Hub dataset repo.
+DatasetSource = Path | HubRepo
+
+
+def _hub_repo(url: str) -> HubRepo | None:
+    match = _HUB_DATA.fullmatch(url)
+    if match is None:
+        return None
+    return HubRepo(match["repo_id"], unquote(match["revision"] or "main"))
+
+
+def _source(data: str | Path) -> DatasetSource:
+    """The dataset ``--data`` names; the single place to extend for other remote datasets."""
+    hub = _hub_repo(str(data))
+    if hub is not None:
+        return hub
+    if "://" in str(data) or str(data).startswith("hf:/"):
+        raise SemoreError(
+            f"--data {data} is not a dataset URL this reads: expected a local dataset folder "
+            "or hf://datasets/ORG/NAME[@REVISION]"
+        )
+    root = Path(data)
+    if not root.is_dir():
+        raise SemoreError(f"--data {root} is not a folder: expected a Semore dataset folder")
+    return root
+
+
+def _location(source: DatasetSource) -> Path | str:
+    """The folder, or the repo's ``hf://`` URL: what names the dataset in errors and exports."""
+    return source.url if isinstance(source, HubRepo) else source
+
+
+def _read_manifest(source: DatasetSource) -> dict:
+    return source.read_manifest() if isinstance(source, HubRepo) else mf.read_manifest(source)
+
+
+def _completed_shards(source: DatasetSource, manifest: dict, section_name: str) -> list[str]:
+    """URLs (or paths) of the shards the manifest lists as complete, in index order."""
+    if isinstance(source, Path):
+        return [str(path) for path in dataset.completed_shards(source, section_name)]
+    # The Hub holds what semore-push uploaded: the shards the manifest lists.
+    section = mf.section(manifest, section_name, source.url)
+    folder = f"{source.url}/{schema.RAW_DIR if section_name == 'raw' else schema.ANN_DIR}"
+    urls = [f"{folder}/{name}" for name in sorted(section.get("shards", {}))]
+    if not urls:
+        raise SemoreError(f"{folder} holds no complete shards: expected at least one")
+    return urls
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a consumer of a dataset needs to size its model, read from the manifest."""
 
-    root: Path
+    root: Path | str  # the dataset folder, or hf://datasets/ORG/NAME@REV
     manifest: dict
     image_height: int
     image_width: int
@@ -58,26 +167,17 @@ class DatasetInfo:
         }
 
 
-def _local_root(data: str | Path) -> Path:
-    """The dataset folder of ``--data``; the single place to extend for remote datasets."""
-    if "://" in str(data):
-        raise SemoreError(f"--data {data} is a URL: expected a local dataset folder")
-    root = Path(data)
-    if not root.is_dir():
-        raise SemoreError(f"--data {root} is not a folder: expected a Semore dataset folder")
-    return root
-
-
 def read_dataset_info(data: str | Path, with_ann: bool = True) -> DatasetInfo:
     """Check the manifest (format version, sections) and return the dataset's dimensions."""
-    root = _local_root(data)
-    manifest = mf.read_manifest(root)
+    source = _source(data)
+    root = _location(source)
+    manifest = _read_manifest(source)
     raw = mf.section(manifest, "raw", root)
     ann = mf.section(manifest, "ann", root) if with_ann else manifest.get("ann")
     for name in ("image_height", "image_width", "action_names"):
         if name not in raw:
             raise SemoreError(
-                f"{mf.manifest_path(root)} raw section has no {name!r}: expected it once a "
+                f"{mf.manifest_where(root)} raw section has no {name!r}: expected it once a "
                 "shard is recorded"
             )
     motion_targets: tuple[tuple[str, str], ...] = ()
@@ -89,7 +189,7 @@ def read_dataset_info(data: str | Path, with_ann: bool = True) -> DatasetInfo:
         )
         if with_ann and embedding_dim is None:
             raise SemoreError(
-                f"{mf.manifest_path(root)} ann section has no embedding_dim: expected a "
+                f"{mf.manifest_where(root)} ann section has no embedding_dim: expected a "
                 "positive integer (rerun semore-annotate)"
             )
     return DatasetInfo(
@@ -108,36 +208,44 @@ def shard_urls(data: str | Path, with_ann: bool = True) -> list[tuple[str, str |
 
     Raw and annotation shards must pair up one to one (same index, same sample count).
     """
-    root = _local_root(data)
-    raw_paths = dataset.completed_shards(root, "raw")
+    source = _source(data)
+    manifest = _read_manifest(source)
+    raw_urls = _completed_shards(source, manifest, "raw")
     if not with_ann:
-        return [(str(p), None) for p in raw_paths]
-    ann_paths = dataset.completed_shards(root, "ann")
-    manifest = mf.read_manifest(root)
+        return [(url, None) for url in raw_urls]
+    ann_urls = _completed_shards(source, manifest, "ann")
     raw_table, ann_table = manifest["raw"]["shards"], manifest["ann"]["shards"]
-    if len(raw_paths) != len(ann_paths):
+    if len(raw_urls) != len(ann_urls):
         raise SemoreError(
-            f"{mf.manifest_path(root)} lists {len(raw_paths)} raw shards and {len(ann_paths)} "
-            "annotation shards: expected one annotation shard per raw shard (run semore-annotate)"
+            f"{mf.manifest_where(_location(source))} lists {len(raw_urls)} raw shards and "
+            f"{len(ann_urls)} annotation shards: expected one annotation shard per raw shard "
+            "(run semore-annotate)"
         )
     pairs = []
-    for raw_path, ann_path in zip(raw_paths, ann_paths, strict=True):
-        raw_count = raw_table[raw_path.name].get("num_samples")
-        ann_count = ann_table[ann_path.name].get("num_samples")
-        if schema.shard_index(raw_path.name) != schema.shard_index(ann_path.name) or (
-            raw_count != ann_count
-        ):
+    for raw_url, ann_url in zip(raw_urls, ann_urls, strict=True):
+        raw_name, ann_name = raw_url.rsplit("/", 1)[-1], ann_url.rsplit("/", 1)[-1]
+        raw_count = raw_table[raw_name].get("num_samples")
+        ann_count = ann_table[ann_name].get("num_samples")
+        if schema.shard_index(raw_name) != schema.shard_index(ann_name) or raw_count != ann_count:
             raise SemoreError(
-                f"{ann_path} ({ann_count} samples) does not pair with {raw_path} ({raw_count} "
+                f"{ann_url} ({ann_count} samples) does not pair with {raw_url} ({raw_count} "
                 "samples): expected the same index and sample count (rerun semore-annotate)"
             )
-        pairs.append((str(raw_path), str(ann_path)))
+        pairs.append((raw_url, ann_url))
     return pairs
 
 
 def iter_shard_samples(url: str) -> Iterator[dict]:
-    """Samples of one shard, members as undecoded bytes, in order."""
-    return iter_shard(url, decode=False)
+    """Samples of one shard, members as undecoded bytes, in order.
+
+    A Hub shard is streamed, so the manifest's sample count is what checks it arrived whole.
+    """
+    if not url.startswith(HUB_PREFIX):
+        return iter_shard(url, decode=False)
+    base, folder, name = url.rsplit("/", 2)
+    section_name = "raw" if folder == schema.RAW_DIR else "ann"
+    shards = _hub_repo(base).read_manifest()[section_name].get("shards", {})
+    return iter_shard(url, decode=False, num_samples=shards.get(name, {}).get("num_samples"))
 
 
 def iter_pairs(raw_url: str, ann_url: str | None) -> Iterator[tuple[dict, dict | None]]:

@@ -90,3 +90,39 @@ class RidgeProbe:
     def score(self, features: Tensor, targets: Tensor) -> Tensor:
         """R² per target, shape (T,)."""
         return r2_score(targets, self.predict(features))
+
+
+# Ridge penalties tried by `select_alpha`: log-spaced from almost OLS to heavy shrinkage.
+DEFAULT_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
+
+
+def select_alpha(
+    features: Tensor,
+    targets: Tensor,
+    groups: Tensor,
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS,
+    num_folds: int = 4,
+) -> float:
+    """The ridge penalty with the best mean R² under grouped K-fold cross-validation.
+
+    Rows of one group (an episode) stay in one fold, so the choice is scored the way the
+    probe is: on episodes it was not fitted on. Only training rows should be passed in.
+    """
+    features, targets = _as_2d(features), _as_2d(targets)
+    unique = torch.unique(torch.as_tensor(groups))
+    num_folds = min(num_folds, len(unique))
+    if num_folds < 2:
+        return float(alphas[len(alphas) // 2])
+    fold_of_group = {int(g): i % num_folds for i, g in enumerate(unique.tolist())}
+    fold = torch.tensor([fold_of_group[int(g)] for g in torch.as_tensor(groups).tolist()])
+    best_alpha, best_score = float(alphas[0]), -float("inf")
+    for alpha in alphas:
+        scores = []
+        for k in range(num_folds):
+            train, test = fold != k, fold == k
+            probe = RidgeProbe(alpha).fit(features[train], targets[train])
+            scores.append(probe.score(features[test], targets[test]).mean())
+        score = float(torch.stack(scores).mean())
+        if score > best_score:
+            best_alpha, best_score = float(alpha), score
+    return best_alpha

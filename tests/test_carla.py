@@ -348,7 +348,7 @@ SLEEPER = f"{sys.executable} -c 'import time; time.sleep(60)' --port {{port}}"
 
 def test_server_cmd_is_started_restarted_and_stopped(server, make):
     env = make(server_cmd=SLEEPER, server_start_wait_s=5.0)
-    first = env._server
+    first = env._server.process
     assert first.poll() is None and first.args[-1] == str(PORT)
     env.reset(seed=0)
     os.killpg(first.pid, signal.SIGKILL)  # the server crashes
@@ -357,7 +357,7 @@ def test_server_cmd_is_started_restarted_and_stopped(server, make):
     with pytest.raises(SimulatorConnectionError):
         env.step(None)
     env.reconnect()
-    second = env._server
+    second = env._server.process
     assert second.pid != first.pid and second.poll() is None
     env.reset(seed=0)
     env.close()
@@ -434,7 +434,7 @@ def _straight_xodr() -> str:
 def test_lane_geometry_and_counting_match_a_real_carla_map():
     import carla  # the real client builds maps from OpenDRIVE without a server
 
-    from pipeline.sim.carla_env import _lanes_beside
+    from pipeline.sim.carla_state import _lanes_beside
 
     real, fake = carla.Map("Straight", _straight_xodr()), fake_carla.Map("Straight")
     for lane_id in (-1, -2, -3, -4, 1, 2, 3, 4):

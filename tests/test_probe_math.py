@@ -59,3 +59,17 @@ def test_ordinary_least_squares_and_errors():
         RidgeProbe().predict(x)
     with pytest.raises(ValueError, match="alpha"):
         RidgeProbe(alpha=-1.0)
+
+
+def test_select_alpha_prefers_shrinkage_on_noise_and_little_on_signal():
+    from semore.probe import select_alpha
+
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 40, generator=gen)
+    groups = torch.arange(400) // 20  # 20 "episodes"
+    signal = features[:, :3] @ torch.tensor([1.0, -2.0, 0.5])
+    noise = torch.randn(400, generator=gen)
+    assert select_alpha(features, signal, groups) <= 1.0
+    assert select_alpha(features, noise, groups) >= 100.0
+    # one group cannot be cross-validated: the middle of the grid is returned
+    assert select_alpha(features, signal, torch.zeros(400)) == 10.0

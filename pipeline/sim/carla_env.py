@@ -24,19 +24,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import queue
 import random
-import shlex
-import signal
-import subprocess
 import threading
 import time
 from typing import Any
 
 import numpy as np
 
-from pipeline import schema
 from pipeline.errors import SemoreError
 from pipeline.sim.base import (
     ACTION_DIM,
@@ -45,18 +40,14 @@ from pipeline.sim.base import (
     StepResult,
     driving_reward,
 )
+from pipeline.sim.carla_server import CarlaServerProcess
+from pipeline.sim.carla_state import describe_weather, ego_state
 from pipeline.sim.configs import CarlaConfig
 
 log = logging.getLogger(__name__)
 
-# The same ranges as the highway backend, so captions and probes carry over.
-NEIGHBOUR_RANGE_M = 50.0
-LEAD_RANGE_M = schema.LEAD_RANGE_M
-# Vehicles farther sideways than this are on another road, not in a neighbouring lane.
-NEIGHBOUR_LATERAL_RANGE_M = 20.0
 # A waypoint lies on the road surface; spawning there puts the wheels into it.
 SPAWN_LIFT_M = 0.3
-_LIGHT_NAMES = {"Red": "red", "Yellow": "yellow", "Green": "green"}
 
 
 def camera_name(yaw_deg: float) -> str:
@@ -127,7 +118,11 @@ class CarlaEnv:
         # One camera is stored as rgb.png alone; several as cam_<name>.png plus the panorama.
         self.camera_names = ["rgb"] if len(cameras) == 1 else ["rgb", *cameras]
         self.image_shape = (cfg.image_height, cfg.image_width * len(cameras))
-        self._server: subprocess.Popen | None = None
+        self._server = (  # None: connect to a server someone else runs
+            CarlaServerProcess(cfg.server_cmd, self.host, self.port, cfg.server_start_wait_s)
+            if cfg.server_cmd
+            else None
+        )
         self._client = self._world = self._map = self._tm = None
         self._world_id: int | None = None
         self._original_settings = None
@@ -135,14 +130,14 @@ class CarlaEnv:
         self._stale: tuple[int | None, list[int]] = (None, [])
         self._closed = False
         self._forget_episode()
-        if not cfg.server_cmd:
+        if self._server is None:
             self._connect()
             return
-        self._start_server()
+        self._server.start()
         try:
-            self._connect_when_ready()
+            self._server.connect_when_ready(self._connect)
         except BaseException:
-            self._stop_server()  # no orphaned server when the env cannot be built
+            self._server.stop()  # no orphaned server when the env cannot be built
             raise
 
     @property
@@ -161,7 +156,7 @@ class CarlaEnv:
             frame, images = self._first_frame()
             self._events.pop(frame)  # contacts while the spawned cars settled do not count
             self._num_steps = 0
-            self._weather = _describe_weather(self._world.get_weather())
+            self._weather = describe_weather(self._world.get_weather())
             state = self._state(impulse=0.0, crossed=False, steer=0.0, prev_lon_speed=None)
         except RuntimeError as err:
             raise self._lost("reset", err) from None
@@ -372,84 +367,6 @@ class CarlaEnv:
         frames.update(zip(self.camera_names[1:], images, strict=True))
         return frames
 
-    # -- privileged state -----------------------------------------------------------------
-
-    def _state(
-        self, impulse: float, crossed: bool, steer: float, prev_lon_speed: float | None
-    ) -> dict:
-        """JSON-ready state with the highway backend's keys plus traffic_light, weather,
-        lane_invasion. Lead distance is the bumper-to-bumper gap (``schema.LEAD_RANGE_M``
-        with ``lead_present`` false when there is none); its closing speed is positive when
-        the gap shrinks."""
-        driving = self._carla.LaneType.Driving
-        ego, road = self._ego, self._map
-        transform = ego.get_transform()
-        loc = transform.location
-        waypoint = road.get_waypoint(loc, project_to_road=True, lane_type=driving)
-        fx, fy = _unit_xy(waypoint.transform.get_forward_vector())
-        rx, ry = -fy, fx  # CARLA is left-handed: the right of (x, y) is (-y, x)
-        velocity = ego.get_velocity()
-        lon_speed = velocity.x * fx + velocity.y * fy
-        lane_index = _lanes_beside(waypoint, "get_left_lane", driving)
-        lanes_count = lane_index + 1 + _lanes_beside(waypoint, "get_right_lane", driving)
-        ego_half_length = ego.bounding_box.extent.x
-
-        per_lane = [0] * lanes_count
-        lead = None
-        for other in self._traffic:
-            other_loc = other.get_location()
-            dx, dy = other_loc.x - loc.x, other_loc.y - loc.y
-            distance_m = dx * fx + dy * fy
-            if (
-                abs(distance_m) > LEAD_RANGE_M + 10.0
-                or abs(dx * rx + dy * ry) > NEIGHBOUR_LATERAL_RANGE_M
-            ):
-                continue
-            other_wp = road.get_waypoint(other_loc, project_to_road=True, lane_type=driving)
-            ox, oy = _unit_xy(other_wp.transform.get_forward_vector())
-            if ox * fx + oy * fy <= 0.0:  # the other carriageway
-                continue
-            other_lane = _lanes_beside(other_wp, "get_left_lane", driving)
-            other_v = other.get_velocity()
-            relative = lon_speed - (other_v.x * fx + other_v.y * fy)
-            gap_m = max(0.0, distance_m - ego_half_length - other.bounding_box.extent.x)
-            if other_lane == lane_index and distance_m > 0 and gap_m <= LEAD_RANGE_M:
-                if lead is None or gap_m < lead[0]:
-                    lead = (gap_m, relative)
-            if abs(distance_m) <= NEIGHBOUR_RANGE_M:
-                if 0 <= other_lane < lanes_count:
-                    per_lane[other_lane] += 1
-
-        dt_s = self.cfg.fixed_delta_s
-        accel = 0.0 if prev_lon_speed is None else (lon_speed - prev_lon_speed) / dt_s
-        self._lon_speed_mps = lon_speed
-        heading = math.radians(transform.rotation.yaw - waypoint.transform.rotation.yaw)
-        light = ego.get_traffic_light_state() if ego.is_at_traffic_light() else None
-        on_road = road.get_waypoint(loc, project_to_road=False, lane_type=driving) is not None
-        return {
-            "speed_mps": float(math.hypot(velocity.x, velocity.y)),
-            "lon_speed_mps": float(lon_speed),
-            "lat_speed_mps": float(velocity.x * rx + velocity.y * ry),
-            "acceleration_mps2": float(accel),
-            "heading_rad": float(math.remainder(heading, 2 * math.pi)),  # relative to the lane
-            "yaw_rate_radps": float(math.radians(ego.get_angular_velocity().z)),
-            "position_m": [float(loc.x), float(loc.y)],
-            "lane_index": int(lane_index),
-            "lanes_count": int(lanes_count),
-            "lead_present": lead is not None,
-            "lead_distance_m": LEAD_RANGE_M if lead is None else float(lead[0]),
-            "lead_closing_speed_mps": 0.0 if lead is None else float(lead[1]),
-            "neighbours_per_lane": per_lane,
-            "collision": bool(impulse > 0.0),
-            "collision_impulse": float(impulse),
-            "on_road": bool(on_road),
-            "steer": float(steer),
-            "time_s": float(self._num_steps * dt_s),
-            "traffic_light": schema.NO_TRAFFIC_LIGHT if light is None else _LIGHT_NAMES.get(light.name, schema.NO_TRAFFIC_LIGHT),
-            "weather": self._weather,
-            "lane_invasion": bool(crossed),
-        }
-
     # -- connection -----------------------------------------------------------------------
 
     def _connect(self) -> None:
@@ -507,17 +424,18 @@ class CarlaEnv:
             _quietly(sensor.stop)
         self._forget_episode()
         self._client = self._world = self._map = self._tm = None
-        if self._server is not None and self._server.poll() is not None:
+        server = self._server
+        if server is not None and server.exited():
             log.warning("the CARLA server of carla.server_cmd exited; restarting it")
-            self._restart_server()
+            server.restart(self._connect)
         else:
             try:
                 self._connect()
             except SimulatorConnectionError:
-                if self._server is None:
+                if server is None or server.process is None:  # none of ours is running
                     raise
                 log.warning("the CARLA server of carla.server_cmd does not answer; restarting it")
-                self._restart_server()
+                server.restart(self._connect)
         stale_world_id, stale_ids = self._stale
         self._stale = (None, [])
         if stale_ids and stale_world_id == self._world_id:  # the server kept them: remove
@@ -546,7 +464,8 @@ class CarlaEnv:
                     _one_line(err),
                 )
         self._client = self._world = self._map = self._tm = None
-        self._stop_server()
+        if self._server is not None:
+            self._server.stop()
 
     def _destroy_actors(self) -> int:
         """Stop and destroy this episode's sensors, then its vehicles; returns the count."""
@@ -572,6 +491,26 @@ class CarlaEnv:
         self._collision_ticks = 0
         self._weather: str | None = None
 
+    def _state(
+        self, impulse: float, crossed: bool, steer: float, prev_lon_speed: float | None
+    ) -> dict:
+        """The ego's privileged state (see :func:`ego_state`); remembers its lon speed."""
+        state = ego_state(
+            self._carla,
+            self._map,
+            self._ego,
+            self._traffic,
+            impulse=impulse,
+            crossed=crossed,
+            steer=steer,
+            prev_lon_speed_mps=prev_lon_speed,
+            step_duration_s=self.cfg.fixed_delta_s,
+            num_steps=self._num_steps,
+            weather=self._weather,
+        )
+        self._lon_speed_mps = state["lon_speed_mps"]
+        return state
+
     def _check_connected(self, what: str) -> None:
         if self._closed:
             raise SemoreError(f"carla {what}() after close(): expected a new CarlaEnv")
@@ -585,115 +524,12 @@ class CarlaEnv:
             f"the CARLA server at {self.address} failed during {what}: {_one_line(err)}"
         )
 
-    # -- own server process ---------------------------------------------------------------
-
-    def _start_server(self) -> None:
-        try:
-            cmd = self.cfg.server_cmd.format(port=self.port)
-        except (KeyError, IndexError, ValueError):
-            raise SemoreError(
-                f"carla.server_cmd {self.cfg.server_cmd!r} is invalid: expected {{port}} as its "
-                "only placeholder"
-            ) from None
-        log.info("starting a CARLA server: %s", cmd)
-        try:
-            # Own process group: close() stops the launcher script and the engine it starts.
-            self._server = subprocess.Popen(
-                shlex.split(cmd),
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        except OSError as err:
-            raise SemoreError(
-                f"carla.server_cmd {cmd!r} cannot start ({err.strerror}): expected e.g. "
-                "'/opt/carla/CarlaUE4.sh -RenderOffScreen -carla-rpc-port={port}'"
-            ) from None
-
-    def _connect_when_ready(self) -> None:
-        """Retry connecting to the started server for up to ``server_start_wait_s``."""
-        deadline = time.monotonic() + self.cfg.server_start_wait_s
-        while True:
-            code = self._server.poll()
-            if code:  # 0 may be a launcher that daemonised: keep trying
-                raise SemoreError(
-                    f"carla.server_cmd exited with code {code} before the CARLA server at "
-                    f"{self.address} answered: expected it to keep a server running"
-                )
-            try:
-                self._connect()
-                return
-            except SimulatorConnectionError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(1.0)
-
-    def _restart_server(self) -> None:
-        self._stop_server()
-        self._start_server()
-        self._connect_when_ready()
-
-    def _stop_server(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(server.pid, sig)  # the group, even if the launcher already exited
-            except ProcessLookupError:
-                break
-            try:
-                server.wait(timeout=10.0)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        if server.poll() is None:
-            server.wait()
-
 
 def _four_wheeled(blueprint: Any) -> bool:
     return (
         blueprint.has_attribute("number_of_wheels")
         and blueprint.get_attribute("number_of_wheels").as_int() == 4
     )
-
-
-def _lanes_beside(waypoint: Any, side: str, driving: Any) -> int:
-    """Driving lanes of the same direction next to ``waypoint`` on one side."""
-    count, lane = 0, getattr(waypoint, side)()
-    while (
-        lane is not None
-        and count < 16
-        and lane.lane_type == driving
-        and lane.lane_id * waypoint.lane_id > 0
-    ):
-        count += 1
-        lane = getattr(lane, side)()
-    return count
-
-
-def _unit_xy(vector: Any) -> tuple[float, float]:
-    norm = math.hypot(vector.x, vector.y) or 1.0
-    return vector.x / norm, vector.y / norm
-
-
-def _describe_weather(weather: Any) -> str:
-    """A preset-like phrase: "clear, day", "cloudy, heavy rain, night"..."""
-    sky = (
-        "clear"
-        if weather.cloudiness < 20
-        else "partly cloudy"
-        if weather.cloudiness < 60
-        else "cloudy"
-    )
-    parts = [sky]
-    if weather.precipitation >= 10:
-        parts.append("heavy rain" if weather.precipitation >= 50 else "rain")
-    if weather.fog_density >= 30:
-        parts.append("fog")
-    altitude = weather.sun_altitude_angle
-    parts.append("night" if altitude < 0 else "low sun" if altitude < 15 else "day")
-    return ", ".join(parts)
 
 
 def _one_line(err: BaseException) -> str:
