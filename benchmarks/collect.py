@@ -86,7 +86,9 @@ def main() -> None:
         print(f"recording to shards  : {rec_rate:8.1f} steps/s")
         print(f"recording / bare     : {rec_rate / bare_rate:8.3f}   (target >= 0.9)")
 
-        parallel = replace(cfg, episodes=2 * args.episodes, episodes_per_shard=max(1, args.episodes // 2))
+        parallel = replace(
+            cfg, episodes=2 * args.episodes, episodes_per_shard=max(1, args.episodes // 2)
+        )
         t1, _ = timed(collect, replace(parallel, workers=1), Path(tmp) / "w1")
         t2, _ = timed(collect, replace(parallel, workers=2), Path(tmp) / "w2")
         print(f"--workers 1          : {t1:8.1f} s for {parallel.episodes} episodes")

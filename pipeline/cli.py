@@ -16,7 +16,9 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def make_parser(prog: str, description: str, config_overrides: bool = True) -> argparse.ArgumentParser:
+def make_parser(
+    prog: str, description: str, config_overrides: bool = True
+) -> argparse.ArgumentParser:
     """A parser with the flags every stage shares (``--debug``, ``--quiet``)."""
     epilog = (
         "Any config field can be overridden as --section.field VALUE (e.g. --trainer.max_steps 10)."
@@ -54,11 +56,15 @@ def non_negative_int(text: str) -> int:
 def add_slice_args(parser: argparse.ArgumentParser, unit: str) -> None:
     """``--worker-index/--num-workers``: this invocation's slice of a multi-node job."""
     parser.add_argument(
-        "--worker-index", type=non_negative_int, default=None,
+        "--worker-index",
+        type=non_negative_int,
+        default=None,
         help=f"this node's slice of the {unit} (default: $RANK or 0)",
     )
     parser.add_argument(
-        "--num-workers", type=positive_int, default=None,
+        "--num-workers",
+        type=positive_int,
+        default=None,
         help="number of slices (default: $WORLD_SIZE or 1)",
     )
 
@@ -90,7 +96,9 @@ def run_cli(
     else:
         args, overrides = parser.parse_args(argv), []
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     try:
         body(args, overrides)
     except KeyboardInterrupt:

@@ -31,7 +31,13 @@ tqdm_module.tqdm.monitor_interval = 0  # no monitor thread: worker processes are
 # Fields that change how much or where data is made, not what an episode contains: they
 # may differ between a run and its resume.
 _SCHEDULING_FIELDS = ("episodes", "workers")
-_CARLA_CONNECTION_FIELDS = ("hosts", "timeout_s", "max_retries", "server_cmd", "server_start_wait_s")
+_CARLA_CONNECTION_FIELDS = (
+    "hosts",
+    "timeout_s",
+    "max_retries",
+    "server_cmd",
+    "server_start_wait_s",
+)
 
 
 @dataclass
@@ -75,13 +81,17 @@ def content_hash(cfg: CollectConfig) -> str:
     return mf.config_hash(data)
 
 
-def plan_blocks(cfg: CollectConfig, recorded: dict[str, dict], worker_index: int, num_workers: int) -> list[int]:
+def plan_blocks(
+    cfg: CollectConfig, recorded: dict[str, dict], worker_index: int, num_workers: int
+) -> list[int]:
     """Blocks this invocation must (re)write: those whose shard lacks requested episodes."""
     num_blocks = -(-cfg.episodes // cfg.episodes_per_shard)
     todo = []
     for block in range(worker_index, num_blocks, num_workers):
         wanted = set(block_episodes(block, cfg.episodes_per_shard, cfg.episodes))
-        have = set(recorded.get(schema.shard_name(schema.RAW_PREFIX, block), {}).get("episodes", []))
+        have = set(
+            recorded.get(schema.shard_name(schema.RAW_PREFIX, block), {}).get("episodes", [])
+        )
         if not wanted <= have:
             todo.append(block)
     return todo
@@ -95,12 +105,16 @@ def prepare_output(cfg: CollectConfig, out: Path) -> dict:
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise SemoreError(f"cannot write to --out {out} ({err.strerror}): expected a writable folder") from None
+        raise SemoreError(
+            f"cannot write to --out {out} ({err.strerror}): expected a writable folder"
+        ) from None
     with dataset.manifest_lock(out):
         manifest = mf.read_manifest(out, required=False)
         if manifest is None:
             if any(p for p in out.iterdir() if not p.name.startswith(".")):
-                raise SemoreError(f"--out {out} is not empty and holds no {schema.MANIFEST_NAME}: expected an empty folder or a Semore dataset")
+                raise SemoreError(
+                    f"--out {out} is not empty and holds no {schema.MANIFEST_NAME}: expected an empty folder or a Semore dataset"
+                )
             manifest = mf.new_manifest()
         raw = manifest.get("raw")
         if raw is not None and raw.get("config_hash") != content_hash(cfg):
@@ -119,7 +133,9 @@ def prepare_output(cfg: CollectConfig, out: Path) -> dict:
                 "run": cfg.run,
                 "seed": cfg.seed,
                 "episodes_per_shard": cfg.episodes_per_shard,
-                "action_names": ["steer", "throttle_brake"] if cfg.backend == "carla" else ["acceleration", "steering"],
+                "action_names": ["steer", "throttle_brake"]
+                if cfg.backend == "carla"
+                else ["acceleration", "steering"],
                 "shards": {},
             }
         raw_dir = out / schema.RAW_DIR
@@ -138,7 +154,9 @@ def prepare_output(cfg: CollectConfig, out: Path) -> dict:
     return manifest
 
 
-def _work(cfg: CollectConfig, out: Path, blocks: list[int], worker: int, env_index: int, report) -> None:
+def _work(
+    cfg: CollectConfig, out: Path, blocks: list[int], worker: int, env_index: int, report
+) -> None:
     """Record ``blocks`` with one simulator; ``report(kind, payload)`` tells the parent.
 
     ``worker`` (the node's slice index) goes into sample keys; ``env_index`` picks this
@@ -150,8 +168,17 @@ def _work(cfg: CollectConfig, out: Path, blocks: list[int], worker: int, env_ind
         for block in blocks:
             episodes = block_episodes(block, cfg.episodes_per_shard, cfg.episodes)
             info = record_block(
-                env, policy, out, block, episodes, cfg.run, worker, cfg.seed, cfg.max_retries,
-                on_step=lambda: report("step", 1), on_episode=lambda: report("episode", 1),
+                env,
+                policy,
+                out,
+                block,
+                episodes,
+                cfg.run,
+                worker,
+                cfg.seed,
+                cfg.max_retries,
+                on_step=lambda: report("step", 1),
+                on_episode=lambda: report("episode", 1),
             )
             fields = {
                 "camera_names": list(env.camera_names),
@@ -164,7 +191,9 @@ def _work(cfg: CollectConfig, out: Path, blocks: list[int], worker: int, env_ind
         env.close()
 
 
-def _subprocess_main(cfg_dict: dict, out: str, blocks: list[int], worker: int, env_index: int, queue) -> None:
+def _subprocess_main(
+    cfg_dict: dict, out: str, blocks: list[int], worker: int, env_index: int, queue
+) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         cfg = from_dict(CollectConfig, cfg_dict)
@@ -215,7 +244,9 @@ def collect(cfg: CollectConfig, out: Path, worker_index: int = 0, num_workers: i
     return manifest
 
 
-def _run_pool(cfg: CollectConfig, out: Path, blocks: list[int], workers: int, node: int, report) -> None:
+def _run_pool(
+    cfg: CollectConfig, out: Path, blocks: list[int], workers: int, node: int, report
+) -> None:
     # fork: children start in milliseconds instead of re-importing torch/webdataset (~3 s).
     # It is safe because the parent never creates a simulator, pygame window or CARLA client.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
@@ -223,7 +254,14 @@ def _run_pool(cfg: CollectConfig, out: Path, blocks: list[int], workers: int, no
     procs = [
         ctx.Process(
             target=_subprocess_main,
-            args=(to_dict(cfg), str(out), blocks[rank::workers], node, node * cfg.workers + rank, queue),
+            args=(
+                to_dict(cfg),
+                str(out),
+                blocks[rank::workers],
+                node,
+                node * cfg.workers + rank,
+                queue,
+            ),
             daemon=True,
         )
         for rank in range(workers)
@@ -254,13 +292,23 @@ def _run_pool(cfg: CollectConfig, out: Path, blocks: list[int], workers: int, no
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.make_parser("semore-collect", "Record driving episodes into raw WebDataset shards.")
-    parser.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/collect/quickstart.yaml")
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder (created or resumed)")
+    parser = cli.make_parser(
+        "semore-collect", "Record driving episodes into raw WebDataset shards."
+    )
+    parser.add_argument(
+        "--config", type=Path, required=True, help="YAML, e.g. configs/collect/quickstart.yaml"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="dataset folder (created or resumed)"
+    )
     parser.add_argument("--episodes", type=cli.positive_int, help="total episodes wanted in --out")
-    parser.add_argument("--workers", type=cli.positive_int, help="simulator processes on this machine")
+    parser.add_argument(
+        "--workers", type=cli.positive_int, help="simulator processes on this machine"
+    )
     parser.add_argument("--seed", type=int, help="base seed (episode seeds derive from it)")
-    parser.add_argument("--policy", choices=("expert", "random", "mixed"), help="data-collection policy")
+    parser.add_argument(
+        "--policy", choices=("expert", "random", "mixed"), help="data-collection policy"
+    )
     parser.add_argument("--backend", choices=("highway", "carla"), help="simulator backend")
     cli.add_slice_args(parser, "episode blocks (shards)")
     return parser
@@ -268,7 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = load_config(CollectConfig, args.config, overrides)
-    flags = {"episodes": args.episodes, "workers": args.workers, "seed": args.seed, "backend": args.backend}
+    flags = {
+        "episodes": args.episodes,
+        "workers": args.workers,
+        "seed": args.seed,
+        "backend": args.backend,
+    }
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     if args.policy is not None:
         cfg = replace(cfg, policy=replace(cfg.policy, name=args.policy))

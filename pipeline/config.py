@@ -30,7 +30,9 @@ def load_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise SemoreError(f"config file {path} is not valid YAML{where}: expected a mapping") from None
+        raise SemoreError(
+            f"config file {path} is not valid YAML{where}: expected a mapping"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -29,7 +29,13 @@ def raw_members(
 
 
 def step_info(
-    episode: int, step: int, is_last: bool, terminated: bool, truncated: bool, seed: int, policy: str
+    episode: int,
+    step: int,
+    is_last: bool,
+    terminated: bool,
+    truncated: bool,
+    seed: int,
+    policy: str,
 ) -> dict:
     """``step.json``: episode bookkeeping for one step (see ``schema.STEP_FIELDS``)."""
     return {

@@ -67,7 +67,9 @@ def read_manifest(root: str | Path, required: bool = True) -> dict | None:
     path = manifest_path(root)
     if not path.is_file():
         if required:
-            raise SemoreError(f"{path} not found: expected a Semore dataset folder (run semore-collect)")
+            raise SemoreError(
+                f"{path} not found: expected a Semore dataset folder (run semore-collect)"
+            )
         return None
     return parse_manifest(path.read_bytes(), path)
 

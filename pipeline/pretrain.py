@@ -241,7 +241,7 @@ def export_metadata(cfg: PretrainConfig, dm: SemoreDataModule, global_step: int)
 
 
 def pretrain(
-    cfg: PretrainConfig, data: Path, out: Path, resume: bool = False, quiet: bool = False
+    cfg: PretrainConfig, data: str | Path, out: Path, resume: bool = False, quiet: bool = False
 ) -> Path | None:
     """Train (or resume) a run in ``out`` and export ``out/encoder.pt``.
 
@@ -288,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, required=True, help="YAML, e.g. configs/pretrain/quickstart.yaml"
     )
     parser.add_argument(
-        "--data", type=Path, required=True, help="dataset folder with raw and annotation shards"
+        "--data",
+        required=True,
+        help="dataset folder with raw and annotation shards, or hf://datasets/ORG/NAME[@REVISION]",
     )
     parser.add_argument(
         "--out", type=Path, required=True, help="run folder (checkpoints, logs, encoder.pt)"

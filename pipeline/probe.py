@@ -194,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="an exported encoder (RUN/encoder.pt) or 'random' for the baseline",
     )
-    parser.add_argument("--data", type=Path, required=True, help="dataset folder (raw shards)")
+    parser.add_argument(
+        "--data", required=True, help="dataset folder, or hf://datasets/ORG/NAME[@REVISION]"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--batch-size", type=cli.positive_int, default=256)
     parser.add_argument(
@@ -220,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_probe_encoder(spec: str, data_dir: Path, frame_stack: int) -> tuple[nn.Module, dict]:
+def load_probe_encoder(spec: str, data_dir: str | Path, frame_stack: int) -> tuple[nn.Module, dict]:
     """``random`` or an export path -> (encoder, export metadata)."""
     if spec == "random":
         return random_encoder(data_dir, frame_stack), {}

@@ -72,8 +72,13 @@ def record_episode(
         result = env.step(action)
         done = result.terminated or result.truncated
         info = dataset.step_info(
-            episode, step, done, result.terminated, result.truncated and not result.terminated,
-            ep_seed, policy_name,
+            episode,
+            step,
+            done,
+            result.terminated,
+            result.truncated and not result.terminated,
+            ep_seed,
+            policy_name,
         )
         info["distance_m"] = float(result.distance_m)
         info["collision"] = bool(result.state.get("collision", False))
@@ -92,9 +97,7 @@ def record_episode(
     return Episode(samples, episode_return, distance_m, collisions, expert_steps)
 
 
-def record_episode_with_retries(
-    env: DrivingEnv, max_retries: int, *args, **kwargs
-) -> Episode:
+def record_episode_with_retries(env: DrivingEnv, max_retries: int, *args, **kwargs) -> Episode:
     """:func:`record_episode`, re-running the episode after a simulator failure."""
     for attempt in range(max_retries + 1):
         try:

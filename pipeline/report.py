@@ -64,7 +64,9 @@ def _summary_rows(curves: dict[str, Path]) -> str:
         cells = "".join(
             f"<td>{final.get(k, float('nan')):.1f}</td>" for k in ("episode_return", "distance_m")
         )
-        rows.append(f"<tr><td>{html.escape(label)}</td><td>{summary.get('step', '')}</td>{cells}</tr>")
+        rows.append(
+            f"<tr><td>{html.escape(label)}</td><td>{summary.get('step', '')}</td>{cells}</tr>"
+        )
     head = "<tr><th>run</th><th>agent steps</th><th>final eval return</th><th>final eval distance (m)</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import schema
+from pipeline.annotate.motion import motion_targets as raw_motion_targets
 from pipeline.errors import SemoreError
 from pipeline.sim.base import DrivingEnv, SimulatorConnectionError
-from pipeline.annotate.motion import motion_targets as raw_motion_targets
 from semore.replay import FrameStack
 
 log = logging.getLogger(__name__)

@@ -34,9 +34,15 @@ class RunConfig:
     """Paths are relative to the repository root (where ``make quickstart`` runs)."""
 
     collect: StageSpec = field(default_factory=lambda: StageSpec("configs/collect/quickstart.yaml"))
-    annotate: StageSpec = field(default_factory=lambda: StageSpec("configs/annotate/quickstart.yaml"))
-    pretrain: StageSpec = field(default_factory=lambda: StageSpec("configs/pretrain/quickstart.yaml"))
-    finetune: StageSpec = field(default_factory=lambda: StageSpec("configs/finetune/quickstart.yaml"))
+    annotate: StageSpec = field(
+        default_factory=lambda: StageSpec("configs/annotate/quickstart.yaml")
+    )
+    pretrain: StageSpec = field(
+        default_factory=lambda: StageSpec("configs/pretrain/quickstart.yaml")
+    )
+    finetune: StageSpec = field(
+        default_factory=lambda: StageSpec("configs/finetune/quickstart.yaml")
+    )
     # Episodes shown in the report's contact sheet and how many steps of each.
     report_episodes: list[int] = field(default_factory=lambda: [0, 1])
     report_max_steps: int = 12
@@ -75,19 +81,29 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
     common = ["--debug"] if debug else []
     data = out / "data"
     _call("collect", collect.main, [*_flags(cfg.collect, root), "--out", str(data), *common])
-    _call("annotate", annotate_run.main, [*_flags(cfg.annotate, root), "--data", str(data), *common])
+    _call(
+        "annotate", annotate_run.main, [*_flags(cfg.annotate, root), "--data", str(data), *common]
+    )
 
     pre = out / "pretrain"
     encoder = pre / "encoder.pt"
     if not encoder.is_file():
         resume = ["--resume"] if (pre / "checkpoints" / "last.ckpt").is_file() else []
-        _call("pretrain", pretrain.main, [*_flags(cfg.pretrain, root), "--data", str(data), "--out", str(pre), *resume, *common])
+        _call(
+            "pretrain",
+            pretrain.main,
+            [*_flags(cfg.pretrain, root), "--data", str(data), "--out", str(pre), *resume, *common],
+        )
 
     probes = {}
     for label, source in (("pretrained", str(encoder)), ("random", "random")):
         path = out / f"probe_{label}.json"
         if not path.is_file():
-            _call(f"probe ({label})", probe.main, ["--encoder", source, "--data", str(data), "--out", str(path), *common])
+            _call(
+                f"probe ({label})",
+                probe.main,
+                ["--encoder", source, "--data", str(data), "--out", str(path), *common],
+            )
         probes[label] = json.loads(path.read_text())
 
     arch = _encoder_overrides(encoder)
@@ -97,7 +113,16 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
         if not (run_dir / "summary.json").is_file():
             resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
             extra = arch if source == "none" else []
-            argv = [*_flags(cfg.finetune, root), "--encoder", source, "--out", str(run_dir), *extra, *resume, *common]
+            argv = [
+                *_flags(cfg.finetune, root),
+                "--encoder",
+                source,
+                "--out",
+                str(run_dir),
+                *extra,
+                *resume,
+                *common,
+            ]
             _call(f"finetune ({label})", finetune.main, argv)
         curves[label] = run_dir / "metrics.csv"
 

@@ -115,9 +115,7 @@ def parse_key(key: str) -> SampleKey:
         raise SemoreError(
             f"sample key {key!r} is malformed: expected {{run}}_{{worker:02d}}_{{episode:06d}}_{{step:05d}}"
         )
-    return SampleKey(
-        match["run"], int(match["worker"]), int(match["episode"]), int(match["step"])
-    )
+    return SampleKey(match["run"], int(match["worker"]), int(match["episode"]), int(match["step"]))
 
 
 def shard_name(prefix: str, index: int) -> str:

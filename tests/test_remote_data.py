@@ -52,11 +52,10 @@ def hub(local_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace
         return str(local_dataset / filename)
 
     def open_remote(url: str):
-        head, _, relpath = url.partition("/raw/") if "/raw/" in url else url.partition("/ann/")
-        assert head.startswith(f"hf://datasets/{REPO}@"), url
+        assert url.startswith(f"hf://datasets/{REPO}@"), url
         record.opened.append(url)
-        path = local_dataset / url[len(head) + 1 :]
-        data = path.read_bytes()
+        relpath = url.split("@", 1)[1].split("/", 1)[1]  # raw/raw-000000.tar
+        data = (local_dataset / relpath).read_bytes()
         return io.BytesIO(record.truncate(data) if record.truncate else data)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-
 BACKENDS = ("highway", "carla")
 POLICIES = ("expert", "random", "mixed")
 
