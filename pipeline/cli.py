@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -80,6 +81,11 @@ def node_slice(worker_index: int | None, num_workers: int | None) -> tuple[int, 
     return index, count
 
 
+def raise_interrupt(signum, frame) -> None:
+    """SIGTERM handler: unwind like Ctrl-C, so atomic writers remove their temporary files."""
+    raise KeyboardInterrupt
+
+
 def run_cli(
     parser: argparse.ArgumentParser,
     argv: list[str] | None,
@@ -99,6 +105,8 @@ def run_cli(
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         body(args, overrides)
     except KeyboardInterrupt:

@@ -194,7 +194,7 @@ def _work(
 def _subprocess_main(
     cfg_dict: dict, out: str, blocks: list[int], worker: int, env_index: int, queue
 ) -> None:
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, cli.raise_interrupt)  # the parent terminates workers on errors
     try:
         cfg = from_dict(CollectConfig, cfg_dict)
         _work(cfg, Path(out), blocks, worker, env_index, lambda k, p: queue.put((k, p)))
@@ -203,10 +203,6 @@ def _subprocess_main(
         queue.put(("interrupted", worker))
     except Exception as err:  # forwarded to the parent, which reports it on one line
         queue.put(("error", f"worker {worker}: {err}"))
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def collect(cfg: CollectConfig, out: Path, worker_index: int = 0, num_workers: int = 1) -> dict:
@@ -326,7 +322,6 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.policy is not None:
         cfg = replace(cfg, policy=replace(cfg.policy, name=args.policy))
     worker_index, num_workers = cli.node_slice(args.worker_index, args.num_workers)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     manifest = collect(cfg, args.out, worker_index, num_workers)
     totals = manifest["raw"].get("totals", {})
     print(

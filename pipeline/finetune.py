@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -23,7 +22,7 @@ from typing import Literal
 import torch
 
 from pipeline import cli
-from pipeline.config import load_config, to_dict
+from pipeline.config import flatten, load_config, to_dict
 from pipeline.errors import SemoreError
 from pipeline.rl_env import MOTION_DIM, Driver, motion_stats
 from pipeline.rl_loop import (
@@ -212,7 +211,7 @@ def _check_resume(cfg: FinetuneConfig, checkpoint: dict, path: Path, source: str
         }
         return data
 
-    old, new = _flatten(comparable(checkpoint["config"])), _flatten(comparable(to_dict(cfg)))
+    old, new = flatten(comparable(checkpoint["config"])), flatten(comparable(to_dict(cfg)))
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             raise SemoreError(
@@ -225,16 +224,6 @@ def _check_resume(cfg: FinetuneConfig, checkpoint: dict, path: Path, source: str
             f"--resume: --encoder is {source!r} but {path} started from {checkpoint['encoder_source']!r}: "
             "expected the same --encoder, or a new --out"
         )
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = False) -> dict:
@@ -334,13 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     # SIGTERM (job schedulers) ends like Ctrl-C: the simulator is closed, checkpoints stay.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     cfg = load_config(FinetuneConfig, args.config, overrides)
     flags = {"num_train_steps": args.num_train_steps, "seed": args.seed}
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})

@@ -94,10 +94,13 @@ def parse_manifest(data: bytes, where: str | Path) -> dict:
 
 
 def write_manifest(root: str | Path, manifest: dict) -> None:
-    """Atomically replace ``root/manifest.json``."""
+    """Atomically replace ``root/manifest.json`` (untouched when the content is the same)."""
     path = manifest_path(root)
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    if path.is_file() and path.read_text() == text:
+        return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

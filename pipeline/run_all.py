@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.config import load_config
+from pipeline.config import flatten, load_config
 from pipeline.errors import SemoreError
 
 log = logging.getLogger(__name__)
@@ -51,24 +51,17 @@ class RunConfig:
 def _flags(spec: StageSpec, root: Path) -> list[str]:
     path = Path(spec.config)
     flags = ["--config", str(path if path.is_absolute() else root / path)]
-    for name, value in _flatten(spec.overrides).items():
+    for name, value in flatten(spec.overrides).items():
         flags += [f"--{name}", json.dumps(value) if not isinstance(value, str) else value]
     return flags
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _call(name: str, main, argv: list[str]) -> None:
     log.info("stage %s: %s", name, " ".join(argv))
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse rejected a flag; its message is printed above
+        code = exit_.code
     if code != 0:
         raise SemoreError(f"stage {name} failed with exit code {code} (its error is printed above)")
 

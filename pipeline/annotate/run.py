@@ -19,7 +19,6 @@ import argparse
 import logging
 import multiprocessing as mp
 import os
-import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -289,10 +288,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = load_config(AnnotateConfig, args.config, overrides)
     flags = {
@@ -302,7 +297,6 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     }
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     worker_index, num_workers = cli.node_slice(args.worker_index, args.num_workers)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     manifest = annotate(cfg, args.data, worker_index, num_workers, args.skip_bad, not args.quiet)
     section = manifest.get("ann", {})
     totals = section.get("totals", {})
