@@ -86,8 +86,13 @@ def main() -> None:
         print(f"recording to shards  : {rec_rate:8.1f} steps/s")
         print(f"recording / bare     : {rec_rate / bare_rate:8.3f}   (target >= 0.9)")
 
+        # Expert-only episodes all run to max_episode_steps, so the two workers get equal work
+        # and the ratio measures the parallel machinery, not the luck of episode lengths.
         parallel = replace(
-            cfg, episodes=2 * args.episodes, episodes_per_shard=max(1, args.episodes // 2)
+            cfg,
+            episodes=4 * args.episodes,
+            episodes_per_shard=max(1, args.episodes // 2),
+            policy=replace(cfg.policy, name="expert"),
         )
         t1, _ = timed(collect, replace(parallel, workers=1), Path(tmp) / "w1")
         t2, _ = timed(collect, replace(parallel, workers=2), Path(tmp) / "w2")
