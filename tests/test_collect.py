@@ -253,6 +253,13 @@ def test_highway_workers_and_determinism(tmp_path):
     assert one == two
     manifest = json.loads((tmp_path / "one" / "manifest.json").read_text())["raw"]
     assert manifest["camera_names"] == ["rgb"] and manifest["image_height"] == 32
+    # real simulator states keep one type per field, so Hugging Face datasets can load them
+    import datasets
+
+    urls = [str(p) for p in sorted((tmp_path / "one" / "raw").glob("*.tar"))]
+    hf = datasets.load_dataset("webdataset", data_files={"train": urls}, split="train")
+    assert len(hf) == manifest["totals"]["num_samples"]
+    assert hf.features["state.json"]["lead_distance_m"].dtype == "float64"
 
 
 def test_sigterm_leaves_no_partial_shard(tmp_path):
