@@ -22,26 +22,15 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.finetune import baseline_encoder_flags
 from pipeline.rl_eval import read_metrics
-from semore.encoder import load_encoder
 
 KINDS = ("pretrained", "baseline")
 METRICS = (("episode_return", "eval return"), ("distance_m", "eval distance (m)"))
-
-
-def baseline_overrides(encoder_path: Path) -> list[str]:
-    """--encoder.* overrides that rebuild the export's architecture from scratch."""
-    cfg = asdict(load_encoder(encoder_path).config)
-    # Image size and frame stack of a fresh encoder follow the env and frame_stack.
-    skip = ("frame_stack", "image_height", "image_width")
-    return [
-        arg for k, v in cfg.items() if k not in skip for arg in (f"--encoder.{k}", json.dumps(v))
-    ]
 
 
 def run_one(cmd: list[str], log_path: Path, threads: int) -> tuple[float, int]:
@@ -145,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--config", str(args.config), "--num-train-steps", str(args.num_train_steps)]
     sources = {
         "pretrained": [str(args.encoder)],
-        "baseline": ["none", *baseline_overrides(args.encoder)],
+        "baseline": ["none", *baseline_encoder_flags(args.encoder)],
     }
     jobs = []
     for seed in args.seeds:

@@ -14,6 +14,7 @@ with a one-line error after ``env.carla.max_retries`` consecutive failures.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -224,6 +225,19 @@ def _check_resume(cfg: FinetuneConfig, checkpoint: dict, path: Path, source: str
             f"--resume: --encoder is {source!r} but {path} started from {checkpoint['encoder_source']!r}: "
             "expected the same --encoder, or a new --out"
         )
+
+
+def baseline_encoder_flags(export: str | Path) -> list[str]:
+    """``--encoder.*`` flags that make ``--encoder none`` rebuild ``export``'s architecture.
+
+    Image size and frame stack are left out: a fresh encoder takes them from the env and
+    ``frame_stack``, which must match the export anyway.
+    """
+    skip = ("frame_stack", "image_height", "image_width")
+    cfg = asdict(load_encoder(export).config)
+    return [
+        arg for k, v in cfg.items() if k not in skip for arg in (f"--encoder.{k}", json.dumps(v))
+    ]
 
 
 def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = False) -> dict:

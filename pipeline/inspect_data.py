@@ -190,7 +190,7 @@ def _step_html(view: StepView, action_names: list[str]) -> str:
         ("reward", f"{view.reward:+.4f}"),
         ("speed", _fmt(view.state.get("speed_mps"), " m/s")),
         ("lane", _fmt(view.state.get("lane_index"), digits=0)),
-        ("lead distance", _fmt(view.state.get("lead_distance_m"), " m")),
+        ("lead distance", _fmt(schema.lead_distance_m(view.state), " m")),
         ("collision", _fmt(collision)),
         ("policy", _fmt(view.info.get("policy"))),
         ("flags", ", ".join(flags) or "-"),

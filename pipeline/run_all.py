@@ -99,7 +99,7 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
             )
         probes[label] = json.loads(path.read_text())
 
-    arch = _encoder_overrides(encoder)
+    arch = finetune.baseline_encoder_flags(encoder)
     curves = {}
     for label, source in (("pretrained", str(encoder)), ("baseline", "none")):
         run_dir = out / f"finetune_{label}"
@@ -122,18 +122,6 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
     from pipeline.report import write_report
 
     return write_report(out, data, probes, curves, cfg.report_episodes, cfg.report_max_steps)
-
-
-def _encoder_overrides(encoder_path: Path) -> list[str]:
-    """``--encoder.*`` flags giving the baseline exactly the pretrained architecture."""
-    from dataclasses import asdict
-
-    from semore.encoder import load_encoder
-
-    flags = []
-    for name, value in asdict(load_encoder(encoder_path).config).items():
-        flags += [f"--encoder.{name}", json.dumps(value) if not isinstance(value, str) else value]
-    return flags
 
 
 def build_parser() -> argparse.ArgumentParser:

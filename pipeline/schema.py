@@ -62,6 +62,15 @@ ANN_MEMBERS = (CAPTION_SEM, CAPTION_MOT, EMB_SEM, EMB_MOT, MOTION, ANN_INFO)
 LEAD_RANGE_M = 100.0
 NO_TRAFFIC_LIGHT = "none"
 
+
+def lead_distance_m(state: dict) -> float | None:
+    """The gap to the lead vehicle in metres, or None when there is none within range."""
+    value = state.get("lead_distance_m")
+    if value is None or not state.get("lead_present", True):
+        return None
+    return float(value)
+
+
 # Ego-motion targets written to motion.npy, in this order: (name, unit).
 MOTION_TARGETS = (
     ("speed", "m/s"),

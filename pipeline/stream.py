@@ -286,10 +286,8 @@ class EpisodeSplit:
 
 
 def _lead_distance(state: dict) -> float:
-    value = state.get("lead_distance_m")
-    if value is None or not state.get("lead_present", True):
-        return LEAD_DISTANCE_CAP_M
-    return min(float(value), LEAD_DISTANCE_CAP_M)
+    value = schema.lead_distance_m(state)
+    return LEAD_DISTANCE_CAP_M if value is None else min(value, LEAD_DISTANCE_CAP_M)
 
 
 def _float_or_nan(value: object) -> float:

@@ -38,6 +38,10 @@ def test_semantic_caption_names_lane_lead_and_neighbours(captioner):
         "The ego car is in the left lane of 4. The lane ahead is clear. "
         "No lane to the left, 1 car in the lane to the right."
     )
+    # what the backends record when no vehicle is ahead: lead_present false, the range cap
+    no_lead = dict(edge, lead_present=False, lead_distance_m=schema.LEAD_RANGE_M)
+    assert captioner.semantic(no_lead) == captioner.semantic(edge)
+    assert "car ahead" not in captioner.motion(no_lead, dict(no_lead, lead_closing_speed_mps=0.0))
     assert "lane 2 from the left of 4" in captioner.semantic(
         _state(lane_index=1, lanes_count=4, neighbours_per_lane=[0] * 4)
     )

@@ -268,18 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=cli.positive_int, help="processes over shards on this machine"
     )
-    parser.add_argument(
-        "--worker-index",
-        type=cli.non_negative_int,
-        default=None,
-        help="this node's slice (default: $RANK or 0)",
-    )
-    parser.add_argument(
-        "--num-workers",
-        type=cli.positive_int,
-        default=None,
-        help="number of slices (default: $WORLD_SIZE or 1)",
-    )
+    cli.add_slice_args(parser, "raw shards")
     parser.add_argument(
         "--skip-bad",
         action="store_true",

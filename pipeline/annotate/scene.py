@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+from pipeline import schema
 from pipeline.annotate.base import Caption, Step
 from pipeline.annotate.config import SceneConfig
 
@@ -48,7 +49,7 @@ class SceneCaptioner:
         """What is where: lane, lead vehicle, adjacent lanes, traffic light, weather."""
         sentences = [
             _lane_sentence(state),
-            self._lead_sentence(state.get("lead_distance_m")),
+            self._lead_sentence(schema.lead_distance_m(state)),
             _neighbour_sentence(state),
             _traffic_light_sentence(state.get("traffic_light")),
             _weather_sentence(state.get("weather")),
@@ -70,7 +71,7 @@ class SceneCaptioner:
             ego = f"The ego car drives {word} at {_fmt(kmh)} km/h, {self._longitudinal(accel)} and {self._lateral(prev, state)}."
         sentences = [
             ego,
-            self._lead_motion(state.get("lead_distance_m"), state.get("lead_closing_speed_mps")),
+            self._lead_motion(schema.lead_distance_m(state), state.get("lead_closing_speed_mps")),
             "It crosses a lane marking." if state.get("lane_invasion") else "",
             "It collides with another vehicle!" if state.get("collision") else "",
         ]
