@@ -81,13 +81,18 @@ def content_hash(cfg: CollectConfig) -> str:
     return mf.config_hash(data)
 
 
+def slice_blocks(cfg: CollectConfig, worker_index: int, num_workers: int) -> range:
+    """The episode blocks (shard indices) of this node's slice."""
+    num_blocks = -(-cfg.episodes // cfg.episodes_per_shard)
+    return range(worker_index, num_blocks, num_workers)
+
+
 def plan_blocks(
     cfg: CollectConfig, recorded: dict[str, dict], worker_index: int, num_workers: int
 ) -> list[int]:
     """Blocks this invocation must (re)write: those whose shard lacks requested episodes."""
-    num_blocks = -(-cfg.episodes // cfg.episodes_per_shard)
     todo = []
-    for block in range(worker_index, num_blocks, num_workers):
+    for block in slice_blocks(cfg, worker_index, num_workers):
         wanted = set(block_episodes(block, cfg.episodes_per_shard, cfg.episodes))
         have = set(
             recorded.get(schema.shard_name(schema.RAW_PREFIX, block), {}).get("episodes", [])
@@ -97,7 +102,9 @@ def plan_blocks(
     return todo
 
 
-def prepare_output(cfg: CollectConfig, out: Path) -> dict:
+def prepare_output(
+    cfg: CollectConfig, out: Path, worker_index: int = 0, num_workers: int = 1
+) -> dict:
     """Create or validate ``out``; reconcile shards on disk with the manifest; return it."""
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +146,11 @@ def prepare_output(cfg: CollectConfig, out: Path) -> dict:
                 "shards": {},
             }
         raw_dir = out / schema.RAW_DIR
-        for stale in remove_stale_tmp(raw_dir):
+        mine = None  # one node: every leftover temporary is stale
+        if num_workers > 1:
+            blocks = slice_blocks(cfg, worker_index, num_workers)
+            mine = [schema.shard_name(schema.RAW_PREFIX, b) for b in blocks]
+        for stale in remove_stale_tmp(raw_dir, mine):
             log.info("removed incomplete shard %s left by an interrupted run", stale.name)
         shards = raw.setdefault("shards", {})
         for name in [n for n in shards if not (raw_dir / n).is_file()]:
@@ -207,7 +218,7 @@ def _subprocess_main(
 
 def collect(cfg: CollectConfig, out: Path, worker_index: int = 0, num_workers: int = 1) -> dict:
     """Record the episodes of ``cfg`` that ``out`` lacks; returns the final manifest."""
-    manifest = prepare_output(cfg, out)
+    manifest = prepare_output(cfg, out, worker_index, num_workers)
     blocks = plan_blocks(cfg, manifest["raw"]["shards"], worker_index, num_workers)
     total = sum(len(block_episodes(b, cfg.episodes_per_shard, cfg.episodes)) for b in blocks)
     if not blocks:

@@ -12,7 +12,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -107,10 +107,19 @@ class AtomicShardWriter:
             self.tmp_path.unlink(missing_ok=True)
 
 
-def remove_stale_tmp(folder: str | Path) -> list[Path]:
-    """Delete temporary shards left by a killed run; returns what was removed."""
+def remove_stale_tmp(folder: str | Path, shard_names: Iterable[str] | None = None) -> list[Path]:
+    """Delete temporary shards left by a killed run; returns what was removed.
+
+    With ``shard_names``, only those shards' temporaries go: other nodes of a multi-node
+    job may be writing theirs into the same folder right now.
+    """
     folder = Path(folder)
-    stale = sorted(folder.glob(f".*{TMP_MARK}*")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    if shard_names is None:
+        stale = sorted(folder.glob(f".*{TMP_MARK}*"))
+    else:
+        stale = sorted(p for name in shard_names for p in folder.glob(f".{name}{TMP_MARK}*"))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -276,3 +276,18 @@ def test_sigterm_leaves_no_partial_shard(tmp_path):
     assert proc.wait(timeout=30) == 130
     assert not list((out / "raw").glob("*.tar*")) and not list((out / "raw").glob(".*"))
     assert json.loads((out / "manifest.json").read_text())["raw"]["shards"] == {}
+
+
+def test_a_node_leaves_other_nodes_temporary_shards_alone(tmp_path, fake_env):
+    fake_env()
+    out = tmp_path / "d"
+    raw = out / "raw"
+    assert run(out, "--episodes", "4", "--episodes_per_shard", "2") == 0
+    # node 1 of 2 is writing block 3 right now; node 0 restarts and must not delete it
+    in_flight = raw / ".raw-000003.tar.tmp-999"
+    own_stale = raw / ".raw-000002.tar.tmp-998"
+    in_flight.write_bytes(b"partial")
+    own_stale.write_bytes(b"partial")
+    args = ["--episodes", "8", "--episodes_per_shard", "2", "--worker-index", "0"]
+    assert run(out, *args, "--num-workers", "2") == 0
+    assert in_flight.exists() and not own_stale.exists()

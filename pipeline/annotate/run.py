@@ -33,7 +33,7 @@ from pipeline.annotate.config import CAPTIONERS, TEXT_ENCODERS, AnnotateConfig, 
 from pipeline.annotate.text_encoders import TextEncoder, make_text_encoder
 from pipeline.config import from_dict, load_config, to_dict
 from pipeline.errors import SemoreError
-from pipeline.shards import TMP_MARK, list_shards, remove_stale_tmp
+from pipeline.shards import list_shards, remove_stale_tmp
 
 log = logging.getLogger(__name__)
 
@@ -176,14 +176,8 @@ def annotate(
 
 def _remove_stale(root: Path, todo: list[tuple[Path, Path]], num_workers: int) -> None:
     """Delete temporary shards of killed runs; with several nodes, only this slice's."""
-    ann_dir = root / schema.ANN_DIR
-    if num_workers == 1:
-        stale = remove_stale_tmp(ann_dir)
-    else:
-        stale = [p for _, ann in todo for p in ann_dir.glob(f".{ann.name}{TMP_MARK}*")]
-        for path in stale:
-            path.unlink(missing_ok=True)
-    for path in stale:
+    names = None if num_workers == 1 else [ann.name for _, ann in todo]
+    for path in remove_stale_tmp(root / schema.ANN_DIR, names):
         log.info("removed incomplete shard %s left by an interrupted run", path.name)
 
 
