@@ -34,13 +34,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import dataset, schema  # noqa: E402
 from pipeline.annotate.annotator import Annotator  # noqa: E402
 from pipeline.annotate.config import AnnotateConfig  # noqa: E402
 from pipeline.annotate.run import main as annotate_main  # noqa: E402
-from pipeline.collect import main as collect_main  # noqa: E402
+from pipeline.collect.run import main as collect_main  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.shards import iter_shard  # noqa: E402
+from pipeline.data import dataset, schema  # noqa: E402
+from pipeline.data.shards import iter_shard  # noqa: E402
 
 COLLECT_CONFIG = REPO / "configs" / "collect" / "quickstart.yaml"
 ANNOTATE_CONFIG = REPO / "configs" / "annotate" / "quickstart.yaml"

@@ -20,9 +20,9 @@ os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
 
 import numpy as np  # noqa: E402
 
-from pipeline.collect import CollectConfig, collect  # noqa: E402
+from pipeline.collect.recorder import block_episodes, episode_seed, record_block  # noqa: E402
+from pipeline.collect.run import CollectConfig, collect  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.recorder import block_episodes, episode_seed, record_block  # noqa: E402
 from pipeline.sim import make_env  # noqa: E402
 from pipeline.sim.policies import CollectionPolicy  # noqa: E402
 
@@ -31,7 +31,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "collect" / "quicksta
 
 def bare_loop(cfg: CollectConfig, episodes: list[int]) -> int:
     """The environment + policy loop alone; returns the number of steps."""
-    env = make_env(cfg.backend, cfg.reward, cfg.highway, cfg.carla)
+    env = make_env(cfg.env)
     policy = CollectionPolicy(cfg.policy, env.action_dim)
     steps = 0
     for episode in episodes:
@@ -49,7 +49,7 @@ def bare_loop(cfg: CollectConfig, episodes: list[int]) -> int:
 
 def recorded_loop(cfg: CollectConfig, episodes: list[int], out: Path) -> int:
     """The same episodes written to a shard through the collector's code."""
-    env = make_env(cfg.backend, cfg.reward, cfg.highway, cfg.carla)
+    env = make_env(cfg.env)
     policy = CollectionPolicy(cfg.policy, env.action_dim)
     info = record_block(env, policy, out, 0, episodes, cfg.run, 0, cfg.seed)
     env.close()

@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.datamodule import SemoreDataModule  # noqa: E402
-from pipeline.pretrain import PretrainConfig, build_module, build_trainer  # noqa: E402
+from pipeline.pretrain.datamodule import SemoreDataModule  # noqa: E402
+from pipeline.pretrain.run import PretrainConfig, build_module, build_trainer  # noqa: E402
 
 
 def device_description(accelerator: str) -> str:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.finetune import baseline_encoder_flags
-from pipeline.rl_eval import read_metrics
+from pipeline.finetune.eval import Curve, plot_curves, read_metrics
+from pipeline.finetune.run import baseline_encoder_flags
 
 KINDS = ("pretrained", "baseline")
 METRICS = (("episode_return", "eval return"), ("distance_m", "eval distance (m)"))
@@ -98,24 +98,17 @@ def write_table(args, steps, stats, wall: dict[str, list[float]]) -> str:
 
 
 def plot(steps, stats, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, (key, label) in zip(axes, METRICS, strict=True):
-        for kind in KINDS:
-            mean, std = stats[key][kind]
-            ax.plot(steps, mean, "o-", label=kind)
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-        ax.set_xlabel("agent step")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    bands = {
+        k: {key: (m - sd, m + sd) for key, (m, sd) in ((key, stats[key][k]) for key, _ in METRICS)}
+        for k in KINDS
+    }
+    curves = {
+        kind: Curve(
+            np.asarray(steps), {key: stats[key][kind][0] for key, _ in METRICS}, bands[kind]
+        )
+        for kind in KINDS
+    }
+    plot_curves(curves, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for kind in KINDS:
             run_dir = runs_dir / f"{kind}-seed{seed}"
-            cmd = [sys.executable, "-m", "pipeline.finetune", *common, "--seed", str(seed),
+            cmd = [sys.executable, "-m", "pipeline.finetune.run", *common, "--seed", str(seed),
                    "--out", str(run_dir), "--resume", "--encoder", *sources[kind], *extra]  # fmt: skip
             jobs.append((kind, seed, run_dir, cmd))
     # Each run gets an equal share of the cores; oversubscribed OpenMP threads stall.

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from pipeline.errors import SemoreError
+from pipeline.errors import SemoreError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def run_cli(
     except (SemoreError, ValueError, FileNotFoundError, PermissionError, OSError) as err:
         if args.debug:
             raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        message = first_line(err)
         if not isinstance(err, SemoreError):
             message = f"{type(err).__name__}: {message}"
         print(f"{parser.prog}: error: {message}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -103,8 +104,43 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
         raise SemoreError(f"{where}: {err}") from None
 
 
-def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | dict = ()) -> T:
-    """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus overrides."""
+# Presets ship inside the package (pipeline/presets/<stage>/<name>.yaml), so an installed
+# wheel has them; the repository's top-level configs/ is a link to the same folder.
+PRESETS_DIR = "presets"
+
+
+def preset_names(stage: str = "") -> list[str]:
+    """Names of the presets of ``stage`` ("" = the ``semore-run`` presets)."""
+    folder = resources.files("pipeline").joinpath(PRESETS_DIR, *([stage] if stage else []))
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_config(value: str | Path, stage: str = "") -> Path:
+    """A YAML path as given, or the packaged preset of ``stage`` called ``value``."""
+    path = Path(value)
+    if path.is_file():
+        return path
+    if path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
+        preset = resources.files("pipeline").joinpath(
+            PRESETS_DIR, *([stage] if stage else []), f"{value}.yaml"
+        )
+        if preset.is_file():
+            return Path(str(preset))
+    names = ", ".join(preset_names(stage)) or "none"
+    raise SemoreError(
+        f"config file {value} not found: expected a YAML file or one of the "
+        f"{stage or 'semore-run'} presets ({names})"
+    )
+
+
+def load_config(
+    cls: type[T], path: str | Path | None, overrides: list[str] | dict = (), stage: str = ""
+) -> T:
+    """Load ``cls`` from a YAML file or ``stage`` preset (defaults when None) plus overrides."""
+    if path is not None:
+        path = resolve_config(path, stage)
     data = load_yaml(path) if path is not None else {}
     extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
     return from_dict(cls, merge(data, extra), where=str(path) if path else "config")
@@ -113,6 +149,49 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | di
 def to_dict(cfg: Any) -> dict:
     """The plain-dict form of a config, for manifests and checkpoints."""
     return dataclasses.asdict(cfg)
+
+
+# Field metadata key: a --resume (or a rerun that extends a dataset) may change this field,
+# because it says how much, where or how fast work is done, not what the work produces.
+RESUME_MAY_CHANGE = "resume_may_change"
+
+
+def resumable(**kwargs: Any) -> Any:
+    """``dataclasses.field(**kwargs)`` marked as a field a resume may change."""
+    return dataclasses.field(metadata={RESUME_MAY_CHANGE: True}, **kwargs)
+
+
+def content_of(cls: type, data: dict) -> dict:
+    """``data`` (the dict form of config class ``cls``) without the fields marked
+    :func:`resumable`, at any depth. Keys ``cls`` does not know are kept, so a config saved by
+    another version compares as different instead of failing.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, value in data.items():
+        f = fields.get(name)
+        if f is not None and f.metadata.get(RESUME_MAY_CHANGE):
+            continue
+        tp = hints.get(name)
+        nested = f is not None and dataclasses.is_dataclass(tp) and isinstance(value, dict)
+        out[name] = content_of(tp, value) if nested else value
+    return out
+
+
+def content_dict(cfg: Any) -> dict:
+    """The fields of ``cfg`` that decide what a run produces: equal content dicts make the
+    same data, models or agents, so manifests hash this and a resume compares it."""
+    return content_of(type(cfg), to_dict(cfg))
+
+
+def first_difference(before: dict, now: dict) -> tuple[str, Any, Any] | None:
+    """The first dotted field (sorted) whose value differs: ``(name, before, now)``, or None."""
+    old, new = flatten(before), flatten(now)
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            return key, old.get(key), new.get(key)
+    return None
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

@@ -7,32 +7,8 @@ import html
 import json
 from pathlib import Path
 
-from pipeline.inspect_data import render_contact_sheet
-from pipeline.rl_eval import read_metrics
-
-
-def plot_curves(curves: dict[str, Path], out_png: Path) -> Path:
-    """Eval return and distance vs agent step, one line per fine-tuning run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for label, path in curves.items():
-        rows = [r for r in read_metrics(path) if r.get("phase") == "eval"]
-        steps = [int(float(r["step"])) for r in rows]
-        for ax, column in zip(axes, ("episode_return", "distance_m"), strict=True):
-            ax.plot(steps, [float(r[column]) for r in rows], marker="o", label=label)
-    for ax, title in zip(axes, ("eval return", "eval distance (m)"), strict=True):
-        ax.set_xlabel("agent step")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+from pipeline.finetune.eval import metrics_curve, plot_curves
+from pipeline.inspect.page import render_contact_sheet
 
 
 def _img(path: Path) -> str:
@@ -81,7 +57,8 @@ def write_report(
 ) -> Path:
     """Write ``out/report.html`` (self-contained: images embedded) and return its path."""
     sheet = render_contact_sheet(data, out / "contact_sheet.png", episodes, max_steps)
-    curve_png = plot_curves(curves, out / "learning_curves.png")
+    evals = {label: metrics_curve(path) for label, path in curves.items()}
+    curve_png = plot_curves(evals, out / "learning_curves.png")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Semore run report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.config import flatten, load_config
+from pipeline.config import flatten, load_config, resolve_config
 from pipeline.errors import SemoreError
 
 log = logging.getLogger(__name__)
@@ -31,26 +31,23 @@ class StageSpec:
 
 @dataclass
 class RunConfig:
-    """Paths are relative to the repository root (where ``make quickstart`` runs)."""
+    """Each stage's ``config`` is a preset name of that stage or a YAML path (relative to the
+    folder semore-run is started in)."""
 
-    collect: StageSpec = field(default_factory=lambda: StageSpec("configs/collect/quickstart.yaml"))
-    annotate: StageSpec = field(
-        default_factory=lambda: StageSpec("configs/annotate/quickstart.yaml")
-    )
-    pretrain: StageSpec = field(
-        default_factory=lambda: StageSpec("configs/pretrain/quickstart.yaml")
-    )
-    finetune: StageSpec = field(
-        default_factory=lambda: StageSpec("configs/finetune/quickstart.yaml")
-    )
+    collect: StageSpec = field(default_factory=lambda: StageSpec("quickstart"))
+    annotate: StageSpec = field(default_factory=lambda: StageSpec("quickstart"))
+    pretrain: StageSpec = field(default_factory=lambda: StageSpec("quickstart"))
+    finetune: StageSpec = field(default_factory=lambda: StageSpec("quickstart"))
     # Episodes shown in the report's contact sheet and how many steps of each.
     report_episodes: list[int] = field(default_factory=lambda: [0, 1])
     report_max_steps: int = 12
 
 
-def _flags(spec: StageSpec, root: Path) -> list[str]:
+def _flags(spec: StageSpec, stage: str, root: Path) -> list[str]:
     path = Path(spec.config)
-    flags = ["--config", str(path if path.is_absolute() else root / path)]
+    if not path.is_absolute() and (root / path).is_file():
+        path = root / path
+    flags = ["--config", str(resolve_config(path, stage))]
     for name, value in flatten(spec.overrides).items():
         flags += [f"--{name}", json.dumps(value) if not isinstance(value, str) else value]
     return flags
@@ -68,14 +65,23 @@ def _call(name: str, main, argv: list[str]) -> None:
 
 def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> Path:
     """Run (or resume) every stage into ``out``; returns the report's path."""
-    from pipeline import collect, finetune, pretrain, probe
     from pipeline.annotate import run as annotate_run
+    from pipeline.collect import run as collect
+    from pipeline.finetune import run as finetune
+    from pipeline.pretrain import probe
+    from pipeline.pretrain import run as pretrain
 
     common = ["--debug"] if debug else []
     data = out / "data"
-    _call("collect", collect.main, [*_flags(cfg.collect, root), "--out", str(data), *common])
     _call(
-        "annotate", annotate_run.main, [*_flags(cfg.annotate, root), "--data", str(data), *common]
+        "collect",
+        collect.main,
+        [*_flags(cfg.collect, "collect", root), "--out", str(data), *common],
+    )
+    _call(
+        "annotate",
+        annotate_run.main,
+        [*_flags(cfg.annotate, "annotate", root), "--data", str(data), *common],
     )
 
     pre = out / "pretrain"
@@ -85,7 +91,15 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
         _call(
             "pretrain",
             pretrain.main,
-            [*_flags(cfg.pretrain, root), "--data", str(data), "--out", str(pre), *resume, *common],
+            [
+                *_flags(cfg.pretrain, "pretrain", root),
+                "--data",
+                str(data),
+                "--out",
+                str(pre),
+                *resume,
+                *common,
+            ],
         )
 
     probes = {}
@@ -107,7 +121,7 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
             resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
             extra = arch if source == "none" else []
             argv = [
-                *_flags(cfg.finetune, root),
+                *_flags(cfg.finetune, "finetune", root),
                 "--encoder",
                 source,
                 "--out",
@@ -126,7 +140,7 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser("semore-run", "Run the whole Semore pipeline from one config.")
-    parser.add_argument("--config", type=Path, required=True, help="e.g. configs/quickstart.yaml")
+    parser.add_argument("--config", required=True, help="YAML file or preset name, e.g. quickstart")
     parser.add_argument("--out", type=Path, required=True, help="run folder (created or resumed)")
     return parser
 

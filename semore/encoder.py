@@ -18,10 +18,12 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from semore.layers import orthogonal_init
 
 ENCODER_FORMAT = "semore-encoder"
 ENCODER_FORMAT_VERSION = 1
@@ -90,6 +92,42 @@ class EncoderConfig:
         )
 
 
+# Fields of EncoderConfig that come from the data, not from the architecture choice.
+INPUT_FIELDS = ("frame_stack", "image_height", "image_width")
+
+
+@dataclass
+class EncoderArch:
+    """The encoder's architecture without its input geometry.
+
+    Pretraining and fine-tuning configs hold this section; the frame stack and image size come
+    from the dataset or the simulator, so they are never configured twice.
+    """
+
+    # DrQ trunk width; enough for 84 px inputs and cheap on CPU.
+    num_filters: int = 32
+    # 50 dims as in the SAC-AE / DrQ family, so agent heads are comparable.
+    repr_dim: int = 50
+    # "both" is the method; "semantic" / "motion" are the single-stream ablations.
+    streams: Literal["semantic", "motion", "both"] = "both"
+    # The cross-stream exchange is part of the method; False is the no-interaction ablation.
+    interaction: bool = True
+    # 4 heads of 8 dims over 32 filters: small heads suit the tiny token grid.
+    num_heads: int = 4
+
+    def __post_init__(self) -> None:
+        self.to_config(3, 84, 84)  # EncoderConfig's checks, before any data is read
+
+    def to_config(self, frame_stack: int, image_height: int, image_width: int) -> EncoderConfig:
+        """The full config for inputs of ``frame_stack`` frames of ``image_height x image_width``."""
+        return EncoderConfig(frame_stack, image_height, image_width, **asdict(self))
+
+    @classmethod
+    def of(cls, config: EncoderConfig) -> EncoderArch:
+        """The architecture part of a full config (e.g. an export's)."""
+        return cls(**{k: v for k, v in asdict(config).items() if k not in INPUT_FIELDS})
+
+
 def conv_trunk(in_channels: int, num_filters: int) -> nn.Sequential:
     """DrQ-style trunk: four 3x3 convs, the first with stride 2, no padding."""
     return nn.Sequential(
@@ -116,15 +154,6 @@ def token_grid(map_height: int, map_width: int, max_tokens: int = MAX_TOKENS) ->
     rows = max(1, min(map_height, round(math.sqrt(max_tokens * map_height / map_width))))
     cols = max(1, min(map_width, max_tokens // rows))
     return rows, cols
-
-
-def orthogonal_init(module: nn.Module) -> None:
-    """Orthogonal weights and zero biases for convs and linears (DrQ / SAC convention)."""
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        gain = nn.init.calculate_gain("relu") if isinstance(module, nn.Conv2d) else 1.0
-        nn.init.orthogonal_(module.weight, gain)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 class CrossStreamInteraction(nn.Module):

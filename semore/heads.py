@@ -6,18 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semore.encoder import SemoreEncoder, orthogonal_init
-
-
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_hidden_layers: int = 1) -> nn.Sequential:
-    """Linear-ReLU stack with ``num_hidden_layers`` hidden layers of ``hidden_dim``."""
-    layers: list[nn.Module] = []
-    dim = in_dim
-    for _ in range(num_hidden_layers):
-        layers += [nn.Linear(dim, hidden_dim), nn.ReLU()]
-        dim = hidden_dim
-    layers.append(nn.Linear(dim, out_dim))
-    return nn.Sequential(*layers)
+from semore.encoder import SemoreEncoder
+from semore.layers import mlp, orthogonal_init
 
 
 class SemorePretrainModel(nn.Module):

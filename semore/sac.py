@@ -18,23 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semore.augment import RandomShift
-
-
-def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """Two hidden ReLU layers, as in the SAC-AE / DrQ heads."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim),
-        nn.ReLU(),
-        nn.Linear(hidden_dim, hidden_dim),
-        nn.ReLU(),
-        nn.Linear(hidden_dim, out_dim),
-    )
-
-
-def orthogonal_init(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.orthogonal_(module.weight)
-        nn.init.zeros_(module.bias)
+from semore.layers import mlp, orthogonal_init
 
 
 @torch.no_grad()
@@ -68,7 +52,7 @@ class Actor(nn.Module):
         super().__init__()
         self.log_std_min = log_std_min
         self.log_std_max = log_std_max
-        self.trunk = mlp(repr_dim, hidden_dim, 2 * action_dim)
+        self.trunk = mlp(repr_dim, hidden_dim, 2 * action_dim, num_hidden_layers=2)
         self.apply(orthogonal_init)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,8 +79,8 @@ class Critic(nn.Module):
 
     def __init__(self, repr_dim: int, action_dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.q1 = mlp(repr_dim + action_dim, hidden_dim, 1)
-        self.q2 = mlp(repr_dim + action_dim, hidden_dim, 1)
+        self.q1 = mlp(repr_dim + action_dim, hidden_dim, 1, num_hidden_layers=2)
+        self.q2 = mlp(repr_dim + action_dim, hidden_dim, 1, num_hidden_layers=2)
         self.apply(orthogonal_init)
 
     def forward(self, h: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
@@ -171,10 +155,10 @@ class SACAgent(nn.Module):
         self.aug = RandomShift(cfg.aug_pad)
         self.reward_head = None
         if cfg.reward_aux_weight > 0:
-            self.reward_head = mlp(repr_dim + action_dim, cfg.hidden_dim, 1)
+            self.reward_head = mlp(repr_dim + action_dim, cfg.hidden_dim, 1, num_hidden_layers=2)
         self.motion_head = None
         if cfg.motion_aux_weight > 0:
-            self.motion_head = mlp(repr_dim, cfg.hidden_dim, motion_dim)
+            self.motion_head = mlp(repr_dim, cfg.hidden_dim, motion_dim, num_hidden_layers=2)
         if cfg.freeze_encoder:
             self.encoder.requires_grad_(False)
 

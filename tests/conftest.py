@@ -12,9 +12,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
 
-from pipeline import dataset, schema  # noqa: E402
-from pipeline import manifest as mf  # noqa: E402
-from pipeline.shards import AtomicShardWriter  # noqa: E402
+from pipeline.data import (
+    dataset,  # noqa: E402
+    schema,  # noqa: E402
+)
+from pipeline.data import manifest as mf  # noqa: E402
+from pipeline.data.shards import AtomicShardWriter  # noqa: E402
 
 
 def synthetic_state(episode: int, step: int, dt_s: float) -> dict:
@@ -22,26 +25,25 @@ def synthetic_state(episode: int, step: int, dt_s: float) -> dict:
     rng = np.random.default_rng(episode * 1000 + step)
     speed = 20.0 + 5.0 * np.sin(0.3 * step + episode)
     has_lead = (step + episode) % 3 != 0
-    return {
-        "speed_mps": float(speed),
-        "lon_speed_mps": float(speed),
-        "lat_speed_mps": float(0.5 * np.cos(step)),
-        "acceleration_mps2": float(1.5 * np.cos(0.3 * step + episode)),
-        "heading_rad": float(0.01 * step),
-        "yaw_rate_radps": float(0.01 * np.sin(step)),
-        "position_m": [float(speed * step * dt_s), 4.0 * (episode % 3)],
-        "lane_index": int(episode % 3),
-        "lanes_count": 3,
-        "lead_present": bool(has_lead),
-        "lead_distance_m": float(10.0 + 3 * step) if has_lead else schema.LEAD_RANGE_M,
-        "lead_closing_speed_mps": float(rng.normal()) if has_lead else 0.0,
-        "neighbours_per_lane": [int(rng.integers(0, 3)) for _ in range(3)],
-        "collision": bool(step == 5 and episode == 1),
-        "collision_impulse": 0.0,
-        "on_road": True,
-        "steer": 0.0,
-        "time_s": step * dt_s,
-    }
+    lead = (10.0 + 3 * step, rng.normal()) if has_lead else None
+    return schema.EgoState(
+        speed_mps=speed,
+        lon_speed_mps=speed,
+        lat_speed_mps=0.5 * np.cos(step),
+        acceleration_mps2=1.5 * np.cos(0.3 * step + episode),
+        heading_rad=0.01 * step,
+        yaw_rate_radps=0.01 * np.sin(step),
+        position_m=[speed * step * dt_s, 4.0 * (episode % 3)],
+        lane_index=episode % 3,
+        lanes_count=3,
+        **schema.EgoState.lead_fields(lead),
+        neighbours_per_lane=[int(rng.integers(0, 3)) for _ in range(3)],
+        collision=step == 5 and episode == 1,
+        collision_impulse=0.0,
+        on_road=True,
+        steer=0.0,
+        time_s=step * dt_s,
+    ).to_json()
 
 
 def write_synthetic_raw(

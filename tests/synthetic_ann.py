@@ -1,8 +1,9 @@
-"""Annotation shards for a synthetic raw dataset, written without the annotate stage.
+"""Annotation shards for a synthetic raw dataset, written by the real annotate stage.
 
-Captions come from the privileged state, so identical states give identical captions;
-embeddings are deterministic unit vectors per unique caption (duplicates are identical,
-as with a real text encoder); motion targets are read from the state.
+The scene captioner and the annotate writer are the real ones, so these fixtures cannot drift
+from what ``semore-annotate`` writes; only the text encoder is replaced by a tiny
+deterministic one (a unit vector per caption text, so duplicates embed identically, as with a
+real text encoder), so no model loads.
 """
 
 from __future__ import annotations
@@ -12,21 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import dataset, schema
-from pipeline import manifest as mf
-from pipeline.shards import AtomicShardWriter, iter_shard
-
-
-def semantic_caption(state: dict) -> str:
-    lead = state["lead_distance_m"] if state.get("lead_present", True) else None
-    lead_text = "no lead vehicle" if lead is None else f"lead {10 * round(lead / 10):.0f} m ahead"
-    return f"{lead_text}, lane {state['lane_index']}"
-
-
-def motion_caption(state: dict) -> str:
-    accel = state["acceleration_mps2"]
-    trend = "accelerating" if accel > 0.5 else "braking" if accel < -0.5 else "cruising"
-    return f"ego {trend} at {5 * round(state['speed_mps'] / 5):.0f} m/s"
+from pipeline.annotate import motion
+from pipeline.annotate.annotator import Annotator
+from pipeline.annotate.config import AnnotateConfig, SceneConfig
+from pipeline.annotate.run import annotate
+from pipeline.annotate.scene import SceneCaptioner
 
 
 def caption_embedding(caption: str, embedding_dim: int) -> np.ndarray:
@@ -36,41 +27,30 @@ def caption_embedding(caption: str, embedding_dim: int) -> np.ndarray:
     return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
+class HashTextEncoder:
+    """A text encoder (``TextEncoder`` protocol) with no weights: :func:`caption_embedding`."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.name = f"hash-test-{dim}"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.stack([caption_embedding(text, self.dim) for text in texts])
+
+
+def semantic_caption(state: dict) -> str:
+    """What the scene captioner writes for ``state`` (default settings)."""
+    return SceneCaptioner(SceneConfig()).semantic(state)
+
+
 def motion_targets(state: dict) -> np.ndarray:
-    """``schema.MOTION_TARGETS`` in order, read from the state."""
-    fields = [schema.MOTION_STATE_FIELDS[name] for name, _ in schema.MOTION_TARGETS]
-    return np.array([state[field] for field in fields], dtype=np.float32)
+    """``motion.npy`` of ``state``, as the annotate stage reads it."""
+    return motion.motion_targets(state)
 
 
 def write_synthetic_ann(root: Path, embedding_dim: int = 16) -> Path:
-    """Write ``ann/ann-NNNNNN.tar`` matching every raw shard, plus the manifest's ann section."""
-    root = Path(root)
-    manifest = mf.read_manifest(root)
-    manifest["ann"] = {
-        "captioner": "synthetic",
-        "text_encoder": "synthetic-hash",
-        "embedding_dim": embedding_dim,
-        "motion_targets": [list(target) for target in schema.MOTION_TARGETS],
-        "config_hash": "synthetic-ann",
-        "shards": {},
-    }
-    mf.write_manifest(root, manifest)
-    for raw_path in dataset.completed_shards(root, "raw"):
-        name = schema.shard_name(schema.ANN_PREFIX, schema.shard_index(raw_path.name))
-        with AtomicShardWriter(dataset.stage_dir(root, "ann") / name) as writer:
-            for sample in iter_shard(raw_path):
-                state = sample[schema.STATE]
-                sem, mot = semantic_caption(state), motion_caption(state)
-                writer.write(
-                    sample["__key__"],
-                    {
-                        schema.CAPTION_SEM: sem,
-                        schema.CAPTION_MOT: mot,
-                        schema.EMB_SEM: caption_embedding(sem, embedding_dim),
-                        schema.EMB_MOT: caption_embedding(mot, embedding_dim),
-                        schema.MOTION: motion_targets(state),
-                        schema.ANN_INFO: {"step": sample[schema.STEP]["step"], "empty": False},
-                    },
-                )
-        dataset.record_shard(root, "ann", name, {"num_samples": writer.num_samples})
-    return root
+    """Annotate every raw shard of ``root`` with the scene captioner and hash embeddings."""
+    cfg = AnnotateConfig()
+    annotator = Annotator(cfg, SceneCaptioner(cfg.scene), HashTextEncoder(embedding_dim))
+    annotate(cfg, Path(root), progress=False, annotator=annotator)
+    return Path(root)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import schema
 from pipeline.annotate.run import main
-from pipeline.shards import AtomicShardWriter, iter_shard
+from pipeline.data import schema
+from pipeline.data.shards import AtomicShardWriter, iter_shard
 from tests.conftest import write_synthetic_raw
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "annotate" / "quickstart.yaml"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import schema
 from pipeline.annotate.base import Step
 from pipeline.annotate.config import SceneConfig
 from pipeline.annotate.motion import STATE_FIELDS, motion_targets
 from pipeline.annotate.scene import SceneCaptioner
+from pipeline.data import schema
 from pipeline.errors import SemoreError
 from tests.conftest import synthetic_state
 

@@ -123,7 +123,8 @@ def test_tiny_open_clip_text_tower_from_local_checkpoint(tmp_path):
     vectors = encoder.encode(TEXTS)
     _assert_unit_float32(vectors, 3, 16)
     assert not np.allclose(vectors[0], vectors[1])
-    np.testing.assert_array_equal(encoder.encode(TEXTS[:1]), vectors[:1])
+    # Batch composition changes the last bits of a float matmul, not the embedding.
+    np.testing.assert_allclose(encoder.encode(TEXTS[:1]), vectors[:1], atol=1e-6)
     with pytest.raises(SemoreError, match="checkpoint .*missing.pt not found"):
         OpenClipEncoder(
             OpenClipConfig(model_name="TinyCLIP-test", pretrained=str(tmp_path / "missing.pt")),

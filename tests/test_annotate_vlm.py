@@ -19,13 +19,13 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from pipeline import schema
 from pipeline.annotate.base import FLAG_EMPTY, FLAG_TRUNCATED, Step
 from pipeline.annotate.config import VLMConfig
 from pipeline.annotate.run import main
 from pipeline.annotate.vlm import PROMPT_DIR, VLMCaptioner, load_prompt
+from pipeline.data import schema
+from pipeline.data.shards import iter_shard
 from pipeline.errors import SemoreError
-from pipeline.shards import iter_shard
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "annotate" / "quickstart.yaml"
 SPECIALS = [

@@ -11,9 +11,9 @@ from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs, known_task_ids
 from huggingface_hub import DatasetCard
 
-from pipeline import cards
 from pipeline.errors import SemoreError
-from tests.synthetic_ann_share import write_synthetic_ann
+from pipeline.share import card as cards
+from tests.synthetic_ann import write_synthetic_ann
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HF_LICENSES = {"cc-by-4.0", "apache-2.0", "mit", "other"}  # the ids these cards may use
@@ -25,15 +25,15 @@ def _datasets_resource(name: str) -> object:
 
 def test_packaged_template_matches_the_repository_template():
     source = (REPO_ROOT / "datasets_cards" / "TEMPLATE.md").read_text()
-    fix = "copy datasets_cards/TEMPLATE.md to pipeline/card_template.md (the packaged copy)"
-    assert (REPO_ROOT / "pipeline" / cards.TEMPLATE_NAME).read_text() == source, fix
+    fix = "copy datasets_cards/TEMPLATE.md to pipeline/share/card_template.md (the packaged copy)"
+    assert (REPO_ROOT / "pipeline" / "share" / cards.TEMPLATE_NAME).read_text() == source, fix
     assert cards.template_text() == source
 
 
 def test_card_metadata_is_valid_hub_yaml(raw_dataset):
     """`card.validate()` needs the network (it posts to the Hub), so the YAML is checked
     here against the value lists `datasets` ships and the fields the Hub requires."""
-    write_synthetic_ann(raw_dataset)
+    write_synthetic_ann(raw_dataset, embedding_dim=8)
     path = cards.write_card(raw_dataset, "semore/highway-quickstart-v1")
     card = DatasetCard.load(path)
     data = card.data
@@ -58,7 +58,7 @@ def test_card_metadata_is_valid_hub_yaml(raw_dataset):
 
 
 def test_card_body_records_provenance_models_and_counts(raw_dataset):
-    write_synthetic_ann(raw_dataset)
+    write_synthetic_ann(raw_dataset, embedding_dim=8)
     path = cards.write_card(raw_dataset, "semore/highway-quickstart-v1", revision="v1-test")
     text = path.read_text()
     body = DatasetCard.load(path).text

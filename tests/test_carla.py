@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import SemoreError
-from pipeline.sim import make_env
+from pipeline.sim import EnvConfig, make_env
 from pipeline.sim.base import RewardConfig, SimulatorConnectionError
 from pipeline.sim.carla_env import CarlaEnv
 from pipeline.sim.configs import CarlaConfig
@@ -335,7 +335,7 @@ def test_missing_camera_images_time_out(server, make):
 def test_make_env_picks_the_worker_host(server, make):
     fake_carla.start_server(PORT + 2)
     cfg = CarlaConfig(hosts=[f"localhost:{PORT}", f"localhost:{PORT + 2}"], num_vehicles=0)
-    env = make_env("carla", RewardConfig(), carla=cfg, worker=3)
+    env = make_env(EnvConfig(backend="carla", carla=cfg), worker=3)
     try:
         assert isinstance(env, CarlaEnv) and env.address == f"localhost:{PORT + 2}"
         assert env.tm_port == PORT + 2 + 6000
@@ -385,8 +385,8 @@ def test_real_client_without_server_is_a_connection_error():
 
 
 def test_collect_reruns_the_episode_cut_by_a_server_drop(server, tmp_path):
-    from pipeline.collect import CollectConfig, collect
-    from pipeline.shards import iter_shard
+    from pipeline.collect.run import CollectConfig, collect
+    from pipeline.data.shards import iter_shard
 
     carla_cfg = CarlaConfig(
         hosts=[f"localhost:{PORT}"], image_height=16, image_width=16, num_vehicles=4,

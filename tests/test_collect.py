@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from pipeline import collect as collect_mod
-from pipeline import schema
-from pipeline.collect import main
-from pipeline.shards import iter_shard
+from pipeline.collect import run as collect_mod
+from pipeline.collect.run import main
+from pipeline.data import schema
+from pipeline.data.shards import iter_shard
 from pipeline.sim.base import StepResult
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "collect" / "quickstart.yaml"
@@ -264,7 +264,7 @@ def test_highway_workers_and_determinism(tmp_path):
 
 def test_sigterm_leaves_no_partial_shard(tmp_path):
     out = tmp_path / "d"
-    cmd = [sys.executable, "-m", "pipeline.collect", "--config", str(CONFIG), "--out", str(out)]
+    cmd = [sys.executable, "-m", "pipeline.collect.run", "--config", str(CONFIG), "--out", str(out)]
     cmd += ["--episodes", "40", "--episodes_per_shard", "20", "--highway.image_height", "32"]
     env = dict(os.environ, SDL_VIDEODRIVER="offscreen")
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, cwd=Path(__file__).parents[1])

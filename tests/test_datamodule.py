@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import manifest as mf
-from pipeline import schema
-from pipeline.datamodule import DataConfig, SemoreDataModule
+from pipeline.data import manifest as mf
+from pipeline.data import schema
+from pipeline.data.shards import AtomicShardWriter, iter_shard
+from pipeline.data.source import iter_pairs, shard_urls
+from pipeline.data.windows import EpisodeSplit, ShardPairReader
 from pipeline.errors import SemoreError
-from pipeline.shards import AtomicShardWriter, iter_shard
-from pipeline.stream import EpisodeSplit, ShardPairReader, iter_pairs, shard_urls
+from pipeline.pretrain.config import DataConfig
+from pipeline.pretrain.datamodule import SemoreDataModule
 from tests.conftest import synthetic_state, write_synthetic_raw
 from tests.synthetic_ann import (
     caption_embedding,

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import finetune as finetune_mod
 from pipeline.config import load_config
-from pipeline.finetune import FinetuneConfig, build_agent, build_encoder, main
-from pipeline.rl_env import MOTION_DIM, motion_stats, motion_targets
-from pipeline.rl_eval import read_metrics
+from pipeline.finetune import run as finetune_mod
+from pipeline.finetune.config import FinetuneConfig
+from pipeline.finetune.env import MOTION_DIM, motion_stats, motion_targets
+from pipeline.finetune.eval import read_metrics
+from pipeline.finetune.run import build_agent, build_encoder, main
 from pipeline.sim.base import SimulatorConnectionError, StepResult
 from semore.encoder import SemoreEncoder, save_encoder
 
@@ -233,8 +234,8 @@ class FlakyCarla:
 def test_carla_connection_loss_reconnects_and_gives_up(tmp_path, monkeypatch, capsys):
     envs = []
 
-    def fake_make_env(backend, reward, highway, carla, worker=0):
-        assert backend == "carla"
+    def fake_make_env(env, worker=0):
+        assert env.backend == "carla"
         return envs[-1]
 
     monkeypatch.setattr(finetune_mod, "make_env", fake_make_env)

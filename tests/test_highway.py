@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import SemoreError
-from pipeline.sim import make_env
+from pipeline.sim import EnvConfig, make_env
 from pipeline.sim.base import RewardConfig, driving_reward
 from pipeline.sim.configs import HighwayConfig
 from pipeline.sim.highway import HighwayEnv
@@ -93,7 +93,7 @@ def test_dummy_video_driver_is_refused(monkeypatch):
 
 
 def test_state_has_the_annotator_keys_with_plain_types():
-    env = make_env("highway", RewardConfig(), HighwayConfig(max_episode_steps=30))
+    env = make_env(EnvConfig(highway=HighwayConfig(max_episode_steps=30)))
     episode = run_episode(env, 2)
     states = [episode[0][1]] + [r.state for r in episode[1:]]
     assert any(s["lead_present"] for s in states)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import re
 
 import numpy as np
 from PIL import Image
 
-from pipeline import dataset, inspect_data, schema
-from pipeline import manifest as mf
-from pipeline.shards import AtomicShardWriter
+from pipeline.data import dataset, schema
+from pipeline.data import manifest as mf
+from pipeline.data.shards import AtomicShardWriter
+from pipeline.inspect import page as inspect_data
+from pipeline.inspect.run import main as inspect_main
 from tests.conftest import synthetic_state
-from tests.synthetic_ann_share import write_synthetic_ann
+from tests.synthetic_ann import semantic_caption, write_synthetic_ann
 
 TILE = 96  # 32-px synthetic frames are upscaled x3 to reach MIN_TILE_PX
 PAD, LABEL = inspect_data.PAD_PX, inspect_data.LABEL_PX
@@ -33,7 +36,7 @@ def _sheet_size(columns: int, rows: int) -> tuple[int, int]:
 
 
 def test_page_and_sheet_hold_every_requested_step(raw_dataset, tmp_path):
-    write_synthetic_ann(raw_dataset)
+    write_synthetic_ann(raw_dataset, embedding_dim=8)
     page, sheet = tmp_path / "page.html", tmp_path / "sheet.png"
     argv = [
         "--data",
@@ -46,14 +49,15 @@ def test_page_and_sheet_hold_every_requested_step(raw_dataset, tmp_path):
         "--max-steps",
         "4",
     ]
-    assert inspect_data.main([*argv, "--png", str(sheet)]) == 0
+    assert inspect_main([*argv, "--png", str(sheet)]) == 0
     text = page.read_text()
     assert _steps(text) == [(3, s) for s in range(4)] + [(1, s) for s in range(4)]
     for episode in (1, 3):
         for step in range(4):
             assert f'id="{schema.make_key("syn", 0, episode, step)}"' in text
     assert text.count('src="data:image/png;base64,') == 8
-    assert "episode 1 step 2: ego in lane 1" in text and "ego drives at" in text
+    state = synthetic_state(1, 2, 0.2)
+    assert html.escape(semantic_caption(state)) in text and "The ego car drives" in text
     assert "acceleration +0.909" in text  # sin(2) of the synthetic action at step 2
     assert "4 of 6 steps" in text and "collision" in text and "syn" in text
     # the embedded frame is the recorded one: episode 3, step 0
@@ -86,7 +90,7 @@ def test_render_contact_sheet_api(raw_dataset, tmp_path):
 
 def test_unknown_episode_lists_the_available_ones(raw_dataset, tmp_path, capsys):
     argv = ["--data", str(raw_dataset), "--out", str(tmp_path / "p.html"), "--episodes", "1", "9"]
-    assert inspect_data.main(argv) == 2
+    assert inspect_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         f"semore-inspect: error: episode 9 is not in {raw_dataset}: available episodes are 0-3"
@@ -96,7 +100,7 @@ def test_unknown_episode_lists_the_available_ones(raw_dataset, tmp_path, capsys)
 
 def test_dataset_without_raw_section_is_a_one_line_error(tmp_path, capsys):
     mf.write_manifest(tmp_path, mf.new_manifest())
-    assert inspect_data.main(["--data", str(tmp_path), "--out", str(tmp_path / "p.html")]) == 2
+    assert inspect_main(["--data", str(tmp_path), "--out", str(tmp_path / "p.html")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no 'raw' section: run semore-collect first" in err[0]
 

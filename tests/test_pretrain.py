@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.pretrain import PretrainConfig, main
-from pipeline.pretrain_module import SemorePretrainModule
+from pipeline.pretrain.module import SemorePretrainModule
+from pipeline.pretrain.run import PretrainConfig, main
 from semore.encoder import load_encoder, load_encoder_metadata
 from tests.conftest import write_synthetic_raw
 from tests.synthetic_ann import write_synthetic_ann
@@ -89,7 +89,7 @@ def test_resume_with_another_architecture_is_an_error(ann_dataset, tmp_path, cap
     capsys.readouterr()
     assert run(ann_dataset, out, 2, "--resume", "--encoder.repr_dim", "7") == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--resume: encoder is" in err
+    assert len(err.splitlines()) == 1 and "--resume: encoder.repr_dim is 7" in err
 
 
 def test_resume_without_checkpoint_is_an_error(ann_dataset: Path, tmp_path: Path, capsys):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.probe import main, run_probe
+from pipeline.pretrain.probe import main, run_probe
 from semore.encoder import SemoreEncoder, save_encoder
 from tests import conftest
 
@@ -121,7 +121,9 @@ def test_cli_errors_are_one_line(raw_dataset: Path, tmp_path: Path, capsys):
 
 
 def test_lead_distance_target_is_capped_at_the_lead_range(raw_dataset: Path):
-    from pipeline.stream import LEAD_DISTANCE_CAP_M, iter_pairs, iter_windows, shard_urls
+    from pipeline.data.schema import LEAD_RANGE_M as LEAD_DISTANCE_CAP_M
+    from pipeline.data.source import iter_pairs, shard_urls
+    from pipeline.data.windows import iter_windows
 
     samples = [s for raw, _ in shard_urls(raw_dataset, with_ann=False)
                for s in iter_windows(iter_pairs(raw, None), FRAME_STACK)]  # fmt: skip

@@ -13,9 +13,12 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
 
-from pipeline import cards, push, schema
+from pipeline.data import schema
+from pipeline.share import card as cards
+from pipeline.share import push
+from pipeline.share.run import main as push_main
 from tests import conftest
-from tests.synthetic_ann_share import write_synthetic_ann
+from tests.synthetic_ann import semantic_caption, write_synthetic_ann
 
 REPO_ID = "semore/syn-test-v1"
 EXPECTED_FILES = {
@@ -31,7 +34,7 @@ EXPECTED_FILES = {
 @pytest.fixture
 def full_dataset(raw_dataset: Path) -> Path:
     """The synthetic raw dataset plus aligned annotation shards and leftovers of a killed run."""
-    write_synthetic_ann(raw_dataset)
+    write_synthetic_ann(raw_dataset, embedding_dim=8)
     (raw_dataset / "raw" / ".raw-000002.tar.tmp-4242").write_bytes(b"partial")
     (raw_dataset / "ann" / ".ann-000002.tar.tmp-4242").write_bytes(b"partial")
     return raw_dataset
@@ -104,7 +107,7 @@ def _error_line(capsys) -> str:
 def test_local_export_loads_with_datasets(full_dataset, tmp_path, capsys):
     out = tmp_path / "export"
     assert (
-        push.main(["--data", str(full_dataset), "--repo-id", REPO_ID, "--local-dir", str(out)]) == 0
+        push_main(["--data", str(full_dataset), "--repo-id", REPO_ID, "--local-dir", str(out)]) == 0
     )
     exported = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert exported == EXPECTED_FILES
@@ -115,7 +118,7 @@ def test_local_export_loads_with_datasets(full_dataset, tmp_path, capsys):
     assert raw["train"][7]["state.json"]["lane_index"] == 1
     ann = datasets.load_dataset(str(out), "annotations", split="train", cache_dir=cache)
     assert ann.num_rows == 24 and ann["__key__"] == raw["train"]["__key__"]
-    assert ann[0]["caption_sem.txt"].startswith("episode 0 step 0")
+    assert ann[0]["caption_sem.txt"] == semantic_caption(conftest.synthetic_state(0, 0, 0.2))
     plain = datasets.load_dataset(
         "webdataset",
         data_files={"train": str(out / "raw" / "*.tar")},
@@ -125,7 +128,7 @@ def test_local_export_loads_with_datasets(full_dataset, tmp_path, capsys):
     assert plain.num_rows == 24
     # a rerun skips identical files and leaves the layout unchanged
     assert (
-        push.main(["--data", str(full_dataset), "--repo-id", REPO_ID, "--local-dir", str(out)]) == 0
+        push_main(["--data", str(full_dataset), "--repo-id", REPO_ID, "--local-dir", str(out)]) == 0
     )
 
 
@@ -162,7 +165,7 @@ def test_upload_sends_listed_files_to_repo_paths(full_dataset, monkeypatch, no_c
     monkeypatch.setenv("HF_TOKEN", "hf_env_token")
     hub = FakeHub(monkeypatch)
     argv = ["--data", str(full_dataset), "--repo-id", REPO_ID, "--private", "--revision", "v1-test"]
-    assert push.main(argv) == 0
+    assert push_main(argv) == 0
     assert hub.names() == ["create_repo", "create_branch", "upload_folder"]
     create = hub.calls[0][1]
     assert (
@@ -183,14 +186,14 @@ def test_upload_sends_listed_files_to_repo_paths(full_dataset, monkeypatch, no_c
 def test_upload_to_main_creates_no_branch_and_prefers_token_flag(full_dataset, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_env_token")
     hub = FakeHub(monkeypatch)
-    assert push.main(["--data", str(full_dataset), "--repo-id", REPO_ID, "--token", "hf_flag"]) == 0
+    assert push_main(["--data", str(full_dataset), "--repo-id", REPO_ID, "--token", "hf_flag"]) == 0
     assert hub.names() == ["create_repo", "upload_folder"]
     assert hub.calls[0][1]["token"] == "hf_flag" and hub.calls[0][1]["private"] is None
 
 
 def test_missing_token_is_a_one_line_error(full_dataset, monkeypatch, no_cached_token, capsys):
     hub = FakeHub(monkeypatch)
-    assert push.main(["--data", str(full_dataset), "--repo-id", REPO_ID]) == 2
+    assert push_main(["--data", str(full_dataset), "--repo-id", REPO_ID]) == 2
     assert _error_line(capsys) == f"semore-push: error: {push.NO_TOKEN}"
     assert hub.calls == []
 
@@ -198,7 +201,7 @@ def test_missing_token_is_a_one_line_error(full_dataset, monkeypatch, no_cached_
 @pytest.mark.parametrize("status", [401, 403])
 def test_rejected_token_is_a_one_line_error(full_dataset, monkeypatch, capsys, status):
     hub = FakeHub(monkeypatch, fail_status=status)
-    assert push.main(["--data", str(full_dataset), "--repo-id", REPO_ID, "--token", "hf_bad"]) == 2
+    assert push_main(["--data", str(full_dataset), "--repo-id", REPO_ID, "--token", "hf_bad"]) == 2
     line = _error_line(capsys)
     assert f"rejected the token for {REPO_ID} (HTTP {status})" in line
     assert hub.names() == ["create_repo"] and hub.uploaded == {}
@@ -206,7 +209,7 @@ def test_rejected_token_is_a_one_line_error(full_dataset, monkeypatch, capsys, s
 
 def test_unreachable_hub_is_a_one_line_error(full_dataset, monkeypatch, capsys):
     FakeHub(monkeypatch, offline=True)
-    assert push.main(["--data", str(full_dataset), "--repo-id", REPO_ID, "--token", "hf_x"]) == 2
+    assert push_main(["--data", str(full_dataset), "--repo-id", REPO_ID, "--token", "hf_x"]) == 2
     assert "cannot reach the Hugging Face Hub (ConnectError" in _error_line(capsys)
 
 
@@ -214,7 +217,7 @@ def test_incomplete_annotation_is_refused(full_dataset, capsys):
     manifest = json.loads((full_dataset / "manifest.json").read_text())
     del manifest["ann"]["shards"]["ann-000001.tar"]
     (full_dataset / "manifest.json").write_text(json.dumps(manifest))
-    code = push.main(
+    code = push_main(
         [
             "--data",
             str(full_dataset),
@@ -234,7 +237,7 @@ def test_truncated_shard_is_refused(raw_dataset, tmp_path, capsys):
     shard = raw_dataset / "raw" / "raw-000001.tar"
     shard.write_bytes(shard.read_bytes()[:3000])
     assert (
-        push.main(
+        push_main(
             ["--data", str(raw_dataset), "--repo-id", REPO_ID, "--local-dir", str(tmp_path / "o")]
         )
         == 2
@@ -244,7 +247,7 @@ def test_truncated_shard_is_refused(raw_dataset, tmp_path, capsys):
 
 def test_unversioned_repo_id_is_refused(raw_dataset, tmp_path, capsys):
     assert (
-        push.main(
+        push_main(
             [
                 "--data",
                 str(raw_dataset),
@@ -264,7 +267,7 @@ def test_local_dir_with_foreign_shards_is_refused(raw_dataset, tmp_path, capsys)
     (out / "raw").mkdir(parents=True)
     (out / "raw" / "raw-000007.tar").write_bytes(b"x")
     assert (
-        push.main(["--data", str(raw_dataset), "--repo-id", REPO_ID, "--local-dir", str(out)]) == 2
+        push_main(["--data", str(raw_dataset), "--repo-id", REPO_ID, "--local-dir", str(out)]) == 2
     )
     assert "holds raw/raw-000007.tar, which this dataset does not publish" in _error_line(capsys)
 
@@ -273,15 +276,15 @@ def test_release_copies_the_card_and_keeps_released_cards_immutable(raw_dataset,
     cards_dir = tmp_path / "datasets_cards"
     argv = ["--data", str(raw_dataset), "--repo-id", REPO_ID, "--local-dir", str(tmp_path / "o")]
     argv += ["--release", "--cards-dir", str(cards_dir)]
-    assert push.main(argv) == 0
+    assert push_main(argv) == 0
     released = cards_dir / "syn-test-v1.md"
     assert released.read_text() == (raw_dataset / schema.CARD_NAME).read_text()
-    assert push.main(argv) == 0  # same data, same card: idempotent
+    assert push_main(argv) == 0  # same data, same card: idempotent
     manifest = json.loads((raw_dataset / "manifest.json").read_text())
     manifest["raw"]["seed"] = 7
     (raw_dataset / "manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "o" / "manifest.json").unlink()
     capsys.readouterr()
-    assert push.main(argv) == 2
+    assert push_main(argv) == 2
     assert not (tmp_path / "o" / "manifest.json").exists()  # refused before publishing anything
     assert "a released version is immutable; publish semore/syn-test-v2" in _error_line(capsys)

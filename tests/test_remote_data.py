@@ -19,10 +19,12 @@ import torch
 from huggingface_hub import HfFileSystem
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from pipeline import pretrain, shards, stream
-from pipeline.datamodule import DataConfig, SemoreDataModule
+from pipeline.data import shards, source
 from pipeline.errors import SemoreError
-from pipeline.probe import extract_features, random_encoder
+from pipeline.pretrain import run as pretrain
+from pipeline.pretrain.config import DataConfig
+from pipeline.pretrain.datamodule import SemoreDataModule
+from pipeline.pretrain.probe import extract_features, random_encoder
 from semore.encoder import load_encoder_metadata
 from tests.conftest import write_synthetic_raw
 from tests.synthetic_ann import write_synthetic_ann
@@ -64,8 +66,8 @@ def hub(local_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace
 
 
 def test_shard_urls_are_hub_urls_paired_like_the_local_folder(hub):
-    local = stream.shard_urls(hub.root)
-    remote = stream.shard_urls(f"hf://datasets/{REPO}")
+    local = source.shard_urls(hub.root)
+    remote = source.shard_urls(f"hf://datasets/{REPO}")
     base = f"hf://datasets/{REPO}@main"
     assert remote == [
         (f"{base}/raw/raw-000000.tar", f"{base}/ann/ann-000000.tar"),
@@ -74,17 +76,17 @@ def test_shard_urls_are_hub_urls_paired_like_the_local_folder(hub):
     assert [(Path(r).name, Path(a).name) for r, a in local] == [
         (r.rsplit("/", 1)[1], a.rsplit("/", 1)[1]) for r, a in remote
     ]
-    assert stream.shard_urls(f"hf://datasets/{REPO}", with_ann=False) == [
+    assert source.shard_urls(f"hf://datasets/{REPO}", with_ann=False) == [
         (raw, None) for raw, _ in remote
     ]
     # A revision is passed to the Hub and kept, quoted, in the shard URLs; argparse's
     # type=Path collapses "hf://" to "hf:/", which reads the same.
-    revised = stream.shard_urls(Path(f"hf://datasets/{REPO}@refs/pr/1"))
+    revised = source.shard_urls(Path(f"hf://datasets/{REPO}@refs/pr/1"))
     assert revised[0][0] == f"hf://datasets/{REPO}@refs%2Fpr%2F1/raw/raw-000000.tar"
     assert hub.revisions[-1] == "refs/pr/1"
 
-    info = stream.read_dataset_info(f"hf://datasets/{REPO}@v1")
-    local_info = stream.read_dataset_info(hub.root)
+    info = source.read_dataset_info(f"hf://datasets/{REPO}@v1")
+    local_info = source.read_dataset_info(hub.root)
     assert info.root == f"hf://datasets/{REPO}@v1" and hub.revisions[-1] == "v1"
     assert (info.image_height, info.image_width, info.action_dim, info.embedding_dim) == (
         local_info.image_height,
@@ -98,7 +100,7 @@ def test_shard_urls_are_hub_urls_paired_like_the_local_folder(hub):
 def test_streamed_samples_and_batches_equal_the_local_folder(hub):
     def samples(data) -> list:
         return [
-            pair for raw, ann in stream.shard_urls(data) for pair in stream.iter_pairs(raw, ann)
+            pair for raw, ann in source.shard_urls(data) for pair in source.iter_pairs(raw, ann)
         ]
 
     remote = samples(f"hf://datasets/{REPO}")
@@ -136,16 +138,16 @@ def test_a_shard_cut_at_a_member_boundary_fails_the_manifest_count(hub):
         return data[: first_of_last.offset]
 
     hub.truncate = drop_last_sample
-    raw, ann = stream.shard_urls(f"hf://datasets/{REPO}")[0]
+    raw, ann = source.shard_urls(f"hf://datasets/{REPO}")[0]
     with pytest.raises(SemoreError) as err:
-        list(stream.iter_pairs(raw, ann))
+        list(source.iter_pairs(raw, ann))
     message = str(err.value)
     assert "\n" not in message and raw in message
     assert "11 samples where the manifest lists 12" in message
 
     hub.truncate = lambda data: data[:1000]  # mid-member
     with pytest.raises(SemoreError, match="unexpected end of data"):
-        list(stream.iter_shard_samples(raw))
+        list(source.iter_shard_samples(raw))
 
 
 def test_pretrain_from_the_hub_exports_an_encoder(hub, tmp_path: Path):
@@ -155,7 +157,7 @@ def test_pretrain_from_the_hub_exports_an_encoder(hub, tmp_path: Path):
     assert (out / "encoder.pt").is_file()
     metadata = load_encoder_metadata(out / "encoder.pt")
     assert metadata["dataset"]["path"] == f"hf://datasets/{REPO}@main"
-    local_id = stream.read_dataset_info(hub.root).dataset_id()
+    local_id = source.read_dataset_info(hub.root).dataset_id()
     assert metadata["dataset"]["manifest_sha256"] == local_id["manifest_sha256"]
 
 
@@ -170,7 +172,7 @@ def test_a_missing_repo_is_a_one_line_error(hub, tmp_path: Path, capsys):
 def test_offline_without_a_cached_manifest_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(SemoreError) as err:
-        stream.read_dataset_info("hf://datasets/org/semore-test-never-cached")
+        source.read_dataset_info("hf://datasets/org/semore-test-never-cached")
     message = str(err.value)
     assert "\n" not in message and "HF_HUB_OFFLINE" in message
     assert "hf://datasets/org/semore-test-never-cached@main/manifest.json" in message
@@ -181,7 +183,7 @@ def test_offline_without_a_cached_manifest_is_a_one_line_error(monkeypatch):
 )
 def test_other_urls_are_rejected(data: str):
     with pytest.raises(SemoreError, match=r"expected a local dataset folder or hf://datasets/"):
-        stream.shard_urls(data)
+        source.shard_urls(data)
 
 
 def test_a_wrong_manifest_version_on_the_hub_names_its_url(hub, tmp_path: Path, monkeypatch):
@@ -192,7 +194,7 @@ def test_a_wrong_manifest_version_on_the_hub_names_its_url(hub, tmp_path: Path, 
         huggingface_hub, "hf_hub_download", lambda *a, **k: str(tmp_path / "manifest.json")
     )
     with pytest.raises(SemoreError, match=rf"hf://datasets/{REPO}@main/manifest.json has format"):
-        stream.read_dataset_info(f"hf://datasets/{REPO}")
+        source.read_dataset_info(f"hf://datasets/{REPO}")
 
 
 def test_open_remote_streams_hf_urls_through_huggingface_hubs_filesystem(

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import schema
 from pipeline.annotate.base import Caption, Captioner, Step
 from pipeline.annotate.config import AnnotateConfig
 from pipeline.annotate.motion import motion_targets
 from pipeline.annotate.text_encoders import CachedEncoder, TextEncoder, make_text_encoder
+from pipeline.data import schema
+from pipeline.data.shards import AtomicShardWriter, decode_member, iter_shard
 from pipeline.errors import SemoreError
-from pipeline.shards import AtomicShardWriter, decode_member, iter_shard
 
 log = logging.getLogger(__name__)
 

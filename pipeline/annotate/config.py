@@ -5,16 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipeline import manifest as mf
-from pipeline.config import to_dict
+from pipeline import config
+from pipeline.config import resumable
+from pipeline.data import manifest as mf
 
 CAPTIONERS = ("scene", "vlm")
 TEXT_ENCODERS = ("open_clip", "sentence-transformers")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-# Fields that decide how fast or where annotations are made, not what they contain:
-# a resume (say, on a GPU machine) may change them without counting as another config.
-_SCHEDULING_FIELDS = ("workers", "device", "num_threads")
 
 
 @dataclass
@@ -105,12 +101,12 @@ class AnnotateConfig:
     # longest caption: on CPU 32 wastes ~20% less compute on padding than 128; GPUs like more.
     encode_batch_size: int = 32
     # "auto": cuda > mps > cpu. Used by the VLM and the text encoder.
-    device: str = "auto"
+    device: str = resumable(default="auto")
     # Processes over shards on this machine (each loads its own models).
-    workers: int = 1
+    workers: int = resumable(default=1)
     # torch CPU threads per process; 0: torch's default in one process, cores / workers in a
     # pool. 1 is much faster on a busy machine, where spinning OpenMP threads wait on each other.
-    num_threads: int = 0
+    num_threads: int = resumable(default=0)
     scene: SceneConfig = field(default_factory=SceneConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
     open_clip: OpenClipConfig = field(default_factory=OpenClipConfig)
@@ -128,9 +124,7 @@ class AnnotateConfig:
 
 def content_dict(cfg: AnnotateConfig) -> dict:
     """The config fields that decide what the annotations contain (active backends only)."""
-    data = to_dict(cfg)
-    for name in _SCHEDULING_FIELDS:
-        data.pop(name)
+    data = config.content_dict(cfg)  # device, workers and threads may change on a resume
     data.pop("vlm" if cfg.captioner == "scene" else "scene")
     data.pop(
         "open_clip" if cfg.text_encoder == "sentence-transformers" else "sentence_transformers"

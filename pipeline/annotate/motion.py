@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import schema
+from pipeline.data import schema
 from pipeline.errors import SemoreError
 
 STATE_FIELDS = schema.MOTION_STATE_FIELDS

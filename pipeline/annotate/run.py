@@ -25,15 +25,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline import cli, dataset, schema
-from pipeline import manifest as mf
+from pipeline import cli
 from pipeline.annotate import motion
 from pipeline.annotate.annotator import Annotator, ShardOutcome, captioner_id, prompt_hashes
 from pipeline.annotate.config import CAPTIONERS, TEXT_ENCODERS, AnnotateConfig, content_hash
 from pipeline.annotate.text_encoders import TextEncoder, make_text_encoder
 from pipeline.config import from_dict, load_config, to_dict
+from pipeline.data import dataset, schema
+from pipeline.data import manifest as mf
+from pipeline.data.shards import list_shards, remove_stale_tmp
 from pipeline.errors import SemoreError
-from pipeline.shards import list_shards, remove_stale_tmp
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,13 @@ def annotate(
     num_workers: int = 1,
     skip_bad: bool = False,
     progress: bool = True,
+    annotator: Annotator | None = None,
 ) -> dict:
-    """Annotate this invocation's slice of ``root``'s raw shards; returns the final manifest."""
+    """Annotate this invocation's slice of ``root``'s raw shards; returns the final manifest.
+
+    ``annotator`` replaces the one ``cfg`` describes (in one process; e.g. a test's own text
+    encoder); the manifest then records its captioner and text-encoder names.
+    """
     root = Path(root)
     manifest = mf.read_manifest(root)
     mf.section(manifest, "raw", root)
@@ -135,8 +141,9 @@ def annotate(
         torch.set_num_threads(cfg.num_threads)
     # Models load before the manifest changes, so a model that fails to load leaves no trace.
     # With a pool, the workers load their own and the parent only needs the encoder's dim.
-    workers = min(cfg.workers, len(todo))
-    annotator = Annotator.from_config(cfg) if workers == 1 else None
+    workers = 1 if annotator is not None else min(cfg.workers, len(todo))
+    if annotator is None and workers == 1:
+        annotator = Annotator.from_config(cfg)
     encoder = annotator.encoder if annotator else make_text_encoder(cfg)
     with dataset.manifest_lock(root):
         manifest = mf.read_manifest(root)  # another node may have created the section meanwhile
@@ -249,9 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser(
         "semore-annotate", "Caption and embed raw shards into aligned annotation shards."
     )
-    parser.add_argument(
-        "--config", type=Path, default=None, help="YAML, e.g. configs/annotate/quickstart.yaml"
-    )
+    parser.add_argument("--config", default=None, help="YAML file or preset name, e.g. quickstart")
     parser.add_argument(
         "--data", type=Path, required=True, help="dataset folder holding raw/ and manifest.json"
     )
@@ -272,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
-    cfg = load_config(AnnotateConfig, args.config, overrides)
+    cfg = load_config(AnnotateConfig, args.config, overrides, stage="annotate")
     flags = {
         "captioner": args.captioner,
         "text_encoder": args.text_encoder,

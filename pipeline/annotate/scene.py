@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 
-from pipeline import schema
 from pipeline.annotate.base import Caption, Step
 from pipeline.annotate.config import SceneConfig
+from pipeline.data import schema
 
 # Bump when the wording changes: it is part of the captioner id in the manifest.
 SCENE_VERSION = 1

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pipeline import schema
+from pipeline.data import schema
 
 # The same ranges as the highway backend, so captions and probes carry over.
-NEIGHBOUR_RANGE_M = 50.0
+NEIGHBOUR_RANGE_M = schema.NEIGHBOUR_RANGE_M
 LEAD_RANGE_M = schema.LEAD_RANGE_M
 # Vehicles farther sideways than this are on another road, not in a neighbouring lane.
 NEIGHBOUR_LATERAL_RANGE_M = 20.0
@@ -82,28 +82,28 @@ def ego_state(
     heading = math.radians(transform.rotation.yaw - waypoint.transform.rotation.yaw)
     light = ego.get_traffic_light_state() if ego.is_at_traffic_light() else None
     on_road = world_map.get_waypoint(loc, project_to_road=False, lane_type=driving) is not None
+    state = schema.EgoState(
+        speed_mps=math.hypot(velocity.x, velocity.y),
+        lon_speed_mps=lon_speed,
+        lat_speed_mps=velocity.x * rx + velocity.y * ry,
+        acceleration_mps2=accel,
+        heading_rad=math.remainder(heading, 2 * math.pi),  # relative to the lane
+        yaw_rate_radps=math.radians(ego.get_angular_velocity().z),
+        position_m=[loc.x, loc.y],
+        lane_index=lane_index,
+        lanes_count=lanes_count,
+        **schema.EgoState.lead_fields(lead),
+        neighbours_per_lane=per_lane,
+        collision=impulse > 0.0,
+        collision_impulse=impulse,
+        on_road=on_road,
+        steer=steer,
+        time_s=num_steps * dt_s,
+    ).to_json()
+    light_name = None if light is None else _LIGHT_NAMES.get(light.name)
     return {
-        "speed_mps": float(math.hypot(velocity.x, velocity.y)),
-        "lon_speed_mps": float(lon_speed),
-        "lat_speed_mps": float(velocity.x * rx + velocity.y * ry),
-        "acceleration_mps2": float(accel),
-        "heading_rad": float(math.remainder(heading, 2 * math.pi)),  # relative to the lane
-        "yaw_rate_radps": float(math.radians(ego.get_angular_velocity().z)),
-        "position_m": [float(loc.x), float(loc.y)],
-        "lane_index": int(lane_index),
-        "lanes_count": int(lanes_count),
-        "lead_present": lead is not None,
-        "lead_distance_m": LEAD_RANGE_M if lead is None else float(lead[0]),
-        "lead_closing_speed_mps": 0.0 if lead is None else float(lead[1]),
-        "neighbours_per_lane": per_lane,
-        "collision": bool(impulse > 0.0),
-        "collision_impulse": float(impulse),
-        "on_road": bool(on_road),
-        "steer": float(steer),
-        "time_s": float(num_steps * dt_s),
-        "traffic_light": schema.NO_TRAFFIC_LIGHT
-        if light is None
-        else _LIGHT_NAMES.get(light.name, schema.NO_TRAFFIC_LIGHT),
+        **state,
+        "traffic_light": light_name or schema.NO_TRAFFIC_LIGHT,
         "weather": weather,
         "lane_invasion": bool(crossed),
     }

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.config import resumable
+from pipeline.sim.base import RewardConfig
+
 BACKENDS = ("highway", "carla")
-POLICIES = ("expert", "random", "mixed")
 
 
 @dataclass
@@ -59,9 +61,9 @@ class CarlaConfig:
 
     # One collection worker per address; start one server per address yourself, or give
     # `server_cmd` (with {port} in it) to have each worker start its own.
-    hosts: list[str] = field(default_factory=lambda: ["localhost:2000"])
+    hosts: list[str] = resumable(default_factory=lambda: ["localhost:2000"])
     # CARLA's own client default is 5 s; loading Town04 on a cold server takes longer.
-    timeout_s: float = 20.0
+    timeout_s: float = resumable(default=20.0)
     town: str = "Town04"
     # 20 Hz synchronous mode as in DBC: physics is deterministic for a fixed delta.
     fixed_delta_s: float = 0.05
@@ -77,11 +79,11 @@ class CarlaConfig:
     # DBC episodes are 1000 ticks (50 s at 20 Hz).
     max_episode_steps: int = 1000
     # Reconnect and re-run the in-flight episode this many times before giving up.
-    max_retries: int = 3
-    server_cmd: str | None = None
+    max_retries: int = resumable(default=3)
+    server_cmd: str | None = resumable(default=None)
     # Seconds to keep retrying the connection to a server started by `server_cmd`
     # (CarlaUE4 takes 10-20 s to open its RPC port).
-    server_start_wait_s: float = 20.0
+    server_start_wait_s: float = resumable(default=20.0)
     # DBC's highway stretch of Town04: OpenDRIVE road 45, its four lanes (-1 = leftmost in
     # the driving direction), ego 100 m into the road and traffic 100-300 m in, so every
     # episode starts on the highway. None = the map's own spawn points (any town).
@@ -139,3 +141,19 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.expert_prob <= 1.0:
             raise ValueError(f"policy.expert_prob is {self.expert_prob}: expected in [0, 1]")
+
+
+@dataclass
+class EnvConfig:
+    """The simulator an episode runs in: backend, its settings, and the shared reward.
+
+    Collection and fine-tuning use this same config, so an agent trains in the task the data
+    was recorded from.
+    """
+
+    # The embedded simulator needs no server, so the default runs anywhere.
+    backend: Literal["highway", "carla"] = "highway"
+    highway: HighwayConfig = field(default_factory=HighwayConfig)
+    carla: CarlaConfig = field(default_factory=CarlaConfig)
+    # The DBC reward on both backends, so returns compare across data and agents.
+    reward: RewardConfig = field(default_factory=RewardConfig)

@@ -25,14 +25,14 @@ from highway_env.road.road import Road, RoadNetwork  # noqa: E402
 from highway_env.utils import wrap_to_pi  # noqa: E402
 from highway_env.vehicle.kinematics import Vehicle  # noqa: E402
 
-from pipeline import schema  # noqa: E402
+from pipeline.data import schema  # noqa: E402
 from pipeline.errors import SemoreError  # noqa: E402
 from pipeline.sim.base import ACTION_DIM, RewardConfig, StepResult, driving_reward  # noqa: E402
 from pipeline.sim.configs import HighwayConfig  # noqa: E402
 from pipeline.sim.expert import HighwayExpert  # noqa: E402
 
 # The privileged state looks this far along the road for neighbours and the lead vehicle.
-NEIGHBOUR_RANGE_M = 50.0
+NEIGHBOUR_RANGE_M = schema.NEIGHBOUR_RANGE_M
 LEAD_RANGE_M = schema.LEAD_RANGE_M
 
 
@@ -192,26 +192,24 @@ class HighwayEnv:
             if abs(distance_m) <= NEIGHBOUR_RANGE_M:
                 if 0 <= other_lane < len(per_lane):
                     per_lane[other_lane] += 1
-        return {
-            "speed_mps": float(ego.speed),
-            "lon_speed_mps": float(ego_lon_speed),
-            "lat_speed_mps": float(ego.speed * np.sin(heading + slip)),
-            "acceleration_mps2": float(accel),
-            "heading_rad": float(heading),
-            "yaw_rate_radps": float(yaw_rate),
-            "position_m": [float(ego.position[0]), float(ego.position[1])],
-            "lane_index": ego_lane,  # 0 = leftmost lane in the driving direction
-            "lanes_count": int(self.cfg.lanes_count),
-            "lead_present": lead is not None,
-            "lead_distance_m": LEAD_RANGE_M if lead is None else float(lead[0]),
-            "lead_closing_speed_mps": 0.0 if lead is None else float(lead[1]),
-            "neighbours_per_lane": per_lane,
-            "collision": bool(collision),
-            "collision_impulse": float(self.cfg.collision_impulse if collision else 0.0),
-            "on_road": bool(ego.on_road),
-            "steer": float(steer),
-            "time_s": float(self._num_steps * self.step_duration_s),
-        }
+        return schema.EgoState(
+            speed_mps=ego.speed,
+            lon_speed_mps=ego_lon_speed,
+            lat_speed_mps=ego.speed * np.sin(heading + slip),
+            acceleration_mps2=accel,
+            heading_rad=heading,
+            yaw_rate_radps=yaw_rate,
+            position_m=list(ego.position),
+            lane_index=ego_lane,
+            lanes_count=self.cfg.lanes_count,
+            **schema.EgoState.lead_fields(lead),
+            neighbours_per_lane=per_lane,
+            collision=collision,
+            collision_impulse=self.cfg.collision_impulse if collision else 0.0,
+            on_road=ego.on_road,
+            steer=steer,
+            time_s=self._num_steps * self.step_duration_s,
+        ).to_json()
 
 
 def _gym_config(cfg: HighwayConfig) -> dict:

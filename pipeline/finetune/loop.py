@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -29,15 +28,22 @@ import torch
 
 from pipeline.config import to_dict
 from pipeline.errors import SemoreError
-from pipeline.rl_env import AgentStep, Driver, EpisodeLost
-from pipeline.rl_eval import MetricsLog, evaluate, plot_learning_curve, read_metrics
+from pipeline.files import atomic_save, atomic_write
+from pipeline.finetune.env import AgentStep, Driver, EpisodeLost
+from pipeline.finetune.eval import (
+    EpisodeStats,
+    MetricsLog,
+    evaluate,
+    plot_learning_curve,
+    read_metrics,
+)
 from semore.replay import ReplayBuffer
 from semore.sac import SACAgent
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
 
-    from pipeline.finetune import FinetuneConfig
+    from pipeline.finetune.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +61,6 @@ _TRAIN, _EVAL, _LOOP = 0, 1, 2
 def episode_seed(seed: int, stream: int, index: int) -> int:
     """A 31-bit simulator seed, independent of scheduling (eval seeds repeat every eval)."""
     return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0] >> 1)
-
-
-def _save_atomic(save, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        save(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class OnlineTrainer:
@@ -96,7 +93,7 @@ class OnlineTrainer:
         self.wall_time_s = 0.0  # accumulated over resumes
         self.current: AgentStep | None = None  # latest step of the open training episode
         self.metrics: MetricsLog | None = None
-        self._ep: dict[str, float] = defaultdict(float)  # sums over the open episode
+        self._ep = EpisodeStats()  # sums over the open episode
         self._update_sums: dict[str, float] = defaultdict(float)  # since the last train row
         self._update_count: dict[str, int] = defaultdict(int)
         self._t0 = self._rate_t = time.monotonic()
@@ -107,7 +104,7 @@ class OnlineTrainer:
         """Replay buffer first, then last.pt naming it (each atomic), then older buffers go."""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         replay_name = f"replay-{self.step:09d}.npz"
-        _save_atomic(lambda f: np.savez(f, **self.replay.state_dict()), self.ckpt_dir / replay_name)
+        atomic_save(self.ckpt_dir / replay_name, lambda f: np.savez(f, **self.replay.state_dict()))
         rng = {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -126,7 +123,7 @@ class OnlineTrainer:
             "config": to_dict(self.cfg),
             **self.run_info,
         }
-        _save_atomic(lambda f: torch.save(checkpoint, f), self.ckpt_dir / LAST_CHECKPOINT)
+        atomic_save(self.ckpt_dir / LAST_CHECKPOINT, lambda f: torch.save(checkpoint, f))
         for old in self.ckpt_dir.glob("replay-*.npz"):
             if old.name != replay_name:
                 old.unlink()
@@ -167,20 +164,13 @@ class OnlineTrainer:
         self.current = self.driver.reset(episode_seed(self.cfg.seed, _TRAIN, self.episode))
         self.replay.add_first(self.current.frame, self.current.motion)
         self.episode += 1
-        self._ep = defaultdict(float)
+        self._ep = EpisodeStats()
 
     def _end_episode(self) -> None:
         """Log the open episode (if any) as a train row; the next step starts a new one."""
         if self.current is None:
             return
-        ep = self._ep
-        row = {
-            "episode_return": ep["episode_return"],
-            "distance_m": ep["distance_m"],
-            "collisions": int(ep["collisions"]),
-            "mean_abs_steer": ep["abs_steer"] / max(ep["episode_steps"], 1),
-            "episode_steps": int(ep["episode_steps"]),
-        }
+        row = self._ep.summary()
         elapsed = time.monotonic() - self._rate_t
         row["steps_per_s"] = (self.step - self._rate_step) / max(elapsed, 1e-9)
         self._rate_t, self._rate_step = time.monotonic(), self.step
@@ -264,12 +254,7 @@ class OnlineTrainer:
             self.current = result
             self.step += 1
             self.sim_steps += result.sim_steps
-            ep = self._ep
-            ep["episode_return"] += result.reward
-            ep["distance_m"] += result.distance_m
-            ep["collisions"] += result.collisions
-            ep["abs_steer"] += result.abs_steer
-            ep["episode_steps"] += 1
+            self._ep.add(result)
             if self.step > cfg.num_seed_steps and self.step % cfg.update_every == 0:
                 self._update()
             if result.terminated or result.truncated:
@@ -301,7 +286,5 @@ class OnlineTrainer:
             "backend": self.cfg.env.backend,
             **self.run_info,
         }
-        tmp = self.out / f".{SUMMARY_NAME}.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, self.out / SUMMARY_NAME)
+        atomic_write(self.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         return summary

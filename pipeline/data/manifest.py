@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import __version__, schema
+from pipeline import __version__
+from pipeline.data import schema
 from pipeline.errors import SemoreError
+from pipeline.files import atomic_write
 
 
 def manifest_path(root: str | Path) -> Path:
@@ -99,9 +100,7 @@ def write_manifest(root: str | Path, manifest: dict) -> None:
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     if path.is_file() and path.read_text() == text:
         return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def section(manifest: dict, name: str, root: str | Path) -> dict:

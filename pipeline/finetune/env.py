@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline import schema
 from pipeline.annotate.motion import motion_targets as raw_motion_targets
+from pipeline.data import schema
 from pipeline.errors import SemoreError
 from pipeline.sim.base import DrivingEnv, SimulatorConnectionError
 from semore.replay import FrameStack

@@ -8,7 +8,7 @@ once. A dataset folder holds ``manifest.json``, ``raw/raw-NNNNNN.tar`` (stage 1)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from pipeline.errors import SemoreError
 
@@ -60,7 +60,68 @@ ANN_MEMBERS = (CAPTION_SEM, CAPTION_MOT, EMB_SEM, EMB_MOT, MOTION, ANN_INFO)
 # within range, `lead_present` is false, `lead_distance_m` is LEAD_RANGE_M and
 # `lead_closing_speed_mps` is 0; with no traffic light, `traffic_light` is "none".
 LEAD_RANGE_M = 100.0
+# `neighbours_per_lane` counts vehicles within this distance along the road, ahead or behind.
+NEIGHBOUR_RANGE_M = 50.0
 NO_TRAFFIC_LIGHT = "none"
+
+
+@dataclass
+class EgoState:
+    """The ``state.json`` fields every backend writes (backends may add their own after them).
+
+    Plain JSON types, units in the names. Signs: ``lat_speed_mps`` > 0 to the right of the
+    lane direction, ``heading_rad`` relative to the lane, ``lane_index`` 0 = leftmost lane.
+    """
+
+    speed_mps: float
+    lon_speed_mps: float  # along the lane
+    lat_speed_mps: float  # across the lane
+    acceleration_mps2: float
+    heading_rad: float
+    yaw_rate_radps: float
+    position_m: list[float]  # [x, y] in the simulator's world frame
+    lane_index: int
+    lanes_count: int
+    lead_present: bool
+    lead_distance_m: float  # bumper gap; LEAD_RANGE_M when there is no lead
+    lead_closing_speed_mps: float  # > 0 when the gap shrinks; 0 when there is no lead
+    neighbours_per_lane: list[int]
+    collision: bool
+    collision_impulse: float
+    on_road: bool
+    steer: float
+    time_s: float
+
+    @staticmethod
+    def lead_fields(lead: tuple[float, float] | None) -> dict:
+        """``lead_present`` / ``lead_distance_m`` / ``lead_closing_speed_mps`` of a
+        ``(gap_m, closing_speed_mps)`` lead, or of no lead within range."""
+        if lead is None:
+            return {
+                "lead_present": False,
+                "lead_distance_m": LEAD_RANGE_M,
+                "lead_closing_speed_mps": 0.0,
+            }
+        return {
+            "lead_present": True,
+            "lead_distance_m": float(lead[0]),
+            "lead_closing_speed_mps": float(lead[1]),
+        }
+
+    def to_json(self) -> dict:
+        """The dict written to ``state.json``, every value a plain JSON type."""
+        return {f.name: _PLAIN[f.type](getattr(self, f.name)) for f in fields(self)}
+
+
+# Field annotation (a string, see the __future__ import) -> conversion to a plain JSON value;
+# numpy scalars from the simulators become Python floats, ints and bools.
+_PLAIN = {
+    "float": float,
+    "int": int,
+    "bool": bool,
+    "list[float]": lambda values: [float(v) for v in values],
+    "list[int]": lambda values: [int(v) for v in values],
+}
 
 
 def lead_distance_m(state: dict) -> float | None:

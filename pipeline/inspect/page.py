@@ -4,12 +4,11 @@ The page is self-contained (frames embedded as base64 PNG data URIs): per episod
 step's frame(s), both captions when the dataset is annotated, the action, reward and key
 state (speed, lane, lead distance, collision), under a header taken from the manifest.
 The contact sheet is a grid of frames labelled with step and reward, one row block per
-episode. ``render_html`` and ``render_contact_sheet`` are reused by the end-to-end report.
+episode. The end-to-end report reuses ``render_contact_sheet``.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import math
@@ -19,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline import cli, dataset, schema
-from pipeline import manifest as mf
+from pipeline.data import dataset, schema
+from pipeline.data import manifest as mf
+from pipeline.data.shards import decode_member, iter_shard
 from pipeline.errors import SemoreError
-from pipeline.shards import decode_member, iter_shard
 
 DEFAULT_EPISODES = 2  # shown when none are requested
 DEFAULT_MAX_STEPS = 50
@@ -320,7 +319,7 @@ def render_html(
 ) -> Path:
     """Write the inspection page of ``episodes`` (default: the first two) to ``out_html``."""
     views = read_episodes(data_dir, episodes, max_steps)
-    return _write_html(Path(data_dir), views, Path(out_html))
+    return write_html(Path(data_dir), views, Path(out_html))
 
 
 def render_contact_sheet(
@@ -336,52 +335,7 @@ def render_contact_sheet(
     return out_png
 
 
-def _write_html(data_dir: Path, views: list[EpisodeView], out_html: Path) -> Path:
+def write_html(data_dir: Path, views: list[EpisodeView], out_html: Path) -> Path:
     out_html.parent.mkdir(parents=True, exist_ok=True)
     out_html.write_text(html_page(data_dir, mf.read_manifest(data_dir), views), encoding="utf-8")
     return out_html
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = cli.make_parser(
-        "semore-inspect",
-        "Write an HTML page / PNG contact sheet of a dataset's steps.",
-        config_overrides=False,
-    )
-    parser.add_argument("--data", type=Path, required=True, help="dataset folder")
-    parser.add_argument("--out", type=Path, required=True, help="HTML page to write")
-    parser.add_argument(
-        "--episodes",
-        type=cli.non_negative_int,
-        nargs="+",
-        help="episode indices (default: the first two)",
-    )
-    parser.add_argument(
-        "--max-steps",
-        type=cli.positive_int,
-        default=DEFAULT_MAX_STEPS,
-        help="steps shown per episode",
-    )
-    parser.add_argument("--png", type=Path, help="also write a PNG contact sheet here")
-    return parser
-
-
-def _run(args: argparse.Namespace, overrides: list[str]) -> None:
-    views = read_episodes(args.data, args.episodes, args.max_steps)
-    _write_html(args.data, views, args.out)
-    if args.png is not None:
-        args.png.parent.mkdir(parents=True, exist_ok=True)
-        contact_sheet(views).save(args.png)
-    steps = sum(len(v.steps) for v in views)
-    print(
-        f"{args.out}: {len(views)} episodes, {steps} steps"
-        + (f"; contact sheet {args.png}" if args.png else "")
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    return cli.run_cli(build_parser(), argv, _run, config_overrides=False)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.rl_env import Driver, EpisodeLost
+from pipeline.files import atomic_save, atomic_write
+from pipeline.finetune.env import AgentStep, Driver, EpisodeLost
 
 # Leading columns of metrics.csv; training metrics (whatever agent.update returns) follow.
 BASE_COLUMNS = (
@@ -42,12 +44,11 @@ class MetricsLog:
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, self.columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, self.columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.path, text.getvalue())
 
     def write(self, row: dict) -> None:
         new = [key for key in row if key not in self.columns]
@@ -73,6 +74,33 @@ def read_metrics(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@dataclass
+class EpisodeStats:
+    """Sums over one episode's agent steps; :meth:`summary` gives the ``EVAL_KEYS``."""
+
+    episode_return: float = 0.0
+    distance_m: float = 0.0
+    collisions: int = 0
+    abs_steer_sum: float = 0.0
+    episode_steps: int = 0
+
+    def add(self, step: AgentStep) -> None:
+        self.episode_return += step.reward
+        self.distance_m += step.distance_m
+        self.collisions += int(step.collisions)
+        self.abs_steer_sum += step.abs_steer
+        self.episode_steps += 1
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "episode_return": self.episode_return,
+            "distance_m": self.distance_m,
+            "collisions": self.collisions,
+            "mean_abs_steer": self.abs_steer_sum / max(self.episode_steps, 1),
+            "episode_steps": self.episode_steps,
+        }
+
+
 def run_episode(
     driver: Driver, policy: Callable[[np.ndarray], np.ndarray], seed: int
 ) -> dict[str, float]:
@@ -80,18 +108,12 @@ def run_episode(
     while True:
         try:
             current = driver.reset(seed)
-            totals = {key: 0.0 for key in EVAL_KEYS}
-            abs_steer_sum = 0.0
+            stats = EpisodeStats()
             while True:
                 current = driver.step(policy(current.obs))
-                totals["episode_return"] += current.reward
-                totals["distance_m"] += current.distance_m
-                totals["collisions"] += current.collisions
-                totals["episode_steps"] += 1
-                abs_steer_sum += current.abs_steer
+                stats.add(current)
                 if current.terminated or current.truncated:
-                    totals["mean_abs_steer"] = abs_steer_sum / totals["episode_steps"]
-                    return totals
+                    return stats.summary()
         except EpisodeLost:
             continue
 
@@ -110,25 +132,45 @@ def _floats(rows: list[dict], key: str) -> np.ndarray:
     return np.array([float(r[key]) if r.get(key, "") != "" else math.nan for r in rows])
 
 
-def plot_learning_curve(metrics_path: Path, out_png: Path, title: str = "") -> None:
-    """Eval return and distance vs agent step (train episodes faint behind)."""
+# What every curve plot shows: (metrics.csv column, axis label).
+CURVE_METRICS = (("episode_return", "episode return"), ("distance_m", "distance driven (m)"))
+
+
+@dataclass
+class Curve:
+    """One line per metric of :data:`CURVE_METRICS`, optionally with a shaded band."""
+
+    steps: np.ndarray  # (S,) agent steps
+    values: dict[str, np.ndarray]  # metric -> (S,)
+    bands: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # (low, high)
+    style: str = "o-"
+    alpha: float = 1.0
+
+
+def metrics_curve(metrics_path: Path, phase: str = "eval") -> Curve:
+    """The ``phase`` rows ("eval" or "train") of a run's metrics.csv as a curve."""
+    rows = [r for r in read_metrics(metrics_path) if r.get("phase") == phase]
+    values = {key: _floats(rows, key) for key, _ in CURVE_METRICS}
+    if phase == "train":
+        return Curve(_floats(rows, "step"), values, style=".", alpha=0.25)
+    return Curve(_floats(rows, "step"), values)
+
+
+def plot_curves(curves: dict[str, Curve], out_png: Path, title: str = "") -> Path:
+    """Return and distance against agent step, one line (and band) per labelled curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
-    train = [r for r in rows if r["phase"] == "train"]
-    evals = [r for r in rows if r["phase"] == "eval"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, label in (
-        (axes[0], "episode_return", "episode return"),
-        (axes[1], "distance_m", "distance driven (m)"),
-    ):
-        if train:
-            ax.plot(_floats(train, "step"), _floats(train, key), ".", alpha=0.25, label="train")
-        if evals:
-            ax.plot(_floats(evals, "step"), _floats(evals, key), "o-", label="eval (mean)")
+    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(10, 3.8))
+    for ax, (key, label) in zip(axes, CURVE_METRICS, strict=True):
+        for name, curve in curves.items():
+            if not len(curve.steps):
+                continue
+            ax.plot(curve.steps, curve.values[key], curve.style, alpha=curve.alpha, label=name)
+            if key in curve.bands:
+                ax.fill_between(curve.steps, *curve.bands[key], alpha=0.2)
         ax.set_xlabel("agent step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -136,7 +178,15 @@ def plot_learning_curve(metrics_path: Path, out_png: Path, title: str = "") -> N
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_save(out_png, lambda handle: fig.savefig(handle, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, out_png)
+    return out_png
+
+
+def plot_learning_curve(metrics_path: Path, out_png: Path, title: str = "") -> Path:
+    """One run's evaluation curve, its training episodes faint behind."""
+    curves = {
+        "train": metrics_curve(metrics_path, "train"),
+        "eval (mean)": metrics_curve(metrics_path),
+    }
+    return plot_curves(curves, out_png, title)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import dataclass
 from functools import cached_property
 from itertools import islice
 from pathlib import Path
@@ -33,47 +32,17 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.stream import (
+from pipeline.data.source import DatasetInfo, read_dataset_info, shard_urls
+from pipeline.data.windows import (
     Collate,
-    DatasetInfo,
     EpisodeSplit,
     ShardPairReader,
     TrainStats,
-    read_dataset_info,
-    shard_urls,
     train_stats,
 )
+from pipeline.pretrain.config import DataConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DataConfig:
-    """How pretraining reads a dataset."""
-
-    # 64 fits a CPU step in well under a second at 84x84 and gives InfoNCE 63 negatives.
-    batch_size: int = 64
-    # DrQ's 3 frames: enough for the motion stream to see speed and acceleration.
-    frame_stack: int = 3
-    # Loader processes per rank; 2 keep up with a CPU training step (see benchmarks/pretrain.py).
-    num_workers: int = 2
-    # Samples held for shuffling after windowing; ~2 shards of 4 x 100-step episodes, so
-    # batches mix episodes and shards while the buffer stays ~60 MB of 84x84 frames.
-    shuffle_buffer: int = 1000
-    # Every 4th episode (3, 7, ...) is held out for validation and for the linear probe.
-    holdout_every: int = 4
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "frame_stack", "shuffle_buffer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"data.{name} is {getattr(self, name)}: expected an int >= 1")
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers is {self.num_workers}: expected an int >= 0")
-        if self.holdout_every == 1 or self.holdout_every < 0:
-            raise ValueError(
-                f"data.holdout_every is {self.holdout_every}: expected 0 (no held-out "
-                "episodes) or an int >= 2"
-            )
 
 
 class WorkerSeed:

@@ -20,8 +20,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from pipeline import schema
-from pipeline.errors import SemoreError
+from pipeline.data import schema
+from pipeline.errors import SemoreError, first_line
 
 TMP_MARK = ".tmp-"  # in-progress shards: `.raw-000001.tar.tmp-<pid>`; never read as data
 _FIXED_MTIME = 0  # reproducible tar headers (an int: a float adds a pax header per member)
@@ -198,7 +198,7 @@ def iter_shard(
     except errors as err:
         last = current["__key__"] if current else None
         if remote:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = first_line(err)
             raise SemoreError(
                 f"shard {path} is unreadable, corrupt or truncated after key {last!r} ({reason}): "
                 "expected a complete WebDataset tar (check the network, HF_HUB_OFFLINE and "

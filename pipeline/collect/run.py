@@ -7,78 +7,26 @@ import logging
 import multiprocessing as mp
 import os
 import signal
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import tqdm as tqdm_module
 from tqdm import tqdm
 
-from pipeline import cli, dataset, schema
-from pipeline import manifest as mf
+from pipeline import cli
+from pipeline.collect.config import CollectConfig, content_hash
+from pipeline.collect.recorder import block_episodes, record_block, shard_info_from_disk
 from pipeline.config import from_dict, load_config, to_dict
+from pipeline.data import dataset, schema
+from pipeline.data import manifest as mf
+from pipeline.data.shards import list_shards, remove_stale_tmp
 from pipeline.errors import SemoreError
-from pipeline.recorder import block_episodes, record_block, shard_info_from_disk
-from pipeline.shards import list_shards, remove_stale_tmp
-from pipeline.sim import make_env
-from pipeline.sim.base import RewardConfig
-from pipeline.sim.configs import CarlaConfig, HighwayConfig, PolicyConfig
+from pipeline.sim import backend_spec, make_env
+from pipeline.sim.configs import BACKENDS
 from pipeline.sim.policies import CollectionPolicy
 
 log = logging.getLogger(__name__)
 tqdm_module.tqdm.monitor_interval = 0  # no monitor thread: worker processes are forked
-
-# Fields that change how much or where data is made, not what an episode contains: they
-# may differ between a run and its resume.
-_SCHEDULING_FIELDS = ("episodes", "workers")
-_CARLA_CONNECTION_FIELDS = (
-    "hosts",
-    "timeout_s",
-    "max_retries",
-    "server_cmd",
-    "server_start_wait_s",
-)
-
-
-@dataclass
-class CollectConfig:
-    """Everything that determines a raw dataset (plus how many processes make it)."""
-
-    # First field of every sample key; names the dataset's run.
-    run: str = "hw"
-    backend: Literal["highway", "carla"] = "highway"
-    # Total episodes wanted in the dataset; a rerun with more extends it.
-    episodes: int = 8
-    # Shards are the unit of resumption and of parallel work; 4 short episodes is ~800
-    # samples, a few MB, so a killed run loses little and workers stay balanced.
-    episodes_per_shard: int = 4
-    seed: int = 0
-    # Simulator processes on this machine (one simulator each).
-    workers: int = 1
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    highway: HighwayConfig = field(default_factory=HighwayConfig)
-    carla: CarlaConfig = field(default_factory=CarlaConfig)
-
-    def __post_init__(self) -> None:
-        schema.check_run_name(self.run)
-        for name in ("episodes", "episodes_per_shard", "workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} is {getattr(self, name)}: expected a positive integer")
-
-    @property
-    def max_retries(self) -> int:
-        return self.carla.max_retries if self.backend == "carla" else 0
-
-
-def content_hash(cfg: CollectConfig) -> str:
-    """Hash of the fields that decide what episodes contain (not how they are scheduled)."""
-    data = to_dict(cfg)
-    for name in _SCHEDULING_FIELDS:
-        data.pop(name)
-    for name in _CARLA_CONNECTION_FIELDS:
-        data["carla"].pop(name)
-    return mf.config_hash(data)
 
 
 def slice_blocks(cfg: CollectConfig, worker_index: int, num_workers: int) -> range:
@@ -130,19 +78,18 @@ def prepare_output(
                 f"this one {content_hash(cfg)}): expected the same config and seed, or a new --out"
             )
         if raw is None:
+            spec = backend_spec(cfg.env)
             manifest["raw"] = raw = {
                 "command": mf.command_line(),
                 "config": to_dict(cfg),
                 "config_hash": content_hash(cfg),
                 "git_revision": mf.git_revision(),
                 "backend": cfg.backend,
-                "scenario": cfg.carla.town if cfg.backend == "carla" else "highway-v0",
+                "scenario": spec.scenario,
                 "run": cfg.run,
                 "seed": cfg.seed,
                 "episodes_per_shard": cfg.episodes_per_shard,
-                "action_names": ["steer", "throttle_brake"]
-                if cfg.backend == "carla"
-                else ["acceleration", "steering"],
+                "action_names": list(spec.action_names),
                 "shards": {},
             }
         raw_dir = out / schema.RAW_DIR
@@ -173,7 +120,7 @@ def _work(
     ``worker`` (the node's slice index) goes into sample keys; ``env_index`` picks this
     process's simulator (CARLA: ``carla.hosts[env_index % len(hosts)]``).
     """
-    env = make_env(cfg.backend, cfg.reward, cfg.highway, cfg.carla, worker=env_index)
+    env = make_env(cfg.env, worker=env_index)
     try:
         policy = CollectionPolicy(cfg.policy, env.action_dim)
         for block in blocks:
@@ -187,7 +134,7 @@ def _work(
                 cfg.run,
                 worker,
                 cfg.seed,
-                cfg.max_retries,
+                backend_spec(cfg.env).max_retries,
                 on_step=lambda: report("step", 1),
                 on_episode=lambda: report("episode", 1),
             )
@@ -302,9 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser(
         "semore-collect", "Record driving episodes into raw WebDataset shards."
     )
-    parser.add_argument(
-        "--config", type=Path, required=True, help="YAML, e.g. configs/collect/quickstart.yaml"
-    )
+    parser.add_argument("--config", required=True, help="YAML file or preset name, e.g. quickstart")
     parser.add_argument(
         "--out", type=Path, required=True, help="dataset folder (created or resumed)"
     )
@@ -316,13 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--policy", choices=("expert", "random", "mixed"), help="data-collection policy"
     )
-    parser.add_argument("--backend", choices=("highway", "carla"), help="simulator backend")
+    parser.add_argument("--backend", choices=BACKENDS, help="simulator backend")
     cli.add_slice_args(parser, "episode blocks (shards)")
     return parser
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
-    cfg = load_config(CollectConfig, args.config, overrides)
+    cfg = load_config(CollectConfig, args.config, overrides, stage="collect")
     flags = {
         "episodes": args.episodes,
         "workers": args.workers,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import manifest as mf
-from pipeline import schema
+from pipeline.data import manifest as mf
+from pipeline.data import schema
 from pipeline.errors import SemoreError
 
 

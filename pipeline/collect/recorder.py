@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import dataset, schema
+from pipeline.data import dataset, schema
+from pipeline.data.shards import AtomicShardWriter, decode_member, encode_members, iter_shard
 from pipeline.errors import SemoreError
-from pipeline.shards import AtomicShardWriter, decode_member, encode_members, iter_shard
 from pipeline.sim.base import DrivingEnv, SimulatorConnectionError
 from pipeline.sim.policies import CollectionPolicy
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import yaml
@@ -21,116 +19,19 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from pipeline import cli
-from pipeline.config import load_config, to_dict
-from pipeline.datamodule import DataConfig, SemoreDataModule
+from pipeline.config import content_dict, content_of, first_difference, load_config, to_dict
 from pipeline.errors import SemoreError
-from pipeline.pretrain_module import SemorePretrainModule
-from semore.encoder import EncoderConfig, save_encoder
+from pipeline.files import atomic_write
+from pipeline.pretrain.config import PretrainConfig
+from pipeline.pretrain.datamodule import SemoreDataModule
+from pipeline.pretrain.module import SemorePretrainModule
+from semore.encoder import save_encoder
 
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.ckpt"
 ENCODER_EXPORT = "encoder.pt"
-
-
-@dataclass
-class EncoderSection:
-    """Encoder architecture; frame stack comes from ``data`` and image size from the dataset."""
-
-    # DrQ trunk width: enough for 84 px inputs and cheap on CPU.
-    num_filters: int = 32
-    # 50 dims as in SAC-AE / DrQ, so the agent's heads are comparable.
-    repr_dim: int = 50
-    # "both" is the method; "semantic" / "motion" are the single-stream ablations.
-    streams: Literal["semantic", "motion", "both"] = "both"
-    # The cross-stream exchange is part of the method; false is the ablation.
-    interaction: bool = True
-    # 4 heads of 8 dims over 32 filters suit the small token grid.
-    num_heads: int = 4
-
-    def __post_init__(self) -> None:
-        self.to_encoder_config(3, 84, 84)  # EncoderConfig's checks, before any data is read
-
-    def to_encoder_config(
-        self, frame_stack: int, image_height: int, image_width: int
-    ) -> EncoderConfig:
-        return EncoderConfig(frame_stack, image_height, image_width, **asdict(self))
-
-
-@dataclass
-class LossSection:
-    """Loss weights (0 turns a term off, which is how the loss ablations run)."""
-
-    # Equal weights: every term is O(1) at initialisation (motion targets are standardised).
-    sem_weight: float = 1.0
-    mot_weight: float = 1.0
-    motion_reg_weight: float = 1.0
-    reward_weight: float = 1.0
-    # CLIP's initial temperature; it is learned from there.
-    temperature: float = 0.07
-
-
-@dataclass
-class OptimSection:
-    # Adam at 3e-4, the usual rate for DrQ-size conv encoders trained from scratch.
-    lr: float = 3e-4
-    # Light AdamW decay on weight matrices only; a regulariser, not a tuning knob.
-    weight_decay: float = 1e-4
-
-
-@dataclass
-class TrainerSection:
-    """Lightning Trainer settings."""
-
-    # Optimiser steps in total; --resume continues up to this number.
-    max_steps: int = 2000
-    # Validate every this many training steps (across epoch boundaries).
-    val_check_interval: int = 200
-    # At most this many validation batches (a fraction is of the held-out set).
-    limit_val_batches: int | float = 1.0
-    # Save a checkpoint (and last.ckpt) every this many steps: what a crash can lose.
-    checkpoint_every_n_steps: int = 200
-    log_every_n_steps: int = 10
-    # "bf16-mixed" on GPUs; full precision on CPU, where bf16 is slower.
-    precision: str = "32-true"
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    # Nodes for DDP; with torchrun / SLURM Lightning reads ranks from the environment.
-    num_nodes: int = 1
-    strategy: str = "auto"
-
-    def __post_init__(self) -> None:
-        for name in (
-            "max_steps",
-            "val_check_interval",
-            "checkpoint_every_n_steps",
-            "log_every_n_steps",
-            "num_nodes",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"trainer.{name} is {getattr(self, name)}: expected an int >= 1")
-
-
-@dataclass
-class PretrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    encoder: EncoderSection = field(default_factory=EncoderSection)
-    loss: LossSection = field(default_factory=LossSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    trainer: TrainerSection = field(default_factory=TrainerSection)
-    # DrQ's 4-pixel random shift for 84 px frames; 0 turns augmentation off.
-    aug_pad: int = 4
-    seed: int = 0
-
-
-# Fields that shape the model's weights: a resumed run must keep them.
-_ARCHITECTURE_FIELDS = ("encoder", "data.frame_stack")
-
-
-def _field(config: dict, dotted: str):
-    for part in dotted.split("."):
-        config = config.get(part, {}) if isinstance(config, dict) else {}
-    return config
+CONFIG_NAME = "config.yaml"  # the resolved config of the latest invocation
 
 
 def prepare_run(cfg: PretrainConfig, out: Path, resume: bool) -> Path | None:
@@ -141,14 +42,16 @@ def prepare_run(cfg: PretrainConfig, out: Path, resume: bool) -> Path | None:
         last = checkpoints / LAST_CHECKPOINT
         if not last.is_file():
             raise SemoreError(f"--resume given but {last} does not exist: expected a run to resume")
-        saved_path = out / "config.yaml"
+        saved_path = out / CONFIG_NAME
         saved = yaml.safe_load(saved_path.read_text()) if saved_path.is_file() else None
-        for name in _ARCHITECTURE_FIELDS if isinstance(saved, dict) else ():
-            before, now = _field(saved, name), _field(to_dict(cfg), name)
-            if before != now:
+        if isinstance(saved, dict):
+            diff = first_difference(content_of(PretrainConfig, saved), content_dict(cfg))
+            if diff is not None:
+                name, before, now = diff
                 raise SemoreError(
-                    f"--resume: {name} is {now} but {saved_path} has {before}: expected the "
-                    "architecture the run was started with (or a new --out)"
+                    f"--resume: {name} is {now!r} but {saved_path} has {before!r}: expected the "
+                    "config the run was started with (only trainer.* and data.num_workers may "
+                    "change), or a new --out"
                 )
         return last
     if existing:
@@ -160,7 +63,7 @@ def prepare_run(cfg: PretrainConfig, out: Path, resume: bool) -> Path | None:
 
 def build_module(cfg: PretrainConfig, dm: SemoreDataModule) -> SemorePretrainModule:
     stats = dm.stats
-    encoder_cfg = cfg.encoder.to_encoder_config(cfg.data.frame_stack, *dm.image_hw)
+    encoder_cfg = cfg.encoder.to_config(cfg.data.frame_stack, *dm.image_hw)
     return SemorePretrainModule(
         encoder_config=asdict(encoder_cfg),
         text_dim=dm.info.embedding_dim,
@@ -252,9 +155,7 @@ def pretrain(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, dm)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".config.yaml.tmp-{os.getpid()}"
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, out / "config.yaml")
+    atomic_write(out / CONFIG_NAME, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     trainer = build_trainer(cfg, out, quiet)
     if not dm.stats.heldout_episodes:
@@ -284,9 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.make_parser(
         "semore-pretrain", "Pretrain the dual-stream encoder on raw + annotation shards."
     )
-    parser.add_argument(
-        "--config", type=Path, required=True, help="YAML, e.g. configs/pretrain/quickstart.yaml"
-    )
+    parser.add_argument("--config", required=True, help="YAML file or preset name, e.g. quickstart")
     parser.add_argument(
         "--data",
         required=True,
@@ -304,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
-    cfg = load_config(PretrainConfig, args.config, overrides)
+    cfg = load_config(PretrainConfig, args.config, overrides, stage="pretrain")
     export = pretrain(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet)
     if export is not None:
         print(f"{args.out}: encoder exported to {export}")

@@ -7,7 +7,7 @@ as pretraining (``episode % holdout_every == holdout_every - 1`` is held out), s
 probe is scored on episodes the encoder never trained on.
 
 Targets: ego speed (m/s), lead distance (m; no lead vehicle and leads beyond
-``LEAD_DISTANCE_CAP_M`` = ``schema.LEAD_RANGE_M`` = 100 m both read as 100 m), lane index,
+``schema.LEAD_RANGE_M`` = 100 m both read as 100 m), lane index,
 and the step's reward.
 """
 
@@ -16,23 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from pipeline import cli
+from pipeline.data import schema
+from pipeline.data.source import iter_pairs, read_dataset_info, shard_urls
+from pipeline.data.windows import Collate, EpisodeSplit, iter_windows
 from pipeline.errors import SemoreError
-from pipeline.stream import (
-    LEAD_DISTANCE_CAP_M,
-    Collate,
-    EpisodeSplit,
-    iter_pairs,
-    iter_windows,
-    read_dataset_info,
-    shard_urls,
-)
+from pipeline.files import atomic_write
 from semore.encoder import EncoderConfig, SemoreEncoder, load_encoder, load_encoder_metadata
 from semore.probe import RidgeProbe, select_alpha
 
@@ -161,7 +155,7 @@ def run_probe(
         "holdout_every": holdout_every,
         "alpha": alphas,
         "repr_dim": int(h.shape[1]),
-        "lead_distance_cap_m": LEAD_DISTANCE_CAP_M,
+        "lead_distance_cap_m": schema.LEAD_RANGE_M,
     }
 
 
@@ -244,9 +238,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     print(format_table(result))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, args.out)
+        atomic_write(args.out, json.dumps(result, indent=2) + "\n")
     print(summary_line(result))
 
 

@@ -14,16 +14,16 @@ different card for a version that already has one is refused (publish ``-vN+1`` 
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import shutil
 from pathlib import Path
 
-from pipeline import cards, cli, dataset, schema
-from pipeline import manifest as mf
-from pipeline.errors import SemoreError
-from pipeline.shards import TMP_MARK
+from pipeline.data import dataset, schema
+from pipeline.data import manifest as mf
+from pipeline.data.shards import TMP_MARK
+from pipeline.errors import SemoreError, first_line
+from pipeline.files import atomic_save
+from pipeline.share import card as cards
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,9 @@ def export_local(data_dir: str | Path, files: list[str], out_dir: str | Path) ->
         if dst.is_file() and _same_file(src, dst):
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}{TMP_MARK}{os.getpid()}")
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
+        with open(src, "rb") as source:
+            atomic_save(dst, lambda handle, source=source: shutil.copyfileobj(source, handle))
+        shutil.copystat(src, dst)  # same mtime: a rerun skips the file (see _same_file)
     return out_dir
 
 
@@ -199,8 +199,9 @@ def upload(
                 f"the Hugging Face Hub rejected the token for {repo_id} (HTTP {status}): expected a token "
                 "with write access to it (--token, HF_TOKEN or `hf auth login`)"
             ) from None
-        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SemoreError(f"upload to {repo_id} failed ({first_line}): rerun to resume") from None
+        raise SemoreError(
+            f"upload to {repo_id} failed ({first_line(err)}): rerun to resume"
+        ) from None
     except OfflineModeIsEnabled:
         raise SemoreError(
             "HF_HUB_OFFLINE is set: unset it to push to the Hub, or use --local-dir"
@@ -282,64 +283,3 @@ def push(
         shutil.copyfile(card, target)
         log.info("released card %s", target)
     return where
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = cli.make_parser(
-        "semore-push",
-        "Publish a dataset (shards + generated card) on the Hugging Face Hub.",
-        config_overrides=False,
-    )
-    parser.add_argument(
-        "--data", type=Path, required=True, help="dataset folder (semore-collect/annotate output)"
-    )
-    parser.add_argument(
-        "--repo-id",
-        required=True,
-        help="versioned dataset id ORG/NAME-vN, e.g. semore/highway-quickstart-v1",
-    )
-    parser.add_argument(
-        "--private", action="store_true", default=None, help="create the repo private"
-    )
-    parser.add_argument("--revision", help="branch to push to (created if missing; default main)")
-    parser.add_argument(
-        "--local-dir", type=Path, help="write the repo layout to this folder instead (no network)"
-    )
-    parser.add_argument(
-        "--token", help="Hub token (default: $HF_TOKEN or the `hf auth login` token)"
-    )
-    parser.add_argument(
-        "--license", default=cards.DEFAULT_LICENSE, help="Hub license id for the card"
-    )
-    parser.add_argument(
-        "--release", action="store_true", help="also copy the card to datasets_cards/NAME-vN.md"
-    )
-    parser.add_argument(
-        "--cards-dir",
-        type=Path,
-        help="where --release puts cards (default: the checkout's datasets_cards/)",
-    )
-    return parser
-
-
-def _run(args: argparse.Namespace, overrides: list[str]) -> None:
-    where = push(
-        args.data,
-        args.repo_id,
-        local_dir=args.local_dir,
-        token=args.token,
-        private=args.private,
-        revision=args.revision,
-        license=args.license,
-        release=args.release,
-        cards_dir=args.cards_dir,
-    )
-    print(f"{args.repo_id}: published to {where}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    return cli.run_cli(build_parser(), argv, _run, config_overrides=False)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""Frame-stack windows and batches from shard pairs (pretraining and the linear probe).
+
+Frame stacks are rebuilt while reading (episodes are never split across shards and steps
+are in order), so shuffling can happen afterwards without breaking them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline.data import schema
+from pipeline.data.shards import decode_member
+from pipeline.data.source import iter_pairs
+from pipeline.errors import SemoreError
+
+
+@dataclass(frozen=True)
+class EpisodeSplit:
+    """Deterministic train / held-out split by episode: every ``holdout_every``-th is held out.
+
+    ``holdout_every=4`` holds out episodes 3, 7, 11, ...; 0 holds out none. ``part`` is the
+    side this filter keeps: "train", "heldout" or "all".
+    """
+
+    holdout_every: int
+    part: str = "all"
+
+    def is_heldout(self, episode: int) -> bool:
+        return self.holdout_every > 0 and episode % self.holdout_every == self.holdout_every - 1
+
+    def __call__(self, episode: int) -> bool:
+        if self.part == "all":
+            return True
+        return self.is_heldout(episode) == (self.part == "heldout")
+
+
+def _lead_distance(state: dict) -> float:
+    value = schema.lead_distance_m(state)
+    return schema.LEAD_RANGE_M if value is None else min(value, schema.LEAD_RANGE_M)
+
+
+def _float_or_nan(value: object) -> float:
+    return math.nan if value is None else float(value)
+
+
+def iter_windows(
+    pairs: Iterable[tuple[dict, dict | None]],
+    frame_stack: int,
+    keep_episode: Callable[[int], bool] = EpisodeSplit(0),
+    image_hw: tuple[int, int] | None = None,
+    where: str = "",
+) -> Iterator[dict]:
+    """Decoded samples with ``frames``: the latest ``frame_stack`` frames, oldest first.
+
+    At an episode's start the first frame is repeated; stacks never cross episodes.
+    Episodes that ``keep_episode`` rejects are skipped without decoding.
+    """
+    history: deque[np.ndarray] = deque(maxlen=frame_stack)
+    episode_id, last_step = None, -1
+    for raw, ann in pairs:
+        key = schema.parse_key(raw["__key__"])
+        if (key.run, key.worker, key.episode) != episode_id:
+            episode_id, last_step = (key.run, key.worker, key.episode), key.step - 1
+            history.clear()
+        if key.step != last_step + 1:
+            raise SemoreError(
+                f"{where}sample {raw['__key__']!r} follows step {last_step}: expected the steps "
+                "of an episode in order without gaps"
+            )
+        last_step = key.step
+        if not keep_episode(key.episode):
+            continue
+        yield _decode(raw, ann, key, history, image_hw, where)
+
+
+def _decode(raw, ann, key, history, image_hw, where) -> dict:
+    schema.validate_raw_sample(raw, where)
+    if schema.RGB not in raw:
+        raise SemoreError(f"{where}sample {raw['__key__']!r} has no {schema.RGB}")
+    frame = decode_member(schema.RGB, raw[schema.RGB])  # (H, W, 3) uint8
+    if image_hw is not None and frame.shape[:2] != tuple(image_hw):
+        raise SemoreError(
+            f"{where}sample {raw['__key__']!r} has a {frame.shape[0]}x{frame.shape[1]} frame: "
+            f"expected {image_hw[0]}x{image_hw[1]} as in the manifest"
+        )
+    if history:
+        history.append(frame)
+    else:
+        history.extend([frame] * history.maxlen)
+    state = decode_member(schema.STATE, raw[schema.STATE])
+    sample = {
+        "episode": key.episode,
+        "step": key.step,
+        "frames": tuple(history),
+        "action": decode_member(schema.ACTION, raw[schema.ACTION]).astype(np.float32),
+        "reward": float(decode_member(schema.REWARD, raw[schema.REWARD])),
+        "speed_mps": _float_or_nan(state.get("speed_mps")),
+        "lead_distance_m": _lead_distance(state),
+        "lane_index": _float_or_nan(state.get("lane_index")),
+    }
+    if ann is not None:
+        schema.validate_ann_sample(ann, where)
+        for name, member in (
+            ("emb_sem", schema.EMB_SEM),
+            ("emb_mot", schema.EMB_MOT),
+            ("motion", schema.MOTION),
+        ):
+            sample[name] = decode_member(member, ann[member]).astype(np.float32)
+    return sample
+
+
+class ShardPairReader:
+    """Pipeline stage: ``{"url": raw_url}`` items in, windowed samples out (picklable)."""
+
+    def __init__(
+        self,
+        ann_by_raw: dict[str, str | None],
+        frame_stack: int,
+        keep_episode: Callable[[int], bool],
+        image_hw: tuple[int, int] | None = None,
+    ) -> None:
+        self.ann_by_raw = ann_by_raw
+        self.frame_stack = frame_stack
+        self.keep_episode = keep_episode
+        self.image_hw = image_hw
+
+    def __call__(self, source: Iterable[dict]) -> Iterator[dict]:
+        for item in source:
+            raw_url = item["url"]
+            pairs = iter_pairs(raw_url, self.ann_by_raw[raw_url])
+            yield from iter_windows(
+                pairs, self.frame_stack, self.keep_episode, self.image_hw, where=f"{raw_url}: "
+            )
+
+
+class Collate:
+    """Stack windowed samples into a batch of tensors.
+
+    ``obs`` is uint8 (B, 3K, H, W) with frames oldest first, channels RGB per frame. Given
+    ``stats``, ``motion`` and ``reward`` (the pretraining targets) are standardised with
+    the training episodes' mean and std, so every loss term starts at O(1) whatever the
+    simulator's units; without, they are left as recorded.
+    """
+
+    def __init__(self, stats: TrainStats | None = None) -> None:
+        self.stats = stats
+
+    def __call__(self, samples: list[dict]) -> dict[str, Tensor]:
+        obs = np.stack([np.concatenate(s["frames"], axis=-1) for s in samples])  # (B, H, W, 3K)
+        batch = {
+            "obs": torch.from_numpy(obs).permute(0, 3, 1, 2).contiguous(),  # (B, 3K, H, W)
+            "action": torch.from_numpy(np.stack([s["action"] for s in samples])),
+            "episode": torch.tensor([s["episode"] for s in samples], dtype=torch.int64),
+            "step": torch.tensor([s["step"] for s in samples], dtype=torch.int64),
+        }
+        for name in ("reward", "speed_mps", "lead_distance_m", "lane_index"):
+            batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.float32)
+        stats = self.stats
+        if stats is not None:
+            batch["reward"] = (batch["reward"] - stats.reward_mean) / stats.reward_std
+        if "motion" in samples[0]:
+            batch["emb_sem"] = torch.from_numpy(np.stack([s["emb_sem"] for s in samples]))
+            batch["emb_mot"] = torch.from_numpy(np.stack([s["emb_mot"] for s in samples]))
+            motion = np.stack([s["motion"] for s in samples])  # (B, M)
+            if stats is not None:
+                motion = (motion - stats.motion_mean) / stats.motion_std
+            batch["motion"] = torch.from_numpy(motion.astype(np.float32))
+        return batch
+
+
+@dataclass
+class TrainStats:
+    """One pass over the shard pairs: target standardisation and split sizes."""
+
+    motion_mean: np.ndarray  # (M,) over training episodes
+    motion_std: np.ndarray  # (M,); constant targets get 1 so they standardise to 0
+    reward_mean: float
+    reward_std: float
+    num_train_samples: int
+    num_heldout_samples: int
+    train_episodes: list[int]
+    heldout_episodes: list[int]
+    heldout_shards: list[str]  # raw urls of the shards that hold held-out episodes
+
+
+def _std(values: np.ndarray) -> np.ndarray:
+    std = values.std(0)
+    return np.where(std > 1e-6, std, 1.0)
+
+
+def train_stats(urls: list[tuple[str, str | None]], split: EpisodeSplit) -> TrainStats:
+    """Read every shard pair once (decoding only motion.npy and reward.npy) and count the split."""
+    motions, rewards, train_eps, held_eps, held_shards = [], [], set(), set(), []
+    num_held = 0
+    for raw_url, ann_url in urls:
+        has_heldout = False
+        for raw, ann in iter_pairs(raw_url, ann_url):
+            key = schema.parse_key(raw["__key__"])
+            if split.is_heldout(key.episode):
+                held_eps.add(key.episode)
+                num_held += 1
+                has_heldout = True
+                continue
+            train_eps.add(key.episode)
+            schema.validate_raw_sample(raw, f"{raw_url}: ")
+            rewards.append(float(decode_member(schema.REWARD, raw[schema.REWARD])))
+            if ann is not None:
+                schema.validate_ann_sample(ann, f"{ann_url}: ")
+                motions.append(decode_member(schema.MOTION, ann[schema.MOTION]))
+        if has_heldout:
+            held_shards.append(raw_url)
+    if not rewards:
+        raise SemoreError(
+            f"the dataset has no training episodes with holdout_every={split.holdout_every} "
+            f"(held out: {sorted(held_eps)}): expected more episodes or a larger holdout_every"
+        )
+    motion = np.stack(motions).astype(np.float64) if motions else np.zeros((1, 0))  # (N, M)
+    reward = np.asarray(rewards, dtype=np.float64)  # (N,)
+    return TrainStats(
+        motion_mean=motion.mean(0).astype(np.float32),
+        motion_std=_std(motion).astype(np.float32),
+        reward_mean=float(reward.mean()),
+        reward_std=float(_std(reward)),
+        num_train_samples=len(rewards),
+        num_heldout_samples=num_held,
+        train_episodes=sorted(train_eps),
+        heldout_episodes=sorted(held_eps),
+        heldout_shards=held_shards,
+    )

@@ -1,0 +1,85 @@
+"""Typed config of stage 3b (``semore-finetune``): simulator, SAC, encoder, budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.config import resumable
+from pipeline.sim import EnvConfig, backend_spec
+from semore.encoder import EncoderArch
+from semore.sac import SACConfig
+
+
+@dataclass
+class FabricConfig:
+    """Where and in which precision the agent computes (Lightning Fabric)."""
+
+    # "auto" uses a GPU when there is one, else the CPU.
+    accelerator: str = "auto"
+    # "32-true" is exact; "bf16-mixed" autocasts forward passes (no loss scaling needed).
+    precision: Literal["32-true", "bf16-mixed"] = "32-true"
+    # One simulator feeds one learner; run several seeds as separate processes to scale.
+    devices: int = 1
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that determines a fine-tuning run, except the encoder export itself."""
+
+    # The embedded highway simulator at the DrQ / DBC 84x84 observation size.
+    env: EnvConfig = field(default_factory=EnvConfig)
+    # Simulator steps per agent decision. None = 0.2 s per decision as in DBC: 1 on highway
+    # (each step already spans 3 ticks at 15 Hz, i.e. 5 Hz control) and 4 on CARLA (20 Hz).
+    action_repeat: int | None = None
+    # 3 frames, as in DrQ and the pretraining default; must match a pretrained export.
+    frame_stack: int = 3
+    # Counted in agent steps (decisions); the simulator runs action_repeat times as many.
+    # 100k is the DrQ / DBC "100k steps" budget. A --resume may raise it.
+    num_train_steps: int = resumable(default=100_000)
+    # Uniform random actions before learning fill the buffer with diverse data (DrQ: 1000).
+    num_seed_steps: int = 1000
+    # One update per agent step, as in SAC-AE / DrQ; raise it to trade data use for speed.
+    update_every: int = 1
+    # SAC-AE / DrQ batch size for 84 px frames.
+    batch_size: int = 128
+    # The whole default run fits (100k frames of 84x84 = 2.1 GB), so nothing is evicted.
+    replay_capacity: int = 100_000
+    # 1-step TD targets as in SAC-AE / DrQ; 3 (DrQ-v2) propagates the reward faster.
+    nstep: int = 1
+    # 10 evaluations per default run: enough points for a learning curve.
+    eval_every_steps: int = 10_000
+    # DrQ / DBC report means over 10 episodes.
+    num_eval_episodes: int = 10
+    # SAC-AE / DrQ hyper-parameters; also where freeze_encoder and the online auxiliary
+    # weights (reward_aux_weight, motion_aux_weight; 0 = plain SAC) live.
+    sac: SACConfig = field(default_factory=SACConfig)
+    # The architecture --encoder none builds; image size and frame stack follow the env and
+    # frame_stack. An export brings its own architecture (and must match the env).
+    encoder: EncoderArch = field(default_factory=EncoderArch)
+    # Seeds the networks, replay sampling and the episodes (eval episodes repeat per eval).
+    seed: int = 0
+    # Single device, full precision: exact and resumable bit for bit. Where to compute may
+    # change on a resume.
+    fabric: FabricConfig = resumable(default_factory=FabricConfig)
+
+    def __post_init__(self) -> None:
+        positive = ("frame_stack", "num_train_steps", "update_every", "batch_size", "nstep")
+        for name in (*positive, "eval_every_steps", "num_eval_episodes", "replay_capacity"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} is {getattr(self, name)}: expected an integer >= 1")
+        if self.num_seed_steps < 0:
+            raise ValueError(f"num_seed_steps is {self.num_seed_steps}: expected >= 0")
+        if self.action_repeat is not None and self.action_repeat < 1:
+            raise ValueError(f"action_repeat is {self.action_repeat}: expected >= 1 or null")
+        if self.fabric.devices != 1:
+            raise ValueError(
+                f"fabric.devices is {self.fabric.devices}: expected 1 (run seeds as separate processes)"
+            )
+
+    @property
+    def repeat(self) -> int:
+        """Simulator steps per agent step: ``action_repeat``, else the backend's default."""
+        if self.action_repeat is not None:
+            return self.action_repeat
+        return backend_spec(self.env).default_action_repeat

@@ -1,0 +1,104 @@
+"""Typed config of stage 3a (``semore-pretrain``): data, encoder, losses, optimiser, trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.config import resumable
+from semore.encoder import EncoderArch
+
+
+@dataclass
+class DataConfig:
+    """How pretraining reads a dataset."""
+
+    # 64 fits a CPU step in well under a second at 84x84 and gives InfoNCE 63 negatives.
+    batch_size: int = 64
+    # DrQ's 3 frames: enough for the motion stream to see speed and acceleration.
+    frame_stack: int = 3
+    # Loader processes per rank; 2 keep up with a CPU training step (see benchmarks/pretrain.py).
+    num_workers: int = resumable(default=2)
+    # Samples held for shuffling after windowing; ~2 shards of 4 x 100-step episodes, so
+    # batches mix episodes and shards while the buffer stays ~60 MB of 84x84 frames.
+    shuffle_buffer: int = 1000
+    # Every 4th episode (3, 7, ...) is held out for validation and for the linear probe.
+    holdout_every: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "frame_stack", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} is {getattr(self, name)}: expected an int >= 1")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers is {self.num_workers}: expected an int >= 0")
+        if self.holdout_every == 1 or self.holdout_every < 0:
+            raise ValueError(
+                f"data.holdout_every is {self.holdout_every}: expected 0 (no held-out "
+                "episodes) or an int >= 2"
+            )
+
+
+@dataclass
+class LossSection:
+    """Loss weights (0 turns a term off, which is how the loss ablations run)."""
+
+    # Equal weights: every term is O(1) at initialisation (motion targets are standardised).
+    sem_weight: float = 1.0
+    mot_weight: float = 1.0
+    motion_reg_weight: float = 1.0
+    reward_weight: float = 1.0
+    # CLIP's initial temperature; it is learned from there.
+    temperature: float = 0.07
+
+
+@dataclass
+class OptimSection:
+    # Adam at 3e-4, the usual rate for DrQ-size conv encoders trained from scratch.
+    lr: float = 3e-4
+    # Light AdamW decay on weight matrices only; a regulariser, not a tuning knob.
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class TrainerSection:
+    """Lightning Trainer settings."""
+
+    # Optimiser steps in total; --resume continues up to this number.
+    max_steps: int = 2000
+    # Validate every this many training steps (across epoch boundaries).
+    val_check_interval: int = 200
+    # At most this many validation batches (a fraction is of the held-out set).
+    limit_val_batches: int | float = 1.0
+    # Save a checkpoint (and last.ckpt) every this many steps: what a crash can lose.
+    checkpoint_every_n_steps: int = 200
+    log_every_n_steps: int = 10
+    # "bf16-mixed" on GPUs; full precision on CPU, where bf16 is slower.
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    # Nodes for DDP; with torchrun / SLURM Lightning reads ranks from the environment.
+    num_nodes: int = 1
+    strategy: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_steps",
+            "val_check_interval",
+            "checkpoint_every_n_steps",
+            "log_every_n_steps",
+            "num_nodes",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name} is {getattr(self, name)}: expected an int >= 1")
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderArch = field(default_factory=EncoderArch)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    # How long and where to train: a --resume may change it (e.g. more steps, a GPU).
+    trainer: TrainerSection = resumable(default_factory=TrainerSection)
+    # DrQ's 4-pixel random shift for 84 px frames; 0 turns augmentation off.
+    aug_pad: int = 4
+    seed: int = 0
