@@ -42,8 +42,8 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.data import dataset, schema  # noqa: E402
 from pipeline.data.shards import iter_shard  # noqa: E402
 
-COLLECT_CONFIG = REPO / "configs" / "collect" / "quickstart.yaml"
-ANNOTATE_CONFIG = REPO / "configs" / "annotate" / "quickstart.yaml"
+COLLECT_CONFIG = REPO / "pipeline" / "presets" / "collect" / "quickstart.yaml"
+ANNOTATE_CONFIG = REPO / "pipeline" / "presets" / "annotate" / "quickstart.yaml"
 
 
 def _timed(fn, *args) -> tuple[object, float, float]:

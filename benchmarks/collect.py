@@ -26,7 +26,9 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.sim import make_env  # noqa: E402
 from pipeline.sim.policies import CollectionPolicy  # noqa: E402
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "collect" / "quickstart.yaml"
+CONFIG = (
+    Path(__file__).resolve().parents[1] / "pipeline" / "presets" / "collect" / "quickstart.yaml"
+)
 
 
 def bare_loop(cfg: CollectConfig, episodes: list[int]) -> int:

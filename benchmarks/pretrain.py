@@ -1,6 +1,6 @@
 """Pretraining throughput: data loader vs training-step consumption, and training steps/s.
 
-    python benchmarks/pretrain.py [--data DIR] [--config configs/pretrain/quickstart.yaml]
+    python benchmarks/pretrain.py [--data DIR] [--config quickstart]
         [--precision 32-true|bf16-mixed] [--accelerator cpu|gpu] [--batches 20]
         [--section.field VALUE ...]
 
@@ -13,8 +13,9 @@ Three numbers, in one process:
 3. training steps/s: ``Trainer.fit`` end to end (loader and step together).
 
 The loader should be at least 3x faster than consumption, so training is compute-bound.
-Without ``--data`` a synthetic dataset shaped like the quickstart one (8 episodes x 100
-steps of 84x84 frames, 384-d embeddings) is written to a temporary folder first.
+Without ``--data`` a small real dataset is made in a temporary folder first: 8 episodes of
+the quickstart collect preset, annotated with the quickstart annotate preset (scene captions,
+384-d MiniLM embeddings), through the stages' own commands.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_config  # noqa: E402
+from pipeline.pretrain.config import PretrainConfig  # noqa: E402
 from pipeline.pretrain.datamodule import SemoreDataModule  # noqa: E402
-from pipeline.pretrain.run import PretrainConfig, build_module, build_trainer  # noqa: E402
+from pipeline.pretrain.run import build_module, build_trainer  # noqa: E402
 
 
 def device_description(accelerator: str) -> str:
@@ -44,13 +46,16 @@ def device_description(accelerator: str) -> str:
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {threads}"
 
 
-def synthetic_dataset(root: Path) -> Path:
-    from tests.conftest import write_synthetic_raw
-    from tests.synthetic_ann import write_synthetic_ann
+def quickstart_dataset(root: Path) -> Path:
+    """8 quickstart episodes, collected and annotated by the stages' own ``main``."""
+    from pipeline.annotate.run import main as annotate_main
+    from pipeline.collect.run import main as collect_main
 
-    write_synthetic_raw(root, num_episodes=8, steps_per_episode=100, episodes_per_shard=4,
-                        image_hw=(84, 84))  # fmt: skip
-    return write_synthetic_ann(root, embedding_dim=384)
+    if collect_main(["--config", "quickstart", "--out", str(root), "--episodes", "8", "--quiet"]):
+        raise SystemExit("collect failed")
+    if annotate_main(["--config", "quickstart", "--data", str(root), "--quiet"]):
+        raise SystemExit("annotate failed")
+    return root
 
 
 def loader_rate(dm: SemoreDataModule, num_batches: int, warmup: int = 2) -> float:
@@ -123,12 +128,12 @@ def training_rate(cfg: PretrainConfig, dm: SemoreDataModule, out: Path, warmup: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="dataset folder (default: synthetic)")
-    parser.add_argument("--config", type=Path, default=REPO / "configs/pretrain/quickstart.yaml")
+    parser.add_argument("--config", default="quickstart", help="pretrain preset or YAML")
     parser.add_argument("--precision", default=None, help="e.g. bf16-mixed on a GPU")
     parser.add_argument("--accelerator", default=None, help="cpu, gpu or auto")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per measure")
     args, overrides = parser.parse_known_args()
-    cfg = load_config(PretrainConfig, args.config, overrides)
+    cfg = load_config(PretrainConfig, args.config, overrides, stage="pretrain")
     if args.precision:
         cfg.trainer.precision = args.precision
     if args.accelerator:
@@ -139,7 +144,7 @@ def main() -> None:
     cfg.trainer.checkpoint_every_n_steps = cfg.trainer.max_steps + 1
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = args.data or synthetic_dataset(Path(tmp) / "data")
+        data = args.data or quickstart_dataset(Path(tmp) / "data")
         dm = SemoreDataModule(data, cfg.data, seed=cfg.seed)
         _ = dm.stats
         use_cuda = cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()

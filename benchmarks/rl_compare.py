@@ -1,7 +1,7 @@
 """Pretrained encoder vs from-scratch baseline: SAC fine-tuning curves over several seeds.
 
     python benchmarks/rl_compare.py --encoder RUN/encoder.pt \
-        --config configs/finetune/quickstart.yaml --seeds 0 1 2 --num-train-steps 1500 \
+        --config pipeline/presets/finetune/quickstart.yaml --seeds 0 1 2 --num-train-steps 1500 \
         --out benchmarks/out/rl_compare [--jobs 2] [--section.field VALUE ...]
 
 Runs ``semore-finetune`` twice per seed (``--encoder RUN/encoder.pt`` and ``--encoder
@@ -28,6 +28,7 @@ import numpy as np
 
 from pipeline.finetune.eval import Curve, plot_curves, read_metrics
 from pipeline.finetune.run import baseline_encoder_flags
+from semore.encoder import load_encoder_metadata
 
 KINDS = ("pretrained", "baseline")
 METRICS = (("episode_return", "eval return"), ("distance_m", "eval distance (m)"))
@@ -67,12 +68,24 @@ def first_reaching(steps: list[int], mean: np.ndarray, target: float) -> int | N
     return hits[0] if hits else None
 
 
+def encoder_provenance(export: Path) -> str:
+    """The command and data that made an export (not its path, which is machine-specific)."""
+    meta = load_encoder_metadata(export)
+    command = meta.get("command", "semore-pretrain (command not recorded)")
+    dataset = meta.get("dataset", {})
+    return (
+        f"`{command}` (step {meta.get('global_step', '?')}, dataset manifest sha256 "
+        f"{dataset.get('manifest_sha256', '?')}, {dataset.get('num_samples', '?')} samples)"
+    )
+
+
 def write_table(args, steps, stats, wall: dict[str, list[float]]) -> str:
     ret, dist = stats["episode_return"], stats["distance_m"]
     lines = [
         f"# Pretrained vs from-scratch SAC ({len(args.seeds)} seeds: {' '.join(map(str, args.seeds))})",
         "",
-        f"encoder `{args.encoder}`, config `{args.config}`, {args.num_train_steps} agent steps; "
+        f"encoder: {encoder_provenance(args.encoder)}; config `{args.config}`, "
+        f"{args.num_train_steps} agent steps; "
         "mean ± std over seeds of the deterministic evaluation.",
         "",
         "| step | return pretrained | return baseline | distance (m) pretrained | distance (m) baseline |",

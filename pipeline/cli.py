@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 
 from pipeline.errors import SemoreError, first_line
@@ -81,6 +82,43 @@ def node_slice(worker_index: int | None, num_workers: int | None) -> tuple[int, 
     return index, count
 
 
+# Frameworks whose INFO lines (device banners, tips, "seed set to") are noise to a user of
+# the pipeline; their warnings and errors still show.
+FRAMEWORK_LOGGERS = (
+    "lightning",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "pytorch_lightning",
+    "sentence_transformers",
+    "transformers",
+)
+# Framework warnings that say nothing a user can act on: the loaders know their length on
+# purpose (equal batch counts per rank), and pytree deprecations come from library internals.
+NOISY_WARNINGS = (
+    r".*IterableDataset.*has `__len__`.*",
+    r".*pytree.*",
+    r".*_register_pytree_node.*",
+)
+
+
+def quiet_frameworks(debug: bool = False) -> None:
+    """One line per event: frameworks log through the root handler only, and (unless
+    ``debug``) only their warnings, without known noise warnings."""
+    for name in FRAMEWORK_LOGGERS:
+        framework = logging.getLogger(name)
+        for handler in list(framework.handlers):  # Lightning adds its own stream handler
+            framework.removeHandler(handler)
+        framework.propagate = True
+        framework.setLevel(logging.NOTSET if debug else logging.WARNING)
+    if not debug:
+        for pattern in NOISY_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        # Lightning's advice ("fewer batches than the logging interval", "dataloader is not
+        # resumable") is about its own loops, which the stages configure on purpose.
+        warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
+
+
 def raise_interrupt(signum, frame) -> None:
     """SIGTERM handler: unwind like Ctrl-C, so atomic writers remove their temporary files."""
     raise KeyboardInterrupt
@@ -105,6 +143,7 @@ def run_cli(
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+    quiet_frameworks(debug=args.debug)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, raise_interrupt)
     try:

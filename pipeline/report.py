@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from pipeline.finetune.eval import metrics_curve, plot_curves
+from pipeline.finetune.loop import SUMMARY_NAME
 from pipeline.inspect.page import render_contact_sheet
 
 
@@ -34,7 +35,7 @@ def _r2_cell(value: float | None) -> str:
 def _summary_rows(curves: dict[str, Path]) -> str:
     rows = []
     for label, metrics in curves.items():
-        summary_path = metrics.parent / "summary.json"
+        summary_path = metrics.parent / SUMMARY_NAME
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         final = summary.get("final_eval", {})
         cells = "".join(

@@ -67,6 +67,7 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
     """Run (or resume) every stage into ``out``; returns the report's path."""
     from pipeline.annotate import run as annotate_run
     from pipeline.collect import run as collect
+    from pipeline.finetune import loop
     from pipeline.finetune import run as finetune
     from pipeline.pretrain import probe
     from pipeline.pretrain import run as pretrain
@@ -85,9 +86,10 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
     )
 
     pre = out / "pretrain"
-    encoder = pre / "encoder.pt"
+    encoder = pre / pretrain.ENCODER_EXPORT
     if not encoder.is_file():
-        resume = ["--resume"] if (pre / "checkpoints" / "last.ckpt").is_file() else []
+        last = pre / pretrain.CHECKPOINT_DIR / pretrain.LAST_CHECKPOINT
+        resume = ["--resume"] if last.is_file() else []
         _call(
             "pretrain",
             pretrain.main,
@@ -117,8 +119,9 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
     curves = {}
     for label, source in (("pretrained", str(encoder)), ("baseline", "none")):
         run_dir = out / f"finetune_{label}"
-        if not (run_dir / "summary.json").is_file():
-            resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
+        if not (run_dir / loop.SUMMARY_NAME).is_file():
+            last = run_dir / loop.CHECKPOINT_DIR / loop.LAST_CHECKPOINT
+            resume = ["--resume"] if last.is_file() else []
             extra = arch if source == "none" else []
             argv = [
                 *_flags(cfg.finetune, "finetune", root),
@@ -131,7 +134,7 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
                 *common,
             ]
             _call(f"finetune ({label})", finetune.main, argv)
-        curves[label] = run_dir / "metrics.csv"
+        curves[label] = run_dir / loop.METRICS_NAME
 
     from pipeline.report import write_report
 

@@ -20,7 +20,9 @@ from pipeline.data import schema
 from pipeline.data.shards import iter_shard
 from pipeline.sim.base import StepResult
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "collect" / "quickstart.yaml"
+CONFIG = (
+    Path(__file__).resolve().parents[1] / "pipeline" / "presets" / "collect" / "quickstart.yaml"
+)
 
 
 class FakeEnv:

@@ -20,7 +20,9 @@ from pipeline.finetune.run import build_agent, build_encoder, main
 from pipeline.sim.base import SimulatorConnectionError, StepResult
 from semore.encoder import SemoreEncoder, save_encoder
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "quickstart.yaml"
+CONFIG = (
+    Path(__file__).resolve().parents[1] / "pipeline" / "presets" / "finetune" / "quickstart.yaml"
+)
 TINY = [
     "--config", str(CONFIG),
     "--env.highway.image_height", "32",

@@ -14,7 +14,9 @@ from semore.encoder import load_encoder, load_encoder_metadata
 from tests.conftest import write_synthetic_raw
 from tests.synthetic_ann import write_synthetic_ann
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "quickstart.yaml"
+CONFIG = (
+    Path(__file__).resolve().parents[1] / "pipeline" / "presets" / "pretrain" / "quickstart.yaml"
+)
 LOSS_TERMS = ("loss", "sem_nce", "mot_nce", "motion_reg", "reward_mse")
 # Tiny and fast: 8 filters, batches of 4, every step logged, validation every 2 steps.
 TINY = [

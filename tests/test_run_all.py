@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "collect": {
-        "config": "configs/collect/quickstart.yaml",
+        "config": "quickstart",
         "overrides": {
             "episodes": 4,
             "episodes_per_shard": 2,
@@ -21,9 +21,9 @@ TINY = {
             "highway": {"image_height": 32, "image_width": 32, "max_episode_steps": 8},
         },
     },
-    "annotate": {"config": "configs/annotate/quickstart.yaml", "overrides": {"num_threads": 1}},
+    "annotate": {"config": "quickstart", "overrides": {"num_threads": 1}},
     "pretrain": {
-        "config": "configs/pretrain/quickstart.yaml",
+        "config": "quickstart",
         "overrides": {
             "encoder": {"num_filters": 8, "num_heads": 2},
             "data": {"batch_size": 4, "num_workers": 0, "shuffle_buffer": 8},
@@ -31,7 +31,7 @@ TINY = {
         },
     },
     "finetune": {
-        "config": "configs/finetune/quickstart.yaml",
+        "config": "quickstart",
         "overrides": {
             "env": {"highway": {"image_height": 32, "image_width": 32, "max_episode_steps": 8}},
             "num_train_steps": 12,
@@ -87,9 +87,7 @@ def test_whole_pipeline_writes_a_report_and_resumes(tmp_path, monkeypatch, capsy
 def test_a_failing_stage_stops_the_run_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     config = tmp_path / "bad.yaml"
-    bad = dict(
-        TINY, collect={"config": "configs/collect/quickstart.yaml", "overrides": {"episodes": 0}}
-    )
+    bad = dict(TINY, collect={"config": "quickstart", "overrides": {"episodes": 0}})
     config.write_text(yaml.safe_dump(bad))
     assert main(["--config", str(config), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

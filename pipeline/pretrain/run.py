@@ -17,9 +17,11 @@ import lightning as L
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tqdm import tqdm
 
 from pipeline import cli
 from pipeline.config import content_dict, content_of, first_difference, load_config, to_dict
+from pipeline.data import manifest as mf
 from pipeline.errors import SemoreError
 from pipeline.files import atomic_write
 from pipeline.pretrain.config import PretrainConfig
@@ -29,6 +31,7 @@ from semore.encoder import save_encoder
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 ENCODER_EXPORT = "encoder.pt"
 CONFIG_NAME = "config.yaml"  # the resolved config of the latest invocation
@@ -36,7 +39,7 @@ CONFIG_NAME = "config.yaml"  # the resolved config of the latest invocation
 
 def prepare_run(cfg: PretrainConfig, out: Path, resume: bool) -> Path | None:
     """Check ``out`` against ``--resume``; return the checkpoint to resume from, if any."""
-    checkpoints = out / "checkpoints"
+    checkpoints = out / CHECKPOINT_DIR
     existing = sorted(checkpoints.glob("*.ckpt")) if checkpoints.is_dir() else []
     if resume:
         last = checkpoints / LAST_CHECKPOINT
@@ -94,10 +97,46 @@ class FinalStepCheckpoint(Callback):
             trainer.save_checkpoint(self.path)
 
 
+class StepProgress(Callback):
+    """One tqdm bar over optimiser steps (as collect and annotate show samples), with the loss.
+
+    Lightning's own bar restarts every epoch and adds a bar per validation; a run counted in
+    steps reads better as one bar from the resumed step to ``max_steps``.
+    """
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.bar = tqdm(
+                total=trainer.max_steps,
+                initial=trainer.global_step,
+                unit="step",
+                desc="pretrain",
+                dynamic_ncols=True,
+            )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(trainer.global_step - self.bar.n)
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            self.bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    on_exception = on_train_end  # a Ctrl-C leaves the terminal tidy
+
+
 def build_trainer(cfg: PretrainConfig, out: Path, quiet: bool = False) -> L.Trainer:
     t = cfg.trainer
     checkpoint = ModelCheckpoint(
-        dirpath=out / "checkpoints",
+        dirpath=out / CHECKPOINT_DIR,
         filename="step{step:07d}",
         auto_insert_metric_name=False,
         every_n_train_steps=t.checkpoint_every_n_steps,
@@ -120,9 +159,14 @@ def build_trainer(cfg: PretrainConfig, out: Path, quiet: bool = False) -> L.Trai
             CSVLogger(out / "logs", name="csv"),
             TensorBoardLogger(out / "logs", name="tensorboard"),
         ],
-        callbacks=[FinalStepCheckpoint(out / "checkpoints" / LAST_CHECKPOINT), checkpoint],
-        enable_progress_bar=not quiet,
-        enable_model_summary=not quiet,
+        callbacks=[
+            FinalStepCheckpoint(out / CHECKPOINT_DIR / LAST_CHECKPOINT),
+            checkpoint,
+            *([] if quiet else [StepProgress()]),
+        ],
+        enable_progress_bar=False,  # StepProgress instead
+        # The layer table is framework detail; --debug shows it (see cli.quiet_frameworks).
+        enable_model_summary=logging.getLogger("lightning.pytorch").isEnabledFor(logging.INFO),
     )
 
 
@@ -139,6 +183,7 @@ def export_metadata(cfg: PretrainConfig, dm: SemoreDataModule, global_step: int)
         "holdout_every": cfg.data.holdout_every,
         "heldout_episodes": dm.stats.heldout_episodes,
         "config": to_dict(cfg),
+        "command": mf.command_line(),  # what made the export, for reports that cite it
         "global_step": global_step,
     }
 

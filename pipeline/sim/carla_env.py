@@ -26,7 +26,6 @@ import logging
 import math
 import queue
 import random
-import threading
 import time
 from typing import Any
 
@@ -40,14 +39,17 @@ from pipeline.sim.base import (
     StepResult,
     driving_reward,
 )
+from pipeline.sim.carla_actors import (
+    SensorEvents,
+    attach_sensors,
+    spawn_traffic,
+    spawn_transforms,
+)
 from pipeline.sim.carla_server import CarlaServerProcess
 from pipeline.sim.carla_state import describe_weather, ego_state
 from pipeline.sim.configs import CarlaConfig
 
 log = logging.getLogger(__name__)
-
-# A waypoint lies on the road surface; spawning there puts the wheels into it.
-SPAWN_LIFT_M = 0.3
 
 
 def camera_name(yaw_deg: float) -> str:
@@ -64,34 +66,6 @@ def import_carla() -> Any:
             "the carla backend needs the CARLA client: pip install 'semore[carla]' (carla==0.9.16)"
         ) from None
     return carla
-
-
-class _SensorEvents:
-    """Collision impulses and lane crossings reported by the client's sensor threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._impulses: list[tuple[int, float]] = []  # (frame, |normal_impulse| in N*s)
-        self._crossings: list[int] = []  # frames
-
-    def on_collision(self, event: Any) -> None:
-        impulse = event.normal_impulse
-        size = math.sqrt(impulse.x**2 + impulse.y**2 + impulse.z**2)
-        with self._lock:
-            self._impulses.append((event.frame, size))
-
-    def on_lane_invasion(self, event: Any) -> None:
-        with self._lock:
-            self._crossings.append(event.frame)
-
-    def pop(self, frame: int) -> tuple[float, bool]:
-        """(summed impulse, lane crossed) of events up to ``frame``; later ones are kept."""
-        with self._lock:
-            impulse = sum(size for f, size in self._impulses if f <= frame)
-            crossed = any(f <= frame for f in self._crossings)
-            self._impulses = [(f, size) for f, size in self._impulses if f > frame]
-            self._crossings = [f for f in self._crossings if f > frame]
-        return float(impulse), crossed
 
 
 class CarlaEnv:
@@ -228,7 +202,7 @@ class CarlaEnv:
                 "library: expected a vehicle id such as vehicle.audi.a2"
             ) from None
         ego_bp.set_attribute("role_name", "hero")
-        ego_transform, traffic_transforms = self._spawn_transforms(rng)
+        ego_transform, traffic_transforms = spawn_transforms(self._carla, self._map, cfg, rng)
         self._ego = world.try_spawn_actor(ego_bp, ego_transform)
         if self._ego is None:
             loc = ego_transform.location
@@ -238,89 +212,14 @@ class CarlaEnv:
             )
         self._vehicle_ids.append(self._ego.id)
 
-        blueprints = sorted(
-            (bp for bp in library.filter("vehicle.*") if _four_wheeled(bp)), key=lambda bp: bp.id
-        )
-        command = carla.command
-        batch = []
-        for transform in traffic_transforms:
-            bp = rng.choice(blueprints)
-            if bp.has_attribute("color"):
-                bp.set_attribute("color", rng.choice(bp.get_attribute("color").recommended_values))
-            bp.set_attribute("role_name", "autopilot")
-            autopilot = command.SetAutopilot(command.FutureActor, True, self.tm_port)
-            batch.append(command.SpawnActor(bp, transform).then(autopilot))
-        responses = self._client.apply_batch_sync(batch, False) if batch else []
-        ids = [r.actor_id for r in responses if not r.error]
+        ids = spawn_traffic(carla, self._client, library, traffic_transforms, self.tm_port, rng)
         self._vehicle_ids.extend(ids)
-        if len(ids) < len(batch):
-            log.debug(
-                "%d of %d traffic vehicles failed to spawn", len(batch) - len(ids), len(batch)
-            )
         self._traffic = list(world.get_actors(ids)) if ids else []
 
-        camera_bp = library.find("sensor.camera.rgb")
-        camera_bp.set_attribute("image_size_x", str(cfg.image_width))
-        camera_bp.set_attribute("image_size_y", str(cfg.image_height))
-        camera_bp.set_attribute("fov", str(cfg.camera_fov_deg))
-        x, y, z = cfg.camera_location_m
-        for yaw in self._yaws_deg:
-            mount = carla.Transform(carla.Location(x=x, y=y, z=z), carla.Rotation(yaw=yaw))
-            camera = world.spawn_actor(camera_bp, mount, attach_to=self._ego)
-            self._sensors.append(camera)
-            images: queue.Queue = queue.Queue()
-            camera.listen(images.put)
-            self._camera_queues.append(images)
-        for blueprint, callback in (
-            ("sensor.other.collision", self._events.on_collision),
-            ("sensor.other.lane_invasion", self._events.on_lane_invasion),
-        ):
-            sensor = world.spawn_actor(
-                library.find(blueprint), carla.Transform(), attach_to=self._ego
-            )
-            self._sensors.append(sensor)
-            sensor.listen(callback)
-
-    def _spawn_transforms(self, rng: random.Random) -> tuple[Any, list]:
-        """(ego transform, traffic transforms): DBC's highway slots, or the map's spawn points."""
-        cfg = self.cfg
-        if cfg.spawn_road_id is None:
-            points = list(self._map.get_spawn_points())
-            if not points:
-                raise SemoreError(
-                    f"carla.town {cfg.town} has no spawn points: set carla.spawn_road_id"
-                )
-            rng.shuffle(points)
-            return points[0], points[1 : 1 + cfg.num_vehicles]
-        ego_lane = rng.choice(cfg.spawn_lane_ids)
-        low_m, high_m = cfg.vehicles_spawn_s_range_m
-        gap_m = cfg.vehicles_spawn_gap_m
-        slots = [
-            (lane, low_m + i * gap_m)
-            for lane in cfg.spawn_lane_ids
-            for i in range(int((high_m - low_m) // gap_m) + 1)
-            if lane != ego_lane or abs(low_m + i * gap_m - cfg.ego_spawn_s_m) >= gap_m
-        ]
-        chosen = rng.sample(slots, min(cfg.num_vehicles, len(slots)))
-        if len(chosen) < cfg.num_vehicles:
-            log.warning("only %d spawn slots for %d vehicles", len(chosen), cfg.num_vehicles)
-        ego = self._road_transform(ego_lane, cfg.ego_spawn_s_m)
-        return ego, [self._road_transform(lane, s_m) for lane, s_m in chosen]
-
-    def _road_transform(self, lane_id: int, s_m: float) -> Any:
-        carla, road_id = self._carla, self.cfg.spawn_road_id
-        waypoint = self._map.get_waypoint_xodr(road_id, lane_id, s_m)
-        if waypoint is None:
-            raise SemoreError(
-                f"carla: road {road_id} lane {lane_id} at s={s_m:g} m does not exist in "
-                f"{self.cfg.town}: expected a road of the map (set carla.spawn_road_id to null "
-                "to use the map's spawn points)"
-            )
-        loc, rot = waypoint.transform.location, waypoint.transform.rotation
-        return carla.Transform(
-            carla.Location(x=loc.x, y=loc.y, z=loc.z + SPAWN_LIFT_M),
-            carla.Rotation(pitch=rot.pitch, yaw=rot.yaw, roll=rot.roll),
-        )
+        attach_sensors(
+            carla, world, library, self._ego, cfg, self._yaws_deg, self._events,
+            self._sensors, self._camera_queues,
+        )  # fmt: skip
 
     # -- sensors --------------------------------------------------------------------------
 
@@ -484,7 +383,7 @@ class CarlaEnv:
         self._sensors: list = []  # cameras left to right, then collision, lane invasion
         self._vehicle_ids: list[int] = []  # ego first
         self._camera_queues: list[queue.Queue] = []
-        self._events = _SensorEvents()
+        self._events = SensorEvents()
         self._autopilot = False
         self._num_steps: int | None = None
         self._lon_speed_mps = 0.0
@@ -523,13 +422,6 @@ class CarlaEnv:
         return SimulatorConnectionError(
             f"the CARLA server at {self.address} failed during {what}: {_one_line(err)}"
         )
-
-
-def _four_wheeled(blueprint: Any) -> bool:
-    return (
-        blueprint.has_attribute("number_of_wheels")
-        and blueprint.get_attribute("number_of_wheels").as_int() == 4
-    )
 
 
 def _one_line(err: BaseException) -> str:

@@ -1,0 +1,54 @@
+"""The built wheel ships the presets and the card template, and an installed copy finds them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("collect", "annotate", "pretrain", "finetune")
+
+
+def test_wheel_ships_presets_and_an_installed_copy_finds_them(tmp_path: Path):
+    # --no-build-isolation: build with this environment's setuptools, no index needed.
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "dist"), str(REPO)],
+        check=True, cwd=tmp_path,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("semore-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "pipeline/presets/quickstart.yaml" in names
+    for stage in STAGES:
+        assert f"pipeline/presets/{stage}/quickstart.yaml" in names
+    assert "pipeline/share/card_template.md" in names
+    assert "pipeline/annotate/prompts/semantic.txt" in names
+
+    # Install without dependencies into a folder and use it from outside the repository;
+    # torch and the rest come from this environment.
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True, cwd=tmp_path,
+    )  # fmt: skip
+    script = (
+        "import pipeline, pathlib\n"
+        "from pipeline.config import load_config, resolve_config\n"
+        "from pipeline.run_all import RunConfig, _flags\n"
+        "assert pathlib.Path(pipeline.__file__).is_relative_to(pathlib.Path(r'%s'))\n"
+        "cfg = load_config(RunConfig, 'quickstart')\n"
+        "for stage in %r:\n"
+        "    flags = _flags(getattr(cfg, stage), stage, pathlib.Path.cwd())\n"
+        "    assert pathlib.Path(flags[1]).is_relative_to(pathlib.Path(r'%s')), flags\n"
+        "    assert pathlib.Path(flags[1]).is_file()\n"
+        "print(resolve_config('quickstart', 'collect'))\n"
+    ) % (site, STAGES, site)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("pipeline/presets/collect/quickstart.yaml")
