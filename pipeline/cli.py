@@ -33,26 +33,24 @@ def make_parser(
     return parser
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts that must be >= 1."""
+def _int_at_least(text: str, minimum: int, noun: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {noun}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be >= 1."""
+    return _int_at_least(text, 1, "positive integer")
 
 
 def non_negative_int(text: str) -> int:
     """argparse type for indices that must be >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
-    return value
+    return _int_at_least(text, 0, "non-negative integer")
 
 
 def add_slice_args(parser: argparse.ArgumentParser, unit: str) -> None:

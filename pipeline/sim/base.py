@@ -42,6 +42,18 @@ def driving_reward(
     )
 
 
+def checked_action(action: object, backend: str, names: tuple[str, ...]) -> np.ndarray:
+    """``action`` as float32 (ACTION_DIM,) clipped to [-1, 1]; a one-line error when it has
+    the wrong size or a non-finite value."""
+    action = np.asarray(action, dtype=np.float32).reshape(-1)
+    if action.shape != (ACTION_DIM,) or not np.all(np.isfinite(action)):
+        raise SemoreError(
+            f"{backend} action {action.tolist()} is invalid: expected {ACTION_DIM} finite "
+            f"values [{', '.join(names)}] in [-1, 1]"
+        )
+    return np.clip(action, -1.0, 1.0)
+
+
 class SimulatorConnectionError(SemoreError):
     """The simulator server is unreachable, timed out or crashed; the episode may be re-run."""
 

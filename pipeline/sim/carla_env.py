@@ -37,6 +37,7 @@ from pipeline.sim.base import (
     RewardConfig,
     SimulatorConnectionError,
     StepResult,
+    checked_action,
     driving_reward,
 )
 from pipeline.sim.carla_actors import (
@@ -142,13 +143,7 @@ class CarlaEnv:
         self._check_connected("step")
         expert = action is None
         if not expert:
-            action = np.asarray(action, dtype=np.float32).reshape(-1)
-            if action.shape != (ACTION_DIM,) or not np.all(np.isfinite(action)):
-                raise SemoreError(
-                    f"carla action {action.tolist()} is invalid: expected 2 finite values "
-                    "[steer, throttle_brake] in [-1, 1]"
-                )
-            action = np.clip(action, -1.0, 1.0)
+            action = checked_action(action, "carla", ("steer", "throttle_brake"))
         cfg = self.cfg
         try:
             if expert != self._autopilot:

@@ -27,7 +27,13 @@ from highway_env.vehicle.kinematics import Vehicle  # noqa: E402
 
 from pipeline.data import schema  # noqa: E402
 from pipeline.errors import SemoreError  # noqa: E402
-from pipeline.sim.base import ACTION_DIM, RewardConfig, StepResult, driving_reward  # noqa: E402
+from pipeline.sim.base import (  # noqa: E402
+    ACTION_DIM,
+    RewardConfig,
+    StepResult,
+    checked_action,
+    driving_reward,
+)
 from pipeline.sim.configs import HighwayConfig  # noqa: E402
 from pipeline.sim.expert import HighwayExpert  # noqa: E402
 
@@ -114,13 +120,7 @@ class HighwayEnv:
         ego = self._env.vehicle
         if action is None:
             action = self._expert.act(self._env.road, ego, self.step_duration_s)
-        action = np.asarray(action, dtype=np.float32).reshape(-1)
-        if action.shape != (ACTION_DIM,) or not np.all(np.isfinite(action)):
-            raise SemoreError(
-                f"highway action {action.tolist()} is invalid: expected 2 finite values "
-                "[acceleration, steering] in [-1, 1]"
-            )
-        action = np.clip(action, -1.0, 1.0)
+        action = checked_action(action, "highway", ("acceleration", "steering"))
         was_crashed, speed_mps, heading_rad = ego.crashed, ego.speed, ego.heading
 
         self._env.step(action)
