@@ -47,10 +47,11 @@ class ReplayBuffer:
         motion_dim: int = 0,
         discount: float = 0.99,
         nstep: int = 1,
+        feature_dim: int = 0,
     ) -> None:
         if len(frame_shape) != 3 or frame_shape[2] != 3:
             raise ValueError(f"ReplayBuffer frame_shape={frame_shape}; expected (H, W, 3)")
-        if frame_stack < 1 or nstep < 1 or action_dim < 1 or motion_dim < 0:
+        if frame_stack < 1 or nstep < 1 or action_dim < 1 or motion_dim < 0 or feature_dim < 0:
             raise ValueError(
                 f"ReplayBuffer frame_stack={frame_stack}, nstep={nstep}, action_dim={action_dim}, "
                 f"motion_dim={motion_dim}; expected frame_stack, nstep, action_dim >= 1, motion_dim >= 0"
@@ -66,6 +67,7 @@ class ReplayBuffer:
         self.motion_dim = int(motion_dim)
         self.discount = float(discount)
         self.nstep = int(nstep)
+        self.feature_dim = int(feature_dim)
 
         self._frames = np.zeros((capacity, *self.frame_shape), np.uint8)
         self._action = np.zeros(
@@ -79,11 +81,15 @@ class ReplayBuffer:
             capacity, np.int64
         )  # absolute index of the episode's first frame
         self._motion = np.zeros((capacity, motion_dim), np.float32)  # targets at the frame's time
+        # A frozen encoder's features of the stack that ends at the frame (feature_dim > 0).
+        self._features = np.zeros((capacity, feature_dim), np.float32)
         self._num_added = 0  # frames ever added
         self._can_add = False  # an episode is open and has not terminated
 
     # ----------------------------------------------------------------------------- writing
-    def _write(self, frame: np.ndarray, motion: np.ndarray | None) -> int:
+    def _write(
+        self, frame: np.ndarray, motion: np.ndarray | None, features: np.ndarray | None = None
+    ) -> int:
         if frame.shape != self.frame_shape or frame.dtype != np.uint8:
             raise ValueError(
                 f"ReplayBuffer frame has shape {frame.shape} dtype {frame.dtype}; "
@@ -97,13 +103,26 @@ class ReplayBuffer:
                     f"expected shape ({self.motion_dim},) since motion_dim={self.motion_dim}"
                 )
             self._motion[slot] = motion
+        if features is not None:
+            if self.feature_dim == 0 or np.shape(features) != (self.feature_dim,):
+                raise ValueError(
+                    f"ReplayBuffer features shape {np.shape(features)}; expected "
+                    f"({self.feature_dim},) with feature_dim > 0"
+                )
+            self._features[slot] = features
         self._frames[slot] = frame
         self._num_added += 1
         return slot
 
-    def add_first(self, frame: np.ndarray, motion: np.ndarray | None = None) -> None:
-        """Start a new episode with its first frame (HWC uint8)."""
-        slot = self._write(frame, motion)
+    def add_first(
+        self,
+        frame: np.ndarray,
+        motion: np.ndarray | None = None,
+        features: np.ndarray | None = None,
+    ) -> None:
+        """Start a new episode with its first frame (HWC uint8), optionally with the features
+        of its stacked observation."""
+        slot = self._write(frame, motion, features)
         self._episode_start[slot] = self._num_added - 1
         self._terminal[slot] = False
         self._reward[slot] = 0.0
@@ -117,6 +136,7 @@ class ReplayBuffer:
         next_frame: np.ndarray,
         terminal: bool,
         motion: np.ndarray | None = None,
+        features: np.ndarray | None = None,
     ) -> None:
         """Append the step (action, reward) that led to ``next_frame``."""
         if not self._can_add:
@@ -128,7 +148,7 @@ class ReplayBuffer:
                 f"ReplayBuffer action shape {np.shape(action)}; expected ({self.action_dim},)"
             )
         episode_start = self._episode_start[(self._num_added - 1) % self.capacity]
-        slot = self._write(next_frame, motion)
+        slot = self._write(next_frame, motion, features)
         self._episode_start[slot] = episode_start
         self._action[slot] = action
         self._reward[slot] = reward
@@ -189,8 +209,14 @@ class ReplayBuffer:
         idx = np.maximum(t[:, None] + offsets, episode[:, None])  # (B, K)
         return stack_frames(self._frames[idx % self.capacity])  # (B, 3K, H, W)
 
-    def sample(self, batch_size: int, generator: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Uniform batch of stacked n-step transitions as CPU tensors (see class docstring)."""
+    def sample(
+        self, batch_size: int, generator: np.random.Generator, features: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Uniform batch of stacked n-step transitions as CPU tensors (see class docstring).
+
+        "reward1" is the transition's one-step reward. With ``features`` the batch holds the
+        stored features ("obs_h", "next_obs_h") instead of frame stacks.
+        """
         # Rejection sampling keeps each draw O(batch) instead of O(capacity).
         chosen = np.zeros(0, np.int64)
         for _ in range(_MAX_REJECTION_ROUNDS if self._num_added > 0 else 0):
@@ -209,19 +235,41 @@ class ReplayBuffer:
                 )
             t = generator.choice(candidates, size=batch_size)
         info = self._transitions(t)
+        next_t = t + info["steps"]
         batch = {
-            "obs": self._stack(t, info["episode"]),
             "action": self._action[(t + 1) % self.capacity],
             "reward": info["reward"],
+            "reward1": self._reward[(t + 1) % self.capacity],
             "discount": info["discount"],
-            "next_obs": self._stack(t + info["steps"], info["episode"]),
         }
+        if features:
+            batch["obs_h"] = self._features[t % self.capacity]
+            batch["next_obs_h"] = self._features[next_t % self.capacity]
+        else:
+            batch["obs"] = self._stack(t, info["episode"])
+            batch["next_obs"] = self._stack(next_t, info["episode"])
         if self.motion_dim > 0:
             batch["motion"] = self._motion[t % self.capacity]
         return {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in batch.items()}
 
     # ----------------------------------------------------------------------------- checkpoint
-    _ARRAYS = ("frames", "action", "reward", "terminal", "episode_start", "motion")
+    _ARRAYS = ("frames", "action", "reward", "terminal", "episode_start", "motion", "features")
+
+    def target_stats(self) -> dict[str, np.ndarray]:
+        """Mean and std of the one-step rewards and the motion targets stored so far (the
+        standardisation of the agent's auxiliary targets)."""
+        absolute = np.arange(self._oldest(), self._num_added, dtype=np.int64)
+        slots = absolute % self.capacity
+        # The first frame of an episode has no step (and no reward) leading into it.
+        stepped = slots[self._episode_start[slots] != absolute]
+        rewards = self._reward[stepped] if len(stepped) else np.zeros(1, np.float32)
+        motion = self._motion[slots] if len(slots) else np.zeros((1, self.motion_dim), np.float32)
+        return {
+            "reward_mean": np.float32(rewards.mean()),
+            "reward_std": np.float32(rewards.std()),
+            "motion_mean": motion.mean(0),
+            "motion_std": motion.std(0),
+        }
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Filled part of the buffer as numpy arrays (views of the live buffer, not copies).

@@ -1,7 +1,11 @@
-"""Soft actor-critic with DrQ augmentation on top of any image encoder (SAC-AE / DrQ style).
+"""Soft actor-critic with DrQ augmentation on top of any image encoder.
 
-The encoder is trained by the critic (and optional auxiliary losses), never by the actor; the
-target critic keeps its own slowly-moving copy of the encoder.
+The encoder is trained by the critic (and optional auxiliary losses) when it is trainable,
+never by the actor, which reads the detached representation through a projection of its own
+(DrQ / SAC-AE). As in DrQ-v2, the TD target encodes ``next_obs`` once, with the online encoder
+and no gradient, instead of keeping a target copy of the encoder: one encoder pass less per
+update. A frozen encoder's features can be computed once per stored observation and passed
+in the batch (``obs_h`` / ``next_obs_h``): updates then touch only the MLP heads.
 """
 
 from __future__ import annotations
@@ -39,25 +43,33 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 
 
 class Actor(nn.Module):
-    """Tanh-squashed diagonal Gaussian policy over a representation h."""
+    """Tanh-squashed diagonal Gaussian policy over its own projection of a representation h.
+
+    The projection (Linear + LayerNorm + tanh, as DrQ's actor trunk) lets the actor re-weight
+    the detached features instead of reading the critic's representation as is.
+    """
 
     def __init__(
         self,
         repr_dim: int,
         action_dim: int,
         hidden_dim: int,
+        feature_dim: int,
         log_std_min: float = -10.0,
         log_std_max: float = 2.0,
     ) -> None:
         super().__init__()
         self.log_std_min = log_std_min
         self.log_std_max = log_std_max
-        self.trunk = mlp(repr_dim, hidden_dim, 2 * action_dim, num_hidden_layers=2)
+        self.proj = nn.Sequential(
+            nn.Linear(repr_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh()
+        )
+        self.trunk = mlp(feature_dim, hidden_dim, 2 * action_dim, num_hidden_layers=2)
         self.apply(orthogonal_init)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """Return (mu, log_std) of the pre-tanh Gaussian, each (B, action_dim)."""
-        mu, log_std = self.trunk(h).chunk(2, dim=-1)
+        mu, log_std = self.trunk(self.proj(h.detach())).chunk(2, dim=-1)
         # Squash smoothly into [min, max] instead of clamping, so log_std keeps a gradient.
         log_std = torch.tanh(log_std)
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
@@ -92,42 +104,63 @@ class Critic(nn.Module):
 class SACConfig:
     # 256 instead of SAC-AE's 1024: the heads run on CPU next to the encoder, and h is only 50-d.
     hidden_dim: int = 256
+    # DrQ's actor trunk width (the actor's own projection of the detached features).
+    actor_feature_dim: int = 50
     # Standard horizon for 20 Hz driving episodes of ~1000 steps.
     discount: float = 0.99
     # SAC-AE / DrQ learning rates for pixel SAC with batch sizes of 128-512.
     actor_lr: float = 1e-3
     critic_lr: float = 1e-3
-    # Same as the critic: the encoder is trained by the critic loss.
+    # The encoder's own rate when it is trained (the fine-tune config sets it per regime).
     encoder_lr: float = 1e-3
-    # SAC-AE: the temperature moves slower than the networks and with a short Adam memory.
-    alpha_lr: float = 1e-4
+    # DrQ's temperature rate: SAC-AE's 1e-4 moves log(alpha) only ~0.03 in a 2k-step run, so
+    # exploration after the seed steps was almost nil; with Adam's short memory (beta 0.5).
+    alpha_lr: float = 1e-3
     alpha_beta: float = 0.5
-    # SAC-AE: Q heads track quickly, the (larger) encoder copy faster still to keep targets fresh.
+    # SAC-AE: the target Q heads track at 1% per target update.
     critic_tau: float = 0.01
-    encoder_tau: float = 0.05
-    # SAC-AE: the actor and the targets change every other step, which steadies Q learning.
+    # SAC-AE: the actor and the targets change every other update, which steadies Q learning.
     actor_update_every: int = 2
     target_update_every: int = 2
     # SAC-AE: a low start keeps early exploration from drowning the (small) driving reward.
     init_temperature: float = 0.1
-    # DrQ: +-4 px shifts for 84 px frames.
+    # DrQ: +-4 px shifts for 84 px frames (not applied to cached frozen features).
     aug_pad: int = 4
-    # False: fine-tune the (pretrained) encoder with the critic; True: linear-probe-style ablation.
-    freeze_encoder: bool = False
     # 0 disables the online auxiliary heads (plain SAC); > 0 keeps h reward-/motion-predictive.
+    # Their targets (one-step reward, motion) are standardised with statistics of the seed
+    # steps, the same way whatever the encoder (see SACAgent.set_target_stats).
     reward_aux_weight: float = 0.0
     motion_aux_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "hidden_dim",
+            "actor_feature_dim",
+            "actor_update_every",
+            "target_update_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sac.{name} is {getattr(self, name)}: expected an int >= 1")
+        for name in ("actor_lr", "critic_lr", "encoder_lr", "alpha_lr", "init_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"sac.{name} is {getattr(self, name)}: expected > 0")
 
 
 class SACAgent(nn.Module):
     """SAC + DrQ agent around ``encoder`` (any module with an int ``repr_dim`` mapping (B, 3K, H, W)
     uint8-range images to (B, repr_dim)). The passed encoder object is used as is (not copied),
-    so a pretrained encoder's weights are the starting point. Move with ``.to(device)`` before
-    the first update; optimiser state then lives on the same device.
+    so a pretrained encoder's weights are the starting point. ``encoder_trainable`` False keeps
+    it fixed (:meth:`set_encoder_trainable` switches later, e.g. after a warm-up). Move with
+    ``.to(device)`` before the first update; optimiser state then lives on the same device.
     """
 
     def __init__(
-        self, encoder: nn.Module, action_dim: int, cfg: SACConfig, motion_dim: int = 0
+        self,
+        encoder: nn.Module,
+        action_dim: int,
+        cfg: SACConfig,
+        motion_dim: int = 0,
+        encoder_trainable: bool = True,
     ) -> None:
         super().__init__()
         repr_dim = getattr(encoder, "repr_dim", None)
@@ -142,15 +175,14 @@ class SACAgent(nn.Module):
             )
         self.cfg = cfg
         self.action_dim = action_dim
+        self.repr_dim = repr_dim
         self.target_entropy = -float(action_dim)
 
         self.encoder = encoder
         self.critic = Critic(repr_dim, action_dim, cfg.hidden_dim)
-        self.target_encoder = copy.deepcopy(encoder)
         self.target_critic = copy.deepcopy(self.critic)
-        self.target_encoder.requires_grad_(False)
         self.target_critic.requires_grad_(False)
-        self.actor = Actor(repr_dim, action_dim, cfg.hidden_dim)
+        self.actor = Actor(repr_dim, action_dim, cfg.hidden_dim, cfg.actor_feature_dim)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
         self.aug = RandomShift(cfg.aug_pad)
         self.reward_head = None
@@ -159,8 +191,11 @@ class SACAgent(nn.Module):
         self.motion_head = None
         if cfg.motion_aux_weight > 0:
             self.motion_head = mlp(repr_dim, cfg.hidden_dim, motion_dim, num_hidden_layers=2)
-        if cfg.freeze_encoder:
-            self.encoder.requires_grad_(False)
+        # Standardisation of the auxiliary targets (set once from the seed steps; saved).
+        self.register_buffer("reward_mean", torch.zeros(()))
+        self.register_buffer("reward_std", torch.ones(()))
+        self.register_buffer("motion_mean", torch.zeros(motion_dim))
+        self.register_buffer("motion_std", torch.ones(motion_dim))
 
         # The auxiliary heads share the critic's optimiser: they are stepped by the same loss.
         critic_params = list(self.critic.parameters())
@@ -168,13 +203,14 @@ class SACAgent(nn.Module):
             if head is not None:
                 critic_params += list(head.parameters())
         self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
-        self.encoder_opt = None
-        if not cfg.freeze_encoder:
-            self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=cfg.encoder_lr)
+        # Created even while frozen, so checkpoints have the same optimisers in every regime.
+        self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=cfg.encoder_lr)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.alpha_opt = torch.optim.Adam(
             [self.log_alpha], lr=cfg.alpha_lr, betas=(cfg.alpha_beta, 0.999)
         )
+        self.encoder_trainable = True
+        self.set_encoder_trainable(encoder_trainable)
 
     @property
     def device(self) -> torch.device:
@@ -184,16 +220,41 @@ class SACAgent(nn.Module):
     def alpha(self) -> Tensor:
         return self.log_alpha.exp()
 
+    def set_encoder_trainable(self, trainable: bool) -> None:
+        """Let the critic loss train the encoder (True) or keep it fixed (False)."""
+        self.encoder_trainable = bool(trainable)
+        self.encoder.requires_grad_(self.encoder_trainable)
+
+    def set_target_stats(
+        self, reward_mean: float, reward_std: float, motion_mean: np.ndarray, motion_std: np.ndarray
+    ) -> None:
+        """Standardisation of the auxiliary targets; a std of 0 is treated as 1."""
+        self.reward_mean.fill_(float(reward_mean))
+        self.reward_std.fill_(float(reward_std) if reward_std > 1e-8 else 1.0)
+        std = np.where(np.asarray(motion_std) > 1e-8, motion_std, 1.0)
+        self.motion_mean.copy_(torch.as_tensor(np.asarray(motion_mean), dtype=torch.float32))
+        self.motion_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
     @torch.no_grad()
-    def act(self, obs: np.ndarray, sample: bool) -> np.ndarray:
-        """Action (action_dim,) float32 in [-1, 1] for one stacked observation (3K, H, W) uint8."""
+    def features(self, obs: np.ndarray) -> np.ndarray:
+        """The encoder's representation (repr_dim,) float32 of one stacked observation (3K, H, W)."""
         if obs.ndim != 3:
-            raise ValueError(f"SACAgent.act obs shape {obs.shape}; expected (3K, H, W)")
-        with eval_mode(self):
+            raise ValueError(f"SACAgent obs shape {obs.shape}; expected (3K, H, W)")
+        with eval_mode(self.encoder):
             x = torch.as_tensor(obs, device=self.device).unsqueeze(0).float()  # (1, 3K, H, W)
-            mu, log_std = self.actor(self.encoder(x))
+            return self.encoder(x)[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def act_on_features(self, h: np.ndarray, sample: bool) -> np.ndarray:
+        """Action (action_dim,) float32 in [-1, 1] for one representation (repr_dim,)."""
+        with eval_mode(self.actor):
+            mu, log_std = self.actor(torch.as_tensor(h, device=self.device).unsqueeze(0).float())
             pre_tanh = (mu + log_std.exp() * torch.randn_like(mu)) if sample else mu
         return torch.tanh(pre_tanh)[0].float().cpu().numpy()
+
+    def act(self, obs: np.ndarray, sample: bool) -> np.ndarray:
+        """Action (action_dim,) float32 in [-1, 1] for one stacked observation (3K, H, W) uint8."""
+        return self.act_on_features(self.features(obs), sample)
 
     def update_critic(
         self,
@@ -201,13 +262,18 @@ class SACAgent(nn.Module):
         action: Tensor,
         reward: Tensor,
         discount: Tensor,
-        next_obs: Tensor,
+        next_h: Tensor,
+        reward1: Tensor | None = None,
         motion: Tensor | None = None,
     ) -> dict[str, float]:
-        """One step on the critic, the encoder (through h) and the auxiliary heads."""
+        """One step on the critic, the encoder (through h, when trainable) and the aux heads.
+
+        ``reward`` is the (n-step) return of the TD target; ``reward1`` the one-step reward the
+        reward head predicts, as in pretraining.
+        """
         with torch.no_grad():
-            next_action, next_log_prob = self.actor.sample(self.encoder(next_obs))
-            target_q1, target_q2 = self.target_critic(self.target_encoder(next_obs), next_action)
+            next_action, next_log_prob = self.actor.sample(next_h)
+            target_q1, target_q2 = self.target_critic(next_h, next_action)
             target_v = torch.min(target_q1, target_q2) - self.alpha * next_log_prob
             # `discount` already holds gamma^n (0 at a terminal), see ReplayBuffer.
             target_q = reward + discount * target_v
@@ -221,9 +287,11 @@ class SACAgent(nn.Module):
             "target_q": target_q.mean().item(),
         }
         if self.reward_head is not None:
-            # With nstep > 1 the target is the n-step discounted reward sum.
+            if reward1 is None:
+                raise ValueError("SACAgent batch has no 'reward1'; expected (B,) one-step rewards")
+            target = (reward1 - self.reward_mean) / self.reward_std
             predicted = self.reward_head(torch.cat([h, action], dim=-1)).squeeze(-1)
-            reward_loss = F.mse_loss(predicted, reward)
+            reward_loss = F.mse_loss(predicted, target)
             loss = loss + self.cfg.reward_aux_weight * reward_loss
             metrics["reward_aux_loss"] = reward_loss.item()
         if self.motion_head is not None:
@@ -232,16 +300,16 @@ class SACAgent(nn.Module):
                     "SACAgent batch has no 'motion'; expected (B, motion_dim) targets when "
                     "motion_aux_weight > 0"
                 )
-            motion_loss = F.mse_loss(self.motion_head(h), motion)
+            target = (motion - self.motion_mean) / self.motion_std
+            motion_loss = F.mse_loss(self.motion_head(h), target)
             loss = loss + self.cfg.motion_aux_weight * motion_loss
             metrics["motion_aux_loss"] = motion_loss.item()
 
         self.critic_opt.zero_grad(set_to_none=True)
-        if self.encoder_opt is not None:
-            self.encoder_opt.zero_grad(set_to_none=True)
+        self.encoder_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_opt.step()
-        if self.encoder_opt is not None:
+        if self.encoder_trainable:
             self.encoder_opt.step()
         return metrics
 
@@ -267,7 +335,20 @@ class SACAgent(nn.Module):
 
     def update_targets(self) -> None:
         soft_update(self.target_critic, self.critic, self.cfg.critic_tau)
-        soft_update(self.target_encoder, self.encoder, self.cfg.encoder_tau)
+
+    def encode_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(h, next_h) of a batch: cached features as given, else DrQ-augmented frames encoded
+        (``h`` with gradient when the encoder is trainable, ``next_h`` never)."""
+        if "obs_h" in batch:
+            return batch["obs_h"].float(), batch["next_obs_h"].float()
+        # DrQ: an independent random shift of obs and next_obs.
+        obs = self.aug(batch["obs"].float())  # (B, 3K, H, W) float, 0..255
+        next_obs = self.aug(batch["next_obs"].float())
+        with torch.set_grad_enabled(self.encoder_trainable):
+            h = self.encoder(obs)  # (B, repr_dim)
+        with torch.no_grad():
+            next_h = self.encoder(next_obs)  # one pass: the TD target and the next action
+        return h, next_h
 
     def update(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
         """One SAC step on a replay batch (see :class:`semore.replay.ReplayBuffer` for keys).
@@ -275,18 +356,14 @@ class SACAgent(nn.Module):
         "discount" is gamma^n, or 0 when the episode terminated within the n steps.
         """
         batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-        # DrQ: an independent random shift of obs and next_obs.
-        obs = self.aug(batch["obs"].float())  # (B, 3K, H, W) float, 0..255
-        next_obs = self.aug(batch["next_obs"].float())
-        action = batch["action"].float()
-        with torch.set_grad_enabled(not self.cfg.freeze_encoder):
-            h = self.encoder(obs)  # (B, repr_dim)
+        h, next_h = self.encode_batch(batch)
         metrics = self.update_critic(
             h,
-            action,
+            batch["action"].float(),
             batch["reward"].float(),
             batch["discount"].float(),
-            next_obs,
+            next_h,
+            batch["reward1"].float() if "reward1" in batch else None,
             batch["motion"].float() if "motion" in batch else None,
         )
         if step % self.cfg.actor_update_every == 0:
@@ -307,7 +384,7 @@ class SACAgent(nn.Module):
         if set(saved) != set(self._optimizers()):
             raise ValueError(
                 f"SACAgent checkpoint has optimisers {sorted(saved)}; expected "
-                f"{sorted(self._optimizers())} (same freeze_encoder setting)"
+                f"{sorted(self._optimizers())}"
             )
         try:
             self.load_state_dict(checkpoint["agent"])
@@ -321,7 +398,9 @@ class SACAgent(nn.Module):
             opt.load_state_dict(saved[name])
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        optimizers = {"critic": self.critic_opt, "actor": self.actor_opt, "alpha": self.alpha_opt}
-        if self.encoder_opt is not None:
-            optimizers["encoder"] = self.encoder_opt
-        return optimizers
+        return {
+            "critic": self.critic_opt,
+            "encoder": self.encoder_opt,
+            "actor": self.actor_opt,
+            "alpha": self.alpha_opt,
+        }

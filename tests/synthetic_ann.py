@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.annotate import motion
 from pipeline.annotate.annotator import Annotator
 from pipeline.annotate.config import AnnotateConfig, SceneConfig
 from pipeline.annotate.run import annotate
 from pipeline.annotate.scene import SceneCaptioner
+from pipeline.data import schema
 
 
 def caption_embedding(caption: str, embedding_dim: int) -> np.ndarray:
@@ -45,7 +45,7 @@ def semantic_caption(state: dict) -> str:
 
 def motion_targets(state: dict) -> np.ndarray:
     """``motion.npy`` of ``state``, as the annotate stage reads it."""
-    return motion.motion_targets(state)
+    return schema.motion_targets(state)
 
 
 def write_synthetic_ann(root: Path, embedding_dim: int = 16) -> Path:

@@ -7,9 +7,10 @@ import pytest
 
 from pipeline.annotate.base import Step
 from pipeline.annotate.config import SceneConfig
-from pipeline.annotate.motion import STATE_FIELDS, motion_targets
 from pipeline.annotate.scene import SceneCaptioner
 from pipeline.data import schema
+from pipeline.data.schema import MOTION_STATE_FIELDS as STATE_FIELDS
+from pipeline.data.schema import motion_targets
 from pipeline.errors import SemoreError
 from tests.conftest import synthetic_state
 

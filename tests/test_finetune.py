@@ -14,10 +14,11 @@ import torch
 from pipeline.config import load_config
 from pipeline.finetune import run as finetune_mod
 from pipeline.finetune.config import FinetuneConfig
-from pipeline.finetune.env import MOTION_DIM, motion_stats, motion_targets
 from pipeline.finetune.eval import read_metrics
+from pipeline.finetune.loop import episode_seed, eval_seeds
 from pipeline.finetune.run import build_agent, build_encoder, main
 from pipeline.sim.base import SimulatorConnectionError, StepResult
+from pipeline.sim.driver import MOTION_DIM, motion_targets
 from semore.encoder import SemoreEncoder, save_encoder
 
 CONFIG = (
@@ -78,7 +79,8 @@ def test_finetune_outputs_and_resume_continues_exactly(tmp_path):
 
     rows = read_metrics(out / "metrics.csv")
     assert {r["phase"] for r in rows} == {"train", "eval"}
-    assert [int(r["step"]) for r in rows if r["phase"] == "eval"] == [0, 10, 20]
+    # No evaluation at step 10: no update has happened yet (the policy is the step-0 one).
+    assert [int(r["step"]) for r in rows if r["phase"] == "eval"] == [0, 20]
     for row in rows:
         for key in ("episode_return", "distance_m", "collisions", "mean_abs_steer"):
             assert math.isfinite(float(row[key])), (key, row)
@@ -104,7 +106,7 @@ def test_finetune_outputs_and_resume_continues_exactly(tmp_path):
     resumed = read_metrics(out / "metrics.csv")
     assert [{k: r[k] for k in rows[0]} for r in resumed[: len(rows)]] == rows
     assert all(int(r["step"]) > 20 for r in resumed[len(rows) :])
-    assert [int(r["step"]) for r in resumed if r["phase"] == "eval"] == [0, 10, 20, 30]
+    assert [int(r["step"]) for r in resumed if r["phase"] == "eval"] == [0, 20, 30]
     assert load_ckpt(out)["step"] == 30 and load_ckpt(out)["num_updates"] == 10
     assert len(list((out / "checkpoints").glob("replay-*.npz"))) == 1
 
@@ -133,7 +135,6 @@ def test_pretrained_export_initialises_agent_encoder(tmp_path):
     assert load_ckpt(out)["num_updates"] == 0
     for name, value in encoder.state_dict().items():
         assert torch.equal(agent_state[f"encoder.{name}"], value), name
-        assert torch.equal(agent_state[f"target_encoder.{name}"], value), name
     assert json.loads((out / "summary.json").read_text())["encoder_source"] == str(export.resolve())
 
     # Same seed, pretrained vs none: identical architecture and heads, different encoder.
@@ -141,7 +142,8 @@ def test_pretrained_export_initialises_agent_encoder(tmp_path):
     agents = []
     for source in (str(export), "none"):
         torch.manual_seed(cfg.seed)
-        agents.append(build_agent(build_encoder(source, cfg)[0], cfg).state_dict())
+        agent = build_agent(build_encoder(source, cfg)[0], cfg, pretrained=source != "none")
+        agents.append(agent.state_dict())
     pretrained, baseline = agents
     assert pretrained.keys() == baseline.keys()
     assert all(
@@ -153,18 +155,64 @@ def test_pretrained_export_initialises_agent_encoder(tmp_path):
     assert not torch.equal(pretrained["encoder.fuse.0.weight"], baseline["encoder.fuse.0.weight"])
 
 
-def test_motion_targets_use_export_statistics():
+def test_motion_targets_are_raw_state_values():
     names = ("speed_mps", "acceleration_mps2", "yaw_rate_radps", "lat_speed_mps")
     state = dict(zip(names, (20.0, 1.0, 0.1, -0.5), strict=True))
-    mean, std = motion_stats(
-        {"motion_mean": [10.0, 0.0, 0.0, 0.0], "motion_std": [5.0, 2.0, 0.0, 0.5]}
-    )
-    assert np.allclose(motion_targets(state, mean, std), [2.0, 0.5, 0.1, -1.0])  # std 0 -> 1
-    mean, std = motion_stats({})
-    assert np.allclose(motion_targets(state, mean, std), [20.0, 1.0, 0.1, -0.5])
-    with pytest.raises(Exception, match="expected 4 values"):
-        motion_stats({"motion_mean": [0.0], "motion_std": [1.0]})
+    assert np.allclose(motion_targets(state), [20.0, 1.0, 0.1, -0.5])
     assert MOTION_DIM == 4
+
+
+def test_auxiliary_targets_are_scaled_the_same_way_with_and_without_a_pretrained_encoder(tmp_path):
+    # Before, the pretrained arm regressed standardised motion and the baseline raw m/s.
+    export = tmp_path / "encoder.pt"
+    make_export(export, metadata={"motion_mean": [100.0] * 4, "motion_std": [50.0] * 4})
+    aux = ["--sac.reward_aux_weight", "1.0", "--sac.motion_aux_weight", "1.0"]
+    stats = []
+    for source in (str(export), "none"):
+        out = tmp_path / source.replace("/", "_")
+        args = [*TINY, *aux, "--encoder", source, "--out", str(out), "--num-train-steps", "12"]
+        assert main(args) == 0
+        agent = load_ckpt(out)["agent"]["agent"]
+        stats.append(
+            {k: agent[k] for k in ("reward_mean", "reward_std", "motion_mean", "motion_std")}
+        )
+    for key in stats[0]:
+        assert torch.equal(stats[0][key], stats[1][key]), key  # the same seed steps' statistics
+    assert 5.0 < float(stats[0]["motion_mean"][0]) < 40.0  # highway speeds, not the export's
+
+
+def test_evaluation_seeds_are_fixed_and_disjoint_from_training_seeds():
+    train = {episode_seed(seed, 0, i) for seed in range(3) for i in range(200)}
+    evals = eval_seeds(0, 10)
+    assert evals == eval_seeds(0, 10) and len(set(evals)) == 10
+    assert all(s >= 1 << 30 for s in evals) and all(s < 1 << 30 for s in train)
+    assert not train & set(evals)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "warmup"])
+def test_frozen_and_warmup_regimes(tmp_path, mode):
+    export = tmp_path / "encoder.pt"
+    encoder = make_export(export)
+    out = tmp_path / mode
+    args = [*TINY, "--encoder", str(export), "--out", str(out), "--num-train-steps", "20",
+            "--encoder_mode", mode, "--warmup_updates", "3"]  # fmt: skip
+    assert main(args) == 0
+    ckpt = load_ckpt(out)
+    assert ckpt["num_updates"] == 5
+    agent = ckpt["agent"]["agent"]
+    unchanged = all(torch.equal(agent[f"encoder.{k}"], v) for k, v in encoder.state_dict().items())
+    assert unchanged == (mode == "frozen")  # warmup: frozen for 3 updates, then trained
+    with np.load(out / "checkpoints" / ckpt["replay_file"]) as replay:
+        features = replay["features"]
+    assert features.shape[1] == 50 and np.abs(features[:10]).sum() > 0  # stored per frame
+    reference = json.loads((out / "reference.json").read_text())
+    assert reference["expert_return"] > reference["random_return"]
+    evals = [r for r in read_metrics(out / "metrics.csv") if r["phase"] == "eval"]
+    for row in evals:
+        normalized = (float(row["episode_return"]) - reference["random_return"]) / (
+            reference["expert_return"] - reference["random_return"]
+        )
+        assert float(row["normalized_return"]) == pytest.approx(normalized, rel=1e-5)
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
@@ -242,7 +290,8 @@ def test_carla_connection_loss_reconnects_and_gives_up(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(finetune_mod, "make_env", fake_make_env)
     carla = ["--env.backend", "carla", "--env.carla.image_height", "16", "--env.carla.image_width",
-             "16", "--env.carla.camera_yaws_deg", "[0.0]", "--env.carla.max_retries", "2"]  # fmt: skip
+             "16", "--env.carla.camera_yaws_deg", "[0.0]", "--env.carla.max_retries", "2",
+             "--measure_reference", "false"]  # fmt: skip
     envs.append(FlakyCarla(fail_calls={9, 30, 31}))
     out = tmp_path / "run"
     assert (

@@ -38,14 +38,14 @@ def test_wheel_ships_presets_and_an_installed_copy_finds_them(tmp_path: Path):
         "import pipeline, pathlib\n"
         "from pipeline.config import load_config, resolve_config\n"
         "from pipeline.run_all import RunConfig, _flags\n"
-        "assert pathlib.Path(pipeline.__file__).is_relative_to(pathlib.Path(r'%s'))\n"
+        f"assert pathlib.Path(pipeline.__file__).is_relative_to(pathlib.Path(r'{site}'))\n"
         "cfg = load_config(RunConfig, 'quickstart')\n"
-        "for stage in %r:\n"
+        f"for stage in {STAGES!r}:\n"
         "    flags = _flags(getattr(cfg, stage), stage, pathlib.Path.cwd())\n"
-        "    assert pathlib.Path(flags[1]).is_relative_to(pathlib.Path(r'%s')), flags\n"
+        f"    assert pathlib.Path(flags[1]).is_relative_to(pathlib.Path(r'{site}')), flags\n"
         "    assert pathlib.Path(flags[1]).is_file()\n"
         "print(resolve_config('quickstart', 'collect'))\n"
-    ) % (site, STAGES, site)
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True

@@ -69,7 +69,7 @@ def test_stacks_at_episode_boundaries_and_terminal_vs_truncation():
     assert batch["obs"].dtype == batch["next_obs"].dtype == torch.uint8
     assert batch["obs"].shape == (512, 3 * K, H, W)
     assert batch["action"].shape == (512, 2)
-    assert set(batch) == {"obs", "action", "reward", "discount", "next_obs"}
+    assert set(batch) == {"obs", "action", "reward", "reward1", "discount", "next_obs"}
     seen = set()
     for row in rows:
         episode, step = decode(row["obs"])[-1]
@@ -78,6 +78,7 @@ def test_stacks_at_episode_boundaries_and_terminal_vs_truncation():
         assert decode(row["next_obs"]) == expected_stack(episode, step + 1)
         np.testing.assert_array_equal(row["action"], [episode, step + 1])
         assert row["reward"] == pytest.approx(100 * episode + step + 1)
+        assert row["reward1"] == row["reward"]  # nstep 1
         terminal = episode == 0 and step == 3
         assert row["discount"] == pytest.approx(0.0 if terminal else 0.9)
     assert seen == {(0, s) for s in range(4)} | {(1, s) for s in range(3)} | {(2, 0), (2, 1)}
@@ -211,3 +212,34 @@ def test_state_dict_round_trip(tmp_path):
     wrong = ReplayBuffer(13, (H, W, 3), K, action_dim=3, motion_dim=2)
     with pytest.raises(ValueError, match="'action'"):
         wrong.load_state_dict(buf.state_dict())
+
+
+def test_stored_features_are_sampled_in_place_of_frames_and_follow_the_stacks():
+    buf = ReplayBuffer(100, (H, W, 3), K, action_dim=2, nstep=2, feature_dim=2)
+    for episode, length in ((0, 4), (1, 3)):
+        # the features of the stack ending at (episode, step) name it, so they can be checked
+        buf.add_first(frame(episode, 0), features=np.array([episode, 0], np.float32))
+        for step in range(1, length + 1):
+            buf.add(np.zeros(2, np.float32), float(step), frame(episode, step), step == length,
+                    features=np.array([episode, step], np.float32))  # fmt: skip
+    rng = np.random.default_rng(0)
+    batch = buf.sample(64, rng, features=True)
+    assert set(batch) == {"obs_h", "next_obs_h", "action", "reward", "reward1", "discount"}
+    for obs_h, next_h, reward1 in zip(
+        batch["obs_h"], batch["next_obs_h"], batch["reward1"], strict=True
+    ):
+        episode, step = obs_h.tolist()
+        assert next_h[0] == episode and next_h[1] in (step + 1, step + 2)  # n-step, episode-safe
+        assert reward1 == step + 1  # the one-step reward, not the n-step return
+    with pytest.raises(ValueError, match="features shape"):
+        buf.add_first(frame(2, 0), features=np.zeros(3, np.float32))
+
+
+def test_target_stats_cover_stepped_rewards_and_all_motion():
+    buf = ReplayBuffer(100, (H, W, 3), K, action_dim=2, motion_dim=1)
+    buf.add_first(frame(0, 0), np.array([1.0], np.float32))
+    buf.add(np.zeros(2, np.float32), 2.0, frame(0, 1), False, np.array([3.0], np.float32))
+    buf.add(np.zeros(2, np.float32), 4.0, frame(0, 2), True, np.array([5.0], np.float32))
+    stats = buf.target_stats()
+    assert stats["reward_mean"] == pytest.approx(3.0) and stats["reward_std"] == pytest.approx(1.0)
+    np.testing.assert_allclose(stats["motion_mean"], [3.0])

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from semore.encoder import SemoreEncoder
@@ -41,16 +42,17 @@ def make_batch(batch_size=8, motion_dim=0, seed=0, height=H, width=W):
         "next_obs": torch.randint(
             0, 256, (batch_size, 3 * K, height, width), generator=g, dtype=torch.uint8
         ),
+        "reward1": torch.rand(batch_size, generator=g),
     }
     if motion_dim:
         batch["motion"] = torch.randn(batch_size, motion_dim, generator=g)
     return batch
 
 
-def make_agent(seed=0, **overrides):
+def make_agent(seed=0, encoder_trainable=True, **overrides):
     torch.manual_seed(seed)
     cfg = SACConfig(hidden_dim=32, **overrides)
-    return SACAgent(TinyEncoder(), A, cfg, motion_dim=3)
+    return SACAgent(TinyEncoder(), A, cfg, motion_dim=3, encoder_trainable=encoder_trainable)
 
 
 def params(module: nn.Module) -> list[torch.Tensor]:
@@ -92,24 +94,52 @@ def test_aux_config_errors():
         SACAgent(encoder, A, SACConfig())
 
 
-def test_target_networks_move_by_exactly_tau():
+def test_target_critic_moves_by_exactly_tau_and_there_is_no_target_encoder():
     agent = make_agent()
-    cfg = agent.cfg
-    before = params(agent.target_critic), params(agent.target_encoder)
+    assert not hasattr(agent, "target_encoder")  # DrQ-v2: next_obs goes through the online one
+    before = params(agent.target_critic)
     agent.update(make_batch(), step=1)  # 1 % target_update_every != 0: targets stay
-    assert same(params(agent.target_critic), before[0])
-    assert same(params(agent.target_encoder), before[1])
+    assert same(params(agent.target_critic), before)
 
     agent.update(make_batch(seed=1), step=2)
-    for target, online, old, tau in (
-        (agent.target_critic, agent.critic, before[0], cfg.critic_tau),
-        (agent.target_encoder, agent.encoder, before[1], cfg.encoder_tau),
+    tau = agent.cfg.critic_tau
+    for new_t, online_p, old_t in zip(
+        agent.target_critic.parameters(), agent.critic.parameters(), before, strict=True
     ):
-        for new_t, online_p, old_t in zip(
-            target.parameters(), online.parameters(), old, strict=True
-        ):
-            torch.testing.assert_close(new_t, (1 - tau) * old_t + tau * online_p, rtol=0, atol=1e-6)
-        assert not same(params(target), old)
+        torch.testing.assert_close(new_t, (1 - tau) * old_t + tau * online_p, rtol=0, atol=1e-6)
+    assert not same(params(agent.target_critic), before)
+
+
+class CountingEncoder(TinyEncoder):
+    """TinyEncoder that counts forward passes and how many of them built a graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls, self.with_grad = 0, 0
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.with_grad += int(torch.is_grad_enabled())
+        return super().forward(obs)
+
+
+def test_an_update_encodes_next_obs_once_and_a_frozen_one_with_features_not_at_all():
+    torch.manual_seed(0)
+    encoder = CountingEncoder()
+    agent = SACAgent(encoder, A, SACConfig(hidden_dim=32))
+    agent.update(make_batch(), step=0)
+    assert (encoder.calls, encoder.with_grad) == (2, 1)  # obs with grad, next_obs without
+
+    frozen = SACAgent(CountingEncoder(), A, SACConfig(hidden_dim=32), encoder_trainable=False)
+    frozen.update(make_batch(), step=0)  # frames: two passes, neither building a graph
+    assert (frozen.encoder.calls, frozen.encoder.with_grad) == (2, 0)
+    batch = make_batch()
+    features = {"obs_h": torch.randn(8, 8), "next_obs_h": torch.randn(8, 8)}
+    batch = {k: v for k, v in batch.items() if k not in ("obs", "next_obs")} | features
+    encoder_before = params(frozen.encoder)
+    frozen.update(batch, step=1)
+    assert frozen.encoder.calls == 2  # cached features: no encoder pass at all
+    assert same(params(frozen.encoder), encoder_before)
 
 
 def test_act_shape_and_range():
@@ -125,8 +155,18 @@ def test_act_shape_and_range():
         agent.act(obs[None], sample=False)
 
 
+def test_actor_has_its_own_projection_of_the_detached_features():
+    actor = Actor(repr_dim=4, action_dim=2, hidden_dim=8, feature_dim=6)
+    assert isinstance(actor.proj[0], nn.Linear) and actor.proj[0].out_features == 6
+    assert isinstance(actor.proj[1], nn.LayerNorm)
+    h = torch.randn(5, 4, requires_grad=True)
+    actor(h)[0].sum().backward()
+    assert h.grad is None  # the representation is read detached
+    assert actor.proj[0].weight.grad is not None
+
+
 def test_actor_sample_log_prob_matches_change_of_variables():
-    actor = Actor(repr_dim=4, action_dim=2, hidden_dim=8)
+    actor = Actor(repr_dim=4, action_dim=2, hidden_dim=8, feature_dim=6)
     h = torch.randn(5, 4)
     torch.manual_seed(0)
     action, log_prob = actor.sample(h)
@@ -162,25 +202,49 @@ def test_actor_gradients_do_not_reach_encoder_but_critic_gradients_do():
     assert all(p.grad is None for p in agent.encoder.parameters())
     assert same(params(agent.encoder), encoder_before)
 
+    with torch.no_grad():
+        next_h = agent.encoder(batch["next_obs"].float())
     agent.update_critic(
-        agent.encoder(obs),
-        batch["action"],
-        batch["reward"],
-        batch["discount"],
-        batch["next_obs"].float(),
+        agent.encoder(obs), batch["action"], batch["reward"], batch["discount"], next_h
     )
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.encoder.parameters())
     assert not same(params(agent.encoder), encoder_before)
 
 
-def test_freeze_encoder_keeps_encoder_fixed():
-    agent = make_agent(freeze_encoder=True, reward_aux_weight=1.0)
+def test_a_frozen_encoder_stays_fixed_until_it_is_made_trainable():
+    agent = make_agent(encoder_trainable=False, reward_aux_weight=1.0)
     encoder_before, critic_before = params(agent.encoder), params(agent.critic)
     for step in range(3):
         agent.update(make_batch(seed=step), step=step)
     assert same(params(agent.encoder), encoder_before)
-    assert same(params(agent.target_encoder), encoder_before)
     assert not same(params(agent.critic), critic_before)
+    agent.set_encoder_trainable(True)  # the end of a warm-up
+    agent.update(make_batch(seed=5), step=3)
+    assert not same(params(agent.encoder), encoder_before)
+
+
+def test_auxiliary_targets_are_standardised_with_the_set_statistics():
+    agent = make_agent(reward_aux_weight=1.0, motion_aux_weight=1.0)
+    batch = make_batch(motion_dim=3)
+    agent.set_target_stats(2.0, 4.0, np.array([1.0, 0.0, -1.0]), np.array([2.0, 0.0, 0.5]))
+    torch.testing.assert_close(agent.motion_std, torch.tensor([2.0, 1.0, 0.5]))  # 0 -> 1
+    h = agent.encoder(agent.aug(batch["obs"].float()))
+    with torch.no_grad():
+        expected_reward = F.mse_loss(
+            agent.reward_head(torch.cat([h, batch["action"]], -1)).squeeze(-1),
+            (batch["reward1"] - 2.0) / 4.0,
+        ).item()
+        expected_motion = F.mse_loss(
+            agent.motion_head(h),
+            (batch["motion"] - torch.tensor([1.0, 0.0, -1.0])) / torch.tensor([2.0, 1.0, 0.5]),
+        ).item()
+        next_h = agent.encoder(batch["next_obs"].float())
+    metrics = agent.update_critic(
+        h, batch["action"], batch["reward"], batch["discount"], next_h,
+        batch["reward1"], batch["motion"],
+    )  # fmt: skip
+    assert metrics["reward_aux_loss"] == pytest.approx(expected_reward, rel=1e-5)
+    assert metrics["motion_aux_loss"] == pytest.approx(expected_motion, rel=1e-5)
 
 
 def test_agent_uses_the_passed_encoder_weights():
@@ -189,10 +253,8 @@ def test_agent_uses_the_passed_encoder_weights():
     weights = {k: v.clone() for k, v in encoder.state_dict().items()}
     agent = SACAgent(encoder, A, SACConfig(hidden_dim=32))
     assert agent.encoder is encoder
-    for module in (agent.encoder, agent.target_encoder):
-        for key, value in module.state_dict().items():
-            assert torch.equal(value, weights[key])
-    assert agent.target_encoder is not encoder
+    for key, value in agent.encoder.state_dict().items():
+        assert torch.equal(value, weights[key])
 
 
 def test_checkpoint_restore_resumes_exactly(tmp_path):
@@ -221,9 +283,6 @@ def test_checkpoint_restore_resumes_exactly(tmp_path):
     assert metrics[0] == metrics[1]
     assert same(params(agent), params(restored))
 
-    frozen = make_agent(freeze_encoder=True, reward_aux_weight=1.0)
-    with pytest.raises(ValueError, match="optimisers"):
-        frozen.restore(agent.checkpoint())
     without_head = make_agent()
     with pytest.raises(ValueError, match="reward_head"):
         without_head.restore(agent.checkpoint())

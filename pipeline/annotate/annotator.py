@@ -18,7 +18,6 @@ import numpy as np
 
 from pipeline.annotate.base import Caption, Captioner, Step
 from pipeline.annotate.config import AnnotateConfig
-from pipeline.annotate.motion import motion_targets
 from pipeline.annotate.text_encoders import CachedEncoder, TextEncoder, make_text_encoder
 from pipeline.data import schema
 from pipeline.data.shards import AtomicShardWriter, decode_member, iter_shard
@@ -231,7 +230,7 @@ class Annotator:
             raise SemoreError(
                 f"{where}sample {key!r} {schema.STATE} holds a {type(state).__name__}: expected an object"
             )
-        motion = motion_targets(state, f"{where}sample {key!r} ")
+        motion = schema.motion_targets(state, f"{where}sample {key!r} ")
         episode_id = (parsed.run, parsed.worker, parsed.episode)
         return _Item(key, parsed.step, state, motion, frame), episode_id
 

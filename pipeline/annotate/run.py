@@ -26,7 +26,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline import cli
-from pipeline.annotate import motion
 from pipeline.annotate.annotator import Annotator, ShardOutcome, captioner_id, prompt_hashes
 from pipeline.annotate.config import CAPTIONERS, TEXT_ENCODERS, AnnotateConfig, content_hash
 from pipeline.annotate.text_encoders import TextEncoder, make_text_encoder
@@ -88,7 +87,7 @@ def new_section(cfg: AnnotateConfig, raw: dict, encoder: TextEncoder) -> dict:
         "text_encoder": encoder.name,
         "prompts": prompt_hashes(cfg),
         "embedding_dim": encoder.dim,
-        **motion.manifest_fields(),
+        **schema.motion_manifest_fields(),
         "keyframe_stride": cfg.keyframe_stride,
         "raw_config_hash": raw.get("config_hash"),
         # The caption cache is per shard, so shards do not depend on each other.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 
+import numpy as np
+
 from pipeline.errors import SemoreError
 
 # Bumped whenever a member's name, dtype or meaning changes; readers refuse other versions.
@@ -146,6 +148,30 @@ MOTION_STATE_FIELDS = {
     "yaw_rate": "yaw_rate_radps",
     "lateral_speed": "lat_speed_mps",
 }
+
+
+def motion_targets(state: dict, where: str = "") -> np.ndarray:
+    """``motion.npy``: float32 (len(MOTION_TARGETS),) read from ``state`` in schema order and
+    units; a one-line error when a field is missing or not a number."""
+    values = []
+    for name, _unit in MOTION_TARGETS:
+        field = MOTION_STATE_FIELDS[name]
+        value = state.get(field)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise SemoreError(
+                f"{where}state.json field {field!r} is {value!r}: expected a number (motion target {name!r})"
+            )
+        values.append(value)
+    return np.asarray(values, dtype=np.float32)
+
+
+def motion_manifest_fields() -> dict:
+    """Manifest entries: ``motion_targets`` ([name, unit] in motion.npy order) and their state fields."""
+    return {
+        "motion_targets": [[name, unit] for name, unit in MOTION_TARGETS],
+        "motion_target_fields": {name: MOTION_STATE_FIELDS[name] for name, _unit in MOTION_TARGETS},
+    }
+
 
 # Run names become the first key field; keys must not contain dots (webdataset splits
 # the member extension at the first dot) nor underscores (the key's field separator).

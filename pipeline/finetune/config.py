@@ -23,6 +23,10 @@ class FabricConfig:
     devices: int = 1
 
 
+SCRATCH_ENCODER_LR = 1e-3  # DrQ's rate for an encoder learned from scratch
+PRETRAINED_ENCODER_LR = 1e-4  # 10x lower: keep what pretraining learned while the critic is new
+
+
 @dataclass
 class FinetuneConfig:
     """Everything that determines a fine-tuning run, except the encoder export itself."""
@@ -41,6 +45,9 @@ class FinetuneConfig:
     num_seed_steps: int = 1000
     # One update per agent step, as in SAC-AE / DrQ; raise it to trade data use for speed.
     update_every: int = 1
+    # Updates at each update step (the update-to-data ratio is updates_per_step / update_every).
+    # Frozen-encoder updates touch only the MLP heads, so several per step stay cheap.
+    updates_per_step: int = 1
     # SAC-AE / DrQ batch size for 84 px frames.
     batch_size: int = 128
     # The whole default run fits (100k frames of 84x84 = 2.1 GB), so nothing is evicted.
@@ -51,23 +58,50 @@ class FinetuneConfig:
     eval_every_steps: int = 10_000
     # DrQ / DBC report means over 10 episodes.
     num_eval_episodes: int = 10
-    # SAC-AE / DrQ hyper-parameters; also where freeze_encoder and the online auxiliary
-    # weights (reward_aux_weight, motion_aux_weight; 0 = plain SAC) live.
+    # Measure the built-in expert's and uniform-random returns on the evaluation episodes once
+    # per run folder (reference.json), so every evaluation row has an expert-normalised score.
+    measure_reference: bool = True
+    # What RL may do to the encoder. "finetune": end to end from the first update, as in the
+    # paper; "frozen": never changes (its features are computed once per stored observation and
+    # updates touch only the heads, as in R3M / VIP / PVR); "warmup": frozen for the first
+    # `warmup_updates` updates, so the critic is no longer random when encoder gradients start.
+    encoder_mode: Literal["frozen", "finetune", "warmup"] = "finetune"
+    warmup_updates: int = 1000
+    # The encoder's learning rate when it trains. None: 1e-3 (the DrQ rate) for --encoder none,
+    # 1e-4 for a pretrained export, whose features a random critic's early gradients would
+    # otherwise overwrite within a few hundred updates.
+    encoder_lr: float | None = None
+    # SAC-AE / DrQ hyper-parameters, and the online auxiliary weights (reward_aux_weight,
+    # motion_aux_weight; 0 = plain SAC).
     sac: SACConfig = field(default_factory=SACConfig)
     # The architecture --encoder none builds; image size and frame stack follow the env and
     # frame_stack. An export brings its own architecture (and must match the env).
     encoder: EncoderArch = field(default_factory=EncoderArch)
-    # Seeds the networks, replay sampling and the episodes (eval episodes repeat per eval).
+    # Seeds the networks, replay sampling and the training episodes.
     seed: int = 0
+    # Seeds the evaluation episodes, the same for every training seed and every evaluation,
+    # and drawn from a range disjoint from training episode seeds (see loop.episode_seed).
+    eval_seed: int = 0
     # Single device, full precision: exact and resumable bit for bit. Where to compute may
     # change on a resume.
     fabric: FabricConfig = resumable(default_factory=FabricConfig)
 
     def __post_init__(self) -> None:
-        positive = ("frame_stack", "num_train_steps", "update_every", "batch_size", "nstep")
+        positive = (
+            "frame_stack",
+            "num_train_steps",
+            "update_every",
+            "updates_per_step",
+            "batch_size",
+            "nstep",
+        )
         for name in (*positive, "eval_every_steps", "num_eval_episodes", "replay_capacity"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} is {getattr(self, name)}: expected an integer >= 1")
+        if self.warmup_updates < 0:
+            raise ValueError(f"warmup_updates is {self.warmup_updates}: expected >= 0")
+        if self.encoder_lr is not None and self.encoder_lr <= 0:
+            raise ValueError(f"encoder_lr is {self.encoder_lr}: expected > 0 or null")
         if self.num_seed_steps < 0:
             raise ValueError(f"num_seed_steps is {self.num_seed_steps}: expected >= 0")
         if self.action_repeat is not None and self.action_repeat < 1:
@@ -76,6 +110,12 @@ class FinetuneConfig:
             raise ValueError(
                 f"fabric.devices is {self.fabric.devices}: expected 1 (run seeds as separate processes)"
             )
+
+    def resolved_encoder_lr(self, pretrained: bool) -> float:
+        """``encoder_lr``, or its default for a pretrained or a fresh encoder."""
+        if self.encoder_lr is not None:
+            return self.encoder_lr
+        return PRETRAINED_ENCODER_LR if pretrained else SCRATCH_ENCODER_LR
 
     @property
     def repeat(self) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.files import atomic_save, atomic_write
-from pipeline.finetune.env import AgentStep, Driver, EpisodeLost
+from pipeline.sim.driver import AgentStep, Driver, EpisodeLost
 
 # Leading columns of metrics.csv; training metrics (whatever agent.update returns) follow.
 BASE_COLUMNS = (

@@ -29,7 +29,6 @@ import torch
 from pipeline.config import to_dict
 from pipeline.errors import SemoreError
 from pipeline.files import atomic_save, atomic_write
-from pipeline.finetune.env import AgentStep, Driver, EpisodeLost
 from pipeline.finetune.eval import (
     EpisodeStats,
     MetricsLog,
@@ -37,6 +36,7 @@ from pipeline.finetune.eval import (
     plot_learning_curve,
     read_metrics,
 )
+from pipeline.sim.driver import AgentStep, Driver, EpisodeLost
 from semore.replay import ReplayBuffer
 from semore.sac import SACAgent
 
@@ -44,11 +44,12 @@ if TYPE_CHECKING:
     from lightning.fabric import Fabric
 
     from pipeline.finetune.config import FinetuneConfig
+    from pipeline.finetune.reference import ReferenceScores
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "semore-finetune"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: encoder regimes, no target encoder, replay features
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 METRICS_NAME = "metrics.csv"
@@ -56,11 +57,20 @@ CURVE_NAME = "learning_curve.png"
 SUMMARY_NAME = "summary.json"
 # Stream ids of SeedSequence: training episodes, evaluation episodes, the loop's numpy RNG.
 _TRAIN, _EVAL, _LOOP = 0, 1, 2
+# Episode seeds of each stream lie in their own range, so evaluation episodes never repeat a
+# training episode: training seeds in [0, 2^30), evaluation seeds in [2^30, 2^31).
+_SEED_RANGE = 1 << 30
 
 
 def episode_seed(seed: int, stream: int, index: int) -> int:
-    """A 31-bit simulator seed, independent of scheduling (eval seeds repeat every eval)."""
-    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0] >> 1)
+    """A 31-bit simulator seed of episode ``index`` of ``stream`` (independent of scheduling)."""
+    draw = int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
+    return stream * _SEED_RANGE + draw % _SEED_RANGE
+
+
+def eval_seeds(eval_seed: int, num_episodes: int) -> list[int]:
+    """The evaluation episodes' seeds: the same for every training seed and every evaluation."""
+    return [episode_seed(eval_seed, _EVAL, i) for i in range(num_episodes)]
 
 
 class OnlineTrainer:
@@ -92,6 +102,8 @@ class OnlineTrainer:
         self.last_eval_step = -1
         self.wall_time_s = 0.0  # accumulated over resumes
         self.current: AgentStep | None = None  # latest step of the open training episode
+        self._features: np.ndarray | None = None  # the frozen encoder's features of current.obs
+        self.reference: ReferenceScores | None = None  # expert / random returns, if known
         self.metrics: MetricsLog | None = None
         self._ep = EpisodeStats()  # sums over the open episode
         self._update_sums: dict[str, float] = defaultdict(float)  # since the last train row
@@ -162,9 +174,23 @@ class OnlineTrainer:
     # ------------------------------------------------------------------ episodes
     def _start_episode(self) -> None:
         self.current = self.driver.reset(episode_seed(self.cfg.seed, _TRAIN, self.episode))
-        self.replay.add_first(self.current.frame, self.current.motion)
+        self._features = self._cached_features(self.current)
+        self.replay.add_first(self.current.frame, self.current.motion, self._features)
         self.episode += 1
         self._ep = EpisodeStats()
+
+    # ------------------------------------------------------------------ encoder regime
+    @property
+    def encoder_frozen(self) -> bool:
+        """Whether the encoder is fixed at this point of the run (see ``encoder_mode``)."""
+        mode = self.cfg.encoder_mode
+        return mode == "frozen" or (mode == "warmup" and self.num_updates < self.cfg.warmup_updates)
+
+    def _cached_features(self, step: AgentStep) -> np.ndarray | None:
+        """The frozen encoder's features of ``step.obs``, computed once and stored with it."""
+        if self.replay.feature_dim == 0 or not self.encoder_frozen:
+            return None
+        return self.agent.features(step.obs)
 
     def _end_episode(self) -> None:
         """Log the open episode (if any) as a train row; the next step starts a new one."""
@@ -184,10 +210,19 @@ class OnlineTrainer:
         if self.step < self.cfg.num_seed_steps:
             return self.rng.uniform(-1.0, 1.0, self.agent.action_dim).astype(np.float32)
         # Acting stays in float32: one small forward pass gains nothing from autocast.
+        if self._features is not None:  # already encoded for the replay buffer
+            return self.agent.act_on_features(self._features, sample=True)
         return self.agent.act(self.current.obs, sample=True)
 
     def _update(self) -> None:
-        batch = self.replay.sample(self.cfg.batch_size, self.rng)
+        if self.num_updates == 0 and self.cfg.num_seed_steps == 0:
+            self.agent.set_target_stats(**self.replay.target_stats())
+        frozen = self.encoder_frozen
+        if self.agent.encoder_trainable == frozen:
+            self.agent.set_encoder_trainable(not frozen)
+            if not frozen:
+                log.info("update %d: the encoder starts training", self.num_updates)
+        batch = self.replay.sample(self.cfg.batch_size, self.rng, features=frozen)
         with self.fabric.autocast():
             # The update counter (not the env step) drives actor/target schedules, so
             # actor_update_every keeps its meaning whatever update_every is.
@@ -199,12 +234,14 @@ class OnlineTrainer:
 
     def _evaluate(self) -> dict:
         self._end_episode()  # evaluation borrows the training simulator
-        seeds = [episode_seed(self.cfg.seed, _EVAL, i) for i in range(self.cfg.num_eval_episodes)]
+        seeds = eval_seeds(self.cfg.eval_seed, self.cfg.num_eval_episodes)
 
         def policy(obs: np.ndarray) -> np.ndarray:
             return self.agent.act(obs, sample=False)
 
         result = evaluate(self.driver, policy, seeds)
+        if self.reference is not None:
+            result["normalized_return"] = self.reference.normalize(result["episode_return"])
         self.last_eval_step = self.step
         self._log("eval", result)
         log.info(
@@ -226,7 +263,10 @@ class OnlineTrainer:
 
     def _maybe_evaluate(self) -> None:
         due = self.step % self.cfg.eval_every_steps == 0 or self.step >= self.cfg.num_train_steps
-        if due and self.step != self.last_eval_step:
+        # Between step 0 and the first update the policy has not changed: evaluating it again
+        # would only repeat the step-0 row.
+        learned = self.step == 0 or self.num_updates > 0
+        if due and learned and self.step != self.last_eval_step:
             self._evaluate()
 
     # ------------------------------------------------------------------ main loop
@@ -250,13 +290,26 @@ class OnlineTrainer:
             except EpisodeLost:
                 self._end_episode()  # the lost step is not counted; its episode ends here
                 continue
-            self.replay.add(action, result.reward, result.frame, result.terminated, result.motion)
+            self._features = self._cached_features(result)
+            self.replay.add(
+                action,
+                result.reward,
+                result.frame,
+                result.terminated,
+                result.motion,
+                self._features,
+            )
             self.current = result
             self.step += 1
             self.sim_steps += result.sim_steps
             self._ep.add(result)
+            if self.step == cfg.num_seed_steps:
+                # Auxiliary targets are standardised with the seed steps' statistics: data of
+                # uniform random actions, the same for every encoder of a seed.
+                self.agent.set_target_stats(**self.replay.target_stats())
             if self.step > cfg.num_seed_steps and self.step % cfg.update_every == 0:
-                self._update()
+                for _ in range(cfg.updates_per_step):
+                    self._update()
             if result.terminated or result.truncated:
                 self._end_episode()
         self._maybe_evaluate()
@@ -283,6 +336,7 @@ class OnlineTrainer:
             "wall_time_s": wall_time_s,
             "steps_per_s": self.step / max(wall_time_s, 1e-9),
             "seed": self.cfg.seed,
+            "encoder_mode": self.cfg.encoder_mode,
             "backend": self.cfg.env.backend,
             **self.run_info,
         }

@@ -25,7 +25,6 @@ from pipeline import cli
 from pipeline.config import content_dict, content_of, first_difference, load_config
 from pipeline.errors import SemoreError
 from pipeline.finetune.config import FinetuneConfig
-from pipeline.finetune.env import MOTION_DIM, Driver, motion_stats
 from pipeline.finetune.loop import (
     CHECKPOINT_DIR,
     CHECKPOINT_FORMAT,
@@ -33,8 +32,10 @@ from pipeline.finetune.loop import (
     LAST_CHECKPOINT,
     OnlineTrainer,
 )
+from pipeline.finetune.reference import REFERENCE_NAME, reference_for
 from pipeline.sim import backend_spec, make_env
 from pipeline.sim.base import ACTION_DIM
+from pipeline.sim.driver import MOTION_DIM, Driver
 from semore.encoder import (
     EncoderArch,
     EncoderConfig,
@@ -88,10 +89,14 @@ def build_encoder(
     return encoder, metadata, enc_cfg
 
 
-def build_agent(encoder: SemoreEncoder, cfg: FinetuneConfig) -> SACAgent:
-    """SAC around ``encoder``; a motion head only when the motion auxiliary loss is on."""
+def build_agent(encoder: SemoreEncoder, cfg: FinetuneConfig, pretrained: bool) -> SACAgent:
+    """SAC around ``encoder`` at the regime's encoder learning rate; a motion head only when
+    the motion auxiliary loss is on. The encoder starts frozen unless ``encoder_mode`` is
+    "finetune" (the loop unfreezes a "warmup" one)."""
     motion_dim = MOTION_DIM if cfg.sac.motion_aux_weight > 0 else 0
-    return SACAgent(encoder, action_dim=ACTION_DIM, cfg=cfg.sac, motion_dim=motion_dim)
+    sac = replace(cfg.sac, encoder_lr=cfg.resolved_encoder_lr(pretrained))
+    trainable = cfg.encoder_mode == "finetune"
+    return SACAgent(encoder, ACTION_DIM, sac, motion_dim=motion_dim, encoder_trainable=trainable)
 
 
 def _check_resume(cfg: FinetuneConfig, checkpoint: dict, path: Path, source: str) -> None:
@@ -166,19 +171,19 @@ def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = Fa
         precision=cfg.fabric.precision,
         loggers=TensorBoardLogger(root_dir=out, name="tb"),
     )
-    agent = build_agent(encoder, cfg).to(fabric.device)
-    motion_mean = motion_std = None
-    if cfg.sac.motion_aux_weight > 0:
-        motion_mean, motion_std = motion_stats(metadata, where=f"--encoder {encoder_arg}")
+    agent = build_agent(encoder, cfg, pretrained=source != "none").to(fabric.device)
+    with_motion = cfg.sac.motion_aux_weight > 0
     spec = backend_spec(cfg.env)
     replay = ReplayBuffer(
         cfg.replay_capacity,
         (*spec.image_shape, 3),
         cfg.frame_stack,
         action_dim=agent.action_dim,
-        motion_dim=MOTION_DIM if cfg.sac.motion_aux_weight > 0 else 0,
+        motion_dim=MOTION_DIM if with_motion else 0,
         discount=cfg.sac.discount,
         nstep=cfg.nstep,
+        # A frozen (or warming-up) encoder's features are stored once per observation.
+        feature_dim=agent.repr_dim if cfg.encoder_mode != "finetune" else 0,
     )
     env = make_env(cfg.env)
     try:
@@ -186,9 +191,11 @@ def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = Fa
             raise SemoreError(
                 f"env.{cfg.env.backend} renders {env.image_shape} frames: expected {spec.image_shape}"
             )
-        driver = Driver(env, cfg.repeat, cfg.frame_stack, spec.max_retries, motion_mean, motion_std)
+        driver = Driver(env, cfg.repeat, cfg.frame_stack, spec.max_retries, with_motion)
         run_info = {"encoder_source": source, "encoder_config": asdict(enc_cfg)}
         trainer = OnlineTrainer(cfg, agent, driver, replay, out, fabric, run_info)
+        if cfg.measure_reference:
+            trainer.reference = reference_for(cfg, driver, out / REFERENCE_NAME)
         if checkpoint is not None:
             trainer.load(checkpoint)
             log.info("resuming %s at step %d", out, trainer.step)

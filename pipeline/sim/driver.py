@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.annotate.motion import motion_targets as raw_motion_targets
 from pipeline.data import schema
 from pipeline.errors import SemoreError
 from pipeline.sim.base import DrivingEnv, SimulatorConnectionError
@@ -30,31 +29,10 @@ class EpisodeLost(Exception):
     """The simulator failed mid-episode and was reconnected; start a new episode."""
 
 
-def motion_stats(metadata: dict, where: str = "encoder metadata") -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) of the motion targets from an export's metadata, else zeros and ones.
-
-    Pretraining regresses standardised targets; using its statistics online keeps the
-    motion head's targets on the same scale as the one the encoder was shaped by.
-    """
-    mean = metadata.get("motion_mean")
-    std = metadata.get("motion_std")
-    if mean is None or std is None:
-        return np.zeros(MOTION_DIM, np.float32), np.ones(MOTION_DIM, np.float32)
-    mean = np.asarray(mean, np.float32)
-    std = np.asarray(std, np.float32)
-    if mean.shape != (MOTION_DIM,) or std.shape != (MOTION_DIM,):
-        names = [name for name, _ in schema.MOTION_TARGETS]
-        raise SemoreError(
-            f"{where} motion_mean/motion_std have shapes {mean.shape}/{std.shape}: "
-            f"expected {MOTION_DIM} values each, in the order {names}"
-        )
-    # A constant target (std 0) would divide by zero; leave it unscaled instead.
-    return mean, np.where(std > 1e-8, std, 1.0).astype(np.float32)
-
-
-def motion_targets(state: dict, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Standardised ego-motion targets (MOTION_DIM,) float32 from a simulator state."""
-    return ((raw_motion_targets(state, "simulator ") - mean) / std).astype(np.float32)
+def motion_targets(state: dict) -> np.ndarray:
+    """Ego-motion targets (MOTION_DIM,) float32 from a simulator state, in schema order and
+    units (the agent standardises them, the same way whatever its encoder)."""
+    return schema.motion_targets(state, "simulator ")
 
 
 @dataclass
@@ -63,7 +41,7 @@ class AgentStep:
 
     obs: np.ndarray  # (3K, H, W) uint8, oldest frame first
     frame: np.ndarray  # (H, W, 3) uint8, the newest frame (what the replay buffer stores)
-    motion: np.ndarray | None  # (MOTION_DIM,) standardised targets at the newest frame
+    motion: np.ndarray | None  # (MOTION_DIM,) targets at the newest frame, in schema units
     reward: float = 0.0  # summed over the repeats
     terminated: bool = False
     truncated: bool = False
@@ -82,21 +60,17 @@ class Driver:
         action_repeat: int,
         frame_stack: int,
         max_retries: int = 0,
-        motion_mean: np.ndarray | None = None,
-        motion_std: np.ndarray | None = None,
+        with_motion: bool = False,
     ) -> None:
         self.env = env
         self.action_repeat = int(action_repeat)
         self.max_retries = int(max_retries)
-        self.motion_mean = motion_mean
-        self.motion_std = motion_std
+        self.with_motion = with_motion
         self._stack = FrameStack(frame_stack)
         self._failures = 0  # consecutive simulator failures
 
     def _motion(self, state: dict) -> np.ndarray | None:
-        if self.motion_mean is None:
-            return None
-        return motion_targets(state, self.motion_mean, self.motion_std)
+        return motion_targets(state) if self.with_motion else None
 
     def _recover(self, err: SimulatorConnectionError) -> None:
         self._failures += 1
@@ -123,8 +97,9 @@ class Driver:
         frame = frames["rgb"]
         return AgentStep(obs=self._stack.reset(frame), frame=frame, motion=self._motion(state))
 
-    def step(self, action: np.ndarray) -> AgentStep:
-        """Apply ``action`` for ``action_repeat`` simulator steps; EpisodeLost on a failure."""
+    def step(self, action: np.ndarray | None) -> AgentStep:
+        """Apply ``action`` (None: the backend's expert) for ``action_repeat`` simulator steps;
+        EpisodeLost on a failure."""
         out = AgentStep(obs=None, frame=None, motion=None)
         abs_steer_sum = 0.0
         try:

@@ -1,0 +1,174 @@
+"""SAC update cost and fine-tuning throughput, measured side by side in one run.
+
+    python benchmarks/rl_update.py [--batch-size 128] [--repeats 5] [--steps 600]
+        [--before-rev 8a63b5e] [--config quickstart]
+
+1. Update time at ``--batch-size`` on 84x84 frame stacks with the Semore encoder: the agent
+   of ``--before-rev`` (its ``semore/sac.py`` loaded from git: target encoder, two next_obs
+   passes), today's end-to-end update, the same with channels-last memory and with bf16
+   autocast, and today's frozen-encoder update on cached features.
+2. Agent steps/s of the fine-tuning loop (``semore-finetune``'s own code, seed steps
+   included) in the frozen and the end-to-end regimes, against the bare simulator + render
+   loop (the Driver with random actions).
+
+Ratios are what to compare: the machine's speed varies from day to day.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.finetune.config import FinetuneConfig  # noqa: E402
+from pipeline.finetune.run import finetune  # noqa: E402
+from pipeline.sim import backend_spec, make_env  # noqa: E402
+from pipeline.sim.driver import Driver  # noqa: E402
+from semore.encoder import EncoderConfig, SemoreEncoder  # noqa: E402
+from semore.sac import SACAgent, SACConfig  # noqa: E402
+
+
+def load_before(rev: str):
+    """``semore/sac.py`` as it was at ``rev``, as a module (it imports today's semore.augment)."""
+    source = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{rev}:semore/sac.py"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    path = Path(tempfile.mkdtemp()) / "sac_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("sac_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def batch_of(batch_size: int, repr_dim: int, features: bool) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "action": torch.rand(batch_size, 2, generator=g) * 2 - 1,
+        "reward": torch.rand(batch_size, generator=g),
+        "reward1": torch.rand(batch_size, generator=g),
+        "discount": torch.full((batch_size,), 0.99),
+    }
+    if features:
+        batch["obs_h"] = torch.randn(batch_size, repr_dim, generator=g)
+        batch["next_obs_h"] = torch.randn(batch_size, repr_dim, generator=g)
+    else:
+        shape = (batch_size, 9, 84, 84)
+        batch["obs"] = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        batch["next_obs"] = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    return batch
+
+
+def time_updates(agent, batch: dict, repeats: int, autocast: bool = False) -> float:
+    """Seconds per update (median of ``repeats`` after one warm-up update)."""
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            agent.update(batch, i)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[1:]))
+
+
+def update_times(args) -> dict[str, float]:
+    before = load_before(args.before_rev)
+    out = {}
+
+    def encoder(channels_last: bool = False) -> SemoreEncoder:
+        torch.manual_seed(0)
+        enc = SemoreEncoder.from_config(EncoderConfig())
+        return enc.to(memory_format=torch.channels_last) if channels_last else enc
+
+    old = before.SACAgent(encoder(), 2, before.SACConfig())
+    out["before (target encoder, 3 encoder passes)"] = time_updates(
+        old, batch_of(args.batch_size, 50, False), args.repeats
+    )
+    now = SACAgent(encoder(), 2, SACConfig())
+    frames = batch_of(args.batch_size, 50, False)
+    out["end to end (one next_obs pass)"] = time_updates(now, frames, args.repeats)
+    cl = SACAgent(encoder(channels_last=True), 2, SACConfig())
+    out["end to end, channels-last"] = time_updates(cl, frames, args.repeats)
+    out["end to end, bf16 autocast"] = time_updates(now, frames, args.repeats, autocast=True)
+    frozen = SACAgent(encoder(), 2, SACConfig(), encoder_trainable=False)
+    out["frozen (cached features)"] = time_updates(
+        frozen, batch_of(args.batch_size, 50, True), args.repeats
+    )
+    return out
+
+
+def bare_env_rate(cfg: FinetuneConfig, steps: int) -> float:
+    """Agent steps/s of the simulator + render alone (Driver, uniform random actions)."""
+    env = make_env(cfg.env)
+    driver = Driver(env, cfg.repeat, cfg.frame_stack, backend_spec(cfg.env).max_retries)
+    rng = np.random.default_rng(0)
+    done, episode = True, 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        if done:
+            driver.reset(episode)
+            episode += 1
+        step = driver.step(rng.uniform(-1, 1, 2).astype(np.float32))
+        done = step.terminated or step.truncated
+    rate = steps / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+def loop_rate(cfg: FinetuneConfig, mode: str, steps: int) -> float:
+    """Agent steps/s of semore-finetune's loop in ``mode`` (no evaluation, no reference)."""
+    cfg = replace(
+        cfg,
+        encoder_mode=mode,
+        num_train_steps=steps,
+        num_seed_steps=min(cfg.num_seed_steps, steps // 4),
+        eval_every_steps=10 * steps,
+        num_eval_episodes=1,
+        measure_reference=False,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = finetune(cfg, "none", Path(tmp) / "run")
+    return summary["steps_per_s"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=600, help="agent steps per loop run")
+    parser.add_argument("--before-rev", default="8a63b5e", help="git revision to compare with")
+    parser.add_argument("--config", default="quickstart", help="finetune preset or YAML")
+    args = parser.parse_args(argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    times = update_times(args)
+    base = times["before (target encoder, 3 encoder passes)"]
+    print(f"\nSAC update at batch {args.batch_size}, 84x84x9 frame stacks:")
+    for name, seconds in times.items():
+        print(f"  {name:45s} {1000 * seconds:8.1f} ms   {base / seconds:5.2f}x before")
+
+    cfg = load_config(FinetuneConfig, args.config, stage="finetune")
+    bare = bare_env_rate(cfg, args.steps)
+    print(f"\nagent steps/s ({args.config} preset, update_every {cfg.update_every}, "
+          f"updates_per_step {cfg.updates_per_step}, batch {cfg.batch_size}):")  # fmt: skip
+    print(f"  {'bare simulator + render':45s} {bare:8.1f}")
+    for mode in ("frozen", "finetune"):
+        rate = loop_rate(cfg, mode, args.steps)
+        print(f"  {'fine-tuning loop, ' + mode:45s} {rate:8.1f}   {rate / bare:5.2f}x bare")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
