@@ -50,6 +50,7 @@ def load_before(rev: str):
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("sac_before", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["sac_before"] = module  # dataclasses look their module up while building
     spec.loader.exec_module(module)
     return module
 
@@ -102,6 +103,9 @@ def update_times(args) -> dict[str, float]:
     cl = SACAgent(encoder(channels_last=True), 2, SACConfig())
     out["end to end, channels-last"] = time_updates(cl, frames, args.repeats)
     out["end to end, bf16 autocast"] = time_updates(now, frames, args.repeats, autocast=True)
+    out["end to end, channels-last + bf16 autocast"] = time_updates(
+        cl, frames, args.repeats, autocast=True
+    )
     frozen = SACAgent(encoder(), 2, SACConfig(), encoder_trainable=False)
     out["frozen (cached features)"] = time_updates(
         frozen, batch_of(args.batch_size, 50, True), args.repeats
@@ -158,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nSAC update at batch {args.batch_size}, 84x84x9 frame stacks:")
     for name, seconds in times.items():
         print(f"  {name:45s} {1000 * seconds:8.1f} ms   {base / seconds:5.2f}x before")
+    print("  (the fine-tuning loop uses channels-last always, bf16 with fabric.precision bf16-mixed)")
 
     cfg = load_config(FinetuneConfig, args.config, stage="finetune")
     bare = bare_env_rate(cfg, args.steps)

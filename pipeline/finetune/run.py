@@ -95,6 +95,9 @@ def build_agent(encoder: SemoreEncoder, cfg: FinetuneConfig, pretrained: bool) -
     "finetune" (the loop unfreezes a "warmup" one)."""
     motion_dim = MOTION_DIM if cfg.sac.motion_aux_weight > 0 else 0
     sac = replace(cfg.sac, encoder_lr=cfg.resolved_encoder_lr(pretrained))
+    # Channels-last convolutions: ~10% faster updates and feature passes on this CPU
+    # (benchmarks/rl_update.py); the weights' values are unchanged.
+    encoder = encoder.to(memory_format=torch.channels_last)
     trainable = cfg.encoder_mode == "finetune"
     return SACAgent(encoder, ACTION_DIM, sac, motion_dim=motion_dim, encoder_trainable=trainable)
 
