@@ -227,7 +227,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise SemoreError(f"{where} is {value!r}: expected a mapping")
-        return dict(value)
+        item = args[1] if len(args) == 2 else Any
+        return {k: _coerce(item, v, f"{where}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise SemoreError(f"{where} is {value!r}: expected true or false")

@@ -36,7 +36,10 @@ class SemoreDrivingEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
 
     def __init__(
-        self, config: str = "quickstart", overrides: dict | None = None, render_mode: str | None = None
+        self,
+        config: str = "quickstart",
+        overrides: dict | None = None,
+        render_mode: str | None = None,
     ) -> None:
         self.cfg = load_config(FinetuneConfig, config, overrides or {}, stage="finetune")
         self.render_mode = render_mode

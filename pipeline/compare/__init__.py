@@ -1,0 +1,7 @@
+"""``semore-compare``: a multi-seed study of fine-tuning arms, with sound statistics.
+
+``config`` holds the typed study config (arms, seeds, budget), ``stats`` the aggregate
+statistics (IQM, stratified bootstrap intervals, performance profiles, steps to a threshold),
+``report`` the results folder (table, curves, per-run CSVs, commands), ``run`` the command
+line that runs (or prints) one ``semore-finetune`` job per arm and seed.
+"""

@@ -1,0 +1,66 @@
+"""Typed config of ``semore-compare``: which arms, on which seeds, for how long."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.config import resumable
+
+
+@dataclass
+class ArmConfig:
+    """One arm: where its encoder comes from and what it overrides in the fine-tune config."""
+
+    # An encoder export (RUN/encoder.pt, relative to the folder semore-compare runs in), or
+    # "none" for an encoder built fresh from the fine-tune config (from scratch, or with
+    # encoder_mode frozen the frozen random control).
+    encoder: str = "none"
+    # Nested fine-tune config overrides, e.g. {encoder_mode: frozen}.
+    overrides: dict = field(default_factory=dict)
+    # For "none": copy the architecture of this export, so a from-scratch or random arm has
+    # exactly the pretrained arms' encoder.
+    architecture_from: str | None = None
+
+
+@dataclass
+class CompareConfig:
+    """A study: every arm runs on every seed with the same fine-tune config and budget."""
+
+    # The fine-tune preset (or YAML) every arm starts from.
+    finetune: str = "quickstart"
+    # Overrides for every arm (an arm's own overrides win).
+    overrides: dict = field(default_factory=dict)
+    arms: dict[str, ArmConfig] = field(default_factory=dict)
+    # 5 seeds: the fewest with which an IQM drops a run at each end (rliable's advice is more).
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    num_train_steps: int = 10_000
+    # 10 points per curve at the default budget.
+    eval_every_steps: int = 1_000
+    # DrQ / DBC report means over 10 evaluation episodes (fixed seeds, disjoint from training).
+    num_eval_episodes: int = 10
+    # Steps at which the table reports IQMs (default: a quarter, half and all of the budget).
+    report_steps: list[int] = field(default_factory=list)
+    # The arm whose final IQM the others must reach (the from-scratch baseline).
+    reference_arm: str = "scratch"
+    # Runs at a time on this machine; each gets an equal share of the cores.
+    jobs: int = resumable(default=2)
+
+    def __post_init__(self) -> None:
+        if not self.arms:
+            raise ValueError("arms is empty: expected at least one arm")
+        if self.reference_arm not in self.arms:
+            raise ValueError(
+                f"reference_arm {self.reference_arm!r} is not an arm: expected one of "
+                f"{', '.join(self.arms)}"
+            )
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} must be distinct and not empty")
+        for name in ("num_train_steps", "eval_every_steps", "num_eval_episodes", "jobs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} is {getattr(self, name)}: expected an int >= 1")
+
+    def steps_to_report(self) -> list[int]:
+        if self.report_steps:
+            return sorted(self.report_steps)
+        n = self.num_train_steps
+        return sorted({n // 4, n // 2, n})

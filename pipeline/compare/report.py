@@ -1,0 +1,178 @@
+"""The results folder of a study: table.md, curves.png, per-run CSVs, the exact commands.
+
+Scores are expert-normalised returns, (R - R_random) / (R_expert - R_random), with the
+expert's and uniform-random returns measured on the same fixed evaluation episodes.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import yaml
+
+from pipeline.compare import stats
+from pipeline.compare.config import CompareConfig
+from pipeline.config import to_dict
+from pipeline.finetune.eval import Curve, read_metrics
+from pipeline.finetune.loop import METRICS_NAME, SUMMARY_NAME
+from pipeline.finetune.reference import REFERENCE_NAME
+
+if TYPE_CHECKING:
+    from pipeline.compare.run import Job
+
+SCORE = "normalized_return"
+
+
+def eval_scores(job: Job) -> dict[int, float]:
+    """Step -> expert-normalised evaluation return of one run."""
+    rows = read_metrics(job.out / METRICS_NAME)
+    return {int(r["step"]): float(r[SCORE]) for r in rows if r["phase"] == "eval" and r.get(SCORE)}
+
+
+def score_matrix(jobs: list[Job]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Evaluated steps common to all runs, and per arm (runs, steps) scores."""
+    per_run = {job: eval_scores(job) for job in jobs}
+    steps = sorted(set.intersection(*(set(s) for s in per_run.values())))
+    arms: dict[str, list[list[float]]] = {}
+    for job, scores in per_run.items():
+        arms.setdefault(job.arm, []).append([scores[s] for s in steps])
+    return np.asarray(steps), {arm: np.asarray(rows) for arm, rows in arms.items()}
+
+
+def _at_or_before(steps: np.ndarray, wanted: int) -> int:
+    eligible = steps[steps <= wanted]
+    return int(eligible[-1]) if len(eligible) else int(steps[0])
+
+
+def write_report(cfg: CompareConfig, jobs: list[Job], folder: Path, config_arg: str) -> Path:
+    """Write the results folder for the finished ``jobs``; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    steps, scores = score_matrix(jobs)
+    curves = {arm: [stats.interval_estimate(m[:, i : i + 1]) for i in range(len(steps))]
+              for arm, m in scores.items()}  # fmt: skip
+    iqm = {arm: np.array([c["iqm"] for c in cs]) for arm, cs in curves.items()}
+
+    lines = [
+        "# Fine-tuning study: expert-normalised evaluation return",
+        "",
+        f"IQM over runs with its 95% stratified bootstrap interval (2000 resamples); 0 = uniform "
+        f"random actions, 1 = the built-in expert, on {cfg.num_eval_episodes} fixed evaluation "
+        f"episodes disjoint from training episodes. Seeds: {', '.join(map(str, cfg.seeds))}.",
+        "",
+    ]
+    report_steps = sorted({_at_or_before(steps, s) for s in cfg.steps_to_report()})
+    header = (
+        "| arm | runs | " + " | ".join(f"step {s}" for s in report_steps) + " | wall time / run |"
+    )
+    lines += [header, "|---|---:|" + "---:|" * len(report_steps) + "---:|"]
+    wall = {}
+    for arm, matrix in scores.items():
+        cells = []
+        for s in report_steps:
+            c = curves[arm][int(np.flatnonzero(steps == s)[0])]
+            cells.append(f"{c['iqm']:.2f} [{c['iqm_low']:.2f}, {c['iqm_high']:.2f}]")
+        times = [
+            json.loads((j.out / SUMMARY_NAME).read_text())["wall_time_s"]
+            for j in jobs
+            if j.arm == arm
+        ]
+        wall[arm] = float(np.mean(times))
+        lines.append(
+            f"| {arm} | {len(matrix)} | " + " | ".join(cells) + f" | {wall[arm] / 60:.1f} min |"
+        )
+
+    ref = cfg.reference_arm
+    if ref in iqm:
+        target = float(iqm[ref][-1])
+        ref_final = curves[ref][-1]
+        lines += ["", f"Steps to reach the `{ref}` arm's final IQM ({target:.2f}):", ""]
+        for arm in scores:
+            reached = stats.steps_to_reach(steps, iqm[arm], target)
+            if reached is None:
+                lines.append(f"- `{arm}`: not reached by step {int(steps[-1])}")
+                continue
+            i = int(np.flatnonzero(steps == reached)[0])
+            here, there = curves[arm][i], curves[ref][i]
+            apart = not stats.intervals_overlap(
+                (here["iqm_low"], here["iqm_high"]), (there["iqm_low"], there["iqm_high"])
+            )
+            lines.append(
+                f"- `{arm}`: step {int(reached)} ({reached / steps[-1]:.2f}x the budget); at that "
+                f"step its interval {'does not overlap' if apart else 'overlaps'} `{ref}`'s"
+            )
+        lines.append(
+            f"\n`{ref}` final: {ref_final['iqm']:.2f} [{ref_final['iqm_low']:.2f}, "
+            f"{ref_final['iqm_high']:.2f}]"
+        )
+    references = {json.loads((j.out / REFERENCE_NAME).read_text())["expert_return"]: j for j in jobs
+                  if (j.out / REFERENCE_NAME).is_file()}  # fmt: skip
+    expert = json.loads((jobs[0].out / REFERENCE_NAME).read_text())
+    lines += [
+        "",
+        f"Reference returns on the evaluation episodes: expert {expert['expert_return']:.1f}, "
+        f"uniform random {expert['random_return']:.1f} ({len(references)} distinct value(s) "
+        "across runs; 1 means every run saw the same task).",
+        "",
+        "Reproduce: the commands in `commands.sh` (one `semore-finetune` per run), or "
+        f"`semore-compare --config {config_arg} --out OUT`; the study config is `study.yaml`.",
+    ]
+    (folder / "table.md").write_text("\n".join(lines) + "\n")
+
+    plot = {
+        arm: Curve(steps, {"episode_return": iqm[arm], "distance_m": iqm[arm]},
+                   {"episode_return": (np.array([c["iqm_low"] for c in cs]),
+                                       np.array([c["iqm_high"] for c in cs]))})
+        for arm, cs in curves.items()
+    }  # fmt: skip
+    _plot_iqm(plot, folder / "curves.png", scores, steps)
+
+    runs_dir = folder / "runs"
+    runs_dir.mkdir(exist_ok=True)
+    for job in jobs:
+        shutil.copyfile(job.out / METRICS_NAME, runs_dir / f"{job.arm}-seed{job.seed}.csv")
+    (folder / "commands.sh").write_text(
+        "#!/usr/bin/env bash\n# One semore-finetune run per line (paths relative to the study folder).\n"
+        + "".join(shlex.join(["semore-finetune", *job.argv]) + "\n" for job in jobs)
+    )
+    (folder / "study.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    results = {
+        "steps": steps.tolist(),
+        "arms": {
+            arm: {"scores": scores[arm].tolist(), "curve": curves[arm], "wall_time_s": wall[arm]}
+            for arm in scores
+        },  # fmt: skip
+        "reference": {k: expert[k] for k in ("expert_return", "random_return", "eval_seeds")},
+    }
+    (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return folder
+
+
+def _plot_iqm(curves: dict[str, Curve], path: Path, scores: dict, steps: np.ndarray) -> None:
+    """IQM curves with 95% bands (left) and the final performance profiles (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, prof) = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, curve in curves.items():
+        ax.plot(curve.steps, curve.values["episode_return"], "o-", label=arm)
+        ax.fill_between(curve.steps, *curve.bands["episode_return"], alpha=0.2)
+        taus = np.linspace(-0.2, 1.2, 57)
+        prof.plot(taus, stats.performance_profile(scores[arm][:, -1], taus), label=arm)
+    ax.axhline(1.0, color="k", ls="--", lw=0.8, label="expert")
+    ax.axhline(0.0, color="gray", ls=":", lw=0.8, label="uniform random")
+    ax.set(xlabel="agent step", ylabel="IQM expert-normalised return", title="sample efficiency")
+    prof.set(xlabel="normalised return τ", ylabel="fraction of runs > τ",
+             title=f"performance profile at step {int(steps[-1])}")  # fmt: skip
+    for a in (ax, prof):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

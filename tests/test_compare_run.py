@@ -1,0 +1,83 @@
+"""``semore-compare`` end to end on a tiny study: runs, skip on rerun, results folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from pipeline.compare.run import main
+from semore.encoder import SemoreEncoder, save_encoder
+
+TINY_FINETUNE = {
+    "env": {"highway": {"image_height": 32, "image_width": 32, "max_episode_steps": 8}},
+    "encoder": {"num_filters": 8},
+    "num_seed_steps": 4,
+    "batch_size": 4,
+    "replay_capacity": 200,
+    "sac": {"hidden_dim": 16},
+    "fabric": {"accelerator": "cpu"},
+}
+
+
+def write_study(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    export = tmp_path / "encoder.pt"
+    save_encoder(
+        export, SemoreEncoder(frame_stack=3, image_height=32, image_width=32, num_filters=8)
+    )
+    study = {
+        "finetune": "quickstart",
+        "overrides": TINY_FINETUNE,
+        "arms": {
+            "scratch": {"encoder": "none", "architecture_from": str(export)},
+            "frozen": {"encoder": str(export), "overrides": {"encoder_mode": "frozen"}},
+        },
+        "seeds": [0, 1],
+        "num_train_steps": 8,
+        "eval_every_steps": 4,
+        "num_eval_episodes": 1,
+        "jobs": 2,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_study_runs_reports_and_skips_finished_runs(tmp_path, capsys):
+    study, out = write_study(tmp_path), tmp_path / "out"
+    assert main(["--config", str(study), "--out", str(out), "--quiet"]) == 0
+    report = out / "report"
+    table = (report / "table.md").read_text()
+    assert "| scratch | 2 |" in table and "| frozen | 2 |" in table
+    assert "Steps to reach the `scratch` arm's final IQM" in table
+    assert (report / "curves.png").stat().st_size > 1000
+    assert sorted(p.name for p in (report / "runs").glob("*.csv")) == [
+        "frozen-seed0.csv", "frozen-seed1.csv", "scratch-seed0.csv", "scratch-seed1.csv"
+    ]  # fmt: skip
+    commands = (report / "commands.sh").read_text().splitlines()
+    assert sum(line.startswith("semore-finetune ") for line in commands) == 4
+    results = json.loads((report / "results.json").read_text())
+    assert results["steps"] == [0, 8] or results["steps"][-1] == 8
+    assert len(results["arms"]["frozen"]["scores"]) == 2
+
+    # Everything is finished: a rerun runs nothing and prints no command.
+    capsys.readouterr()
+    assert main(["--config", str(study), "--out", str(out), "--print-commands"]) == 0
+    assert capsys.readouterr().out == ""
+    (out / "runs" / "frozen" / "seed1" / "summary.json").unlink()  # as if interrupted
+    assert main(["--config", str(study), "--out", str(out), "--print-commands"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "--encoder_mode frozen" in printed[0] and "--seed 1" in printed[0]
+
+
+def test_bad_study_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        yaml.safe_dump({"arms": {"a": {"encoder": "missing.pt"}}, "reference_arm": "a"})
+    )
+    assert main(["--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "missing.pt not found" in err
