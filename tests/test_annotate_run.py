@@ -60,7 +60,7 @@ def test_annotations_align_with_raw_shards(raw_dataset, capsys):
     assert "24 annotated samples in 2 shards" in capsys.readouterr().out
     manifest = _manifest(raw_dataset)
     section = manifest["ann"]
-    assert section["captioner"] == "scene-v1"
+    assert section["captioner"] == "scene-v2"
     assert section["text_encoder"].startswith("sentence-transformers:all-MiniLM-L6-v2@")
     assert section["embedding_dim"] == 384 and section["prompts"] == {}
     assert section["motion_targets"] == [list(t) for t in schema.MOTION_TARGETS]
@@ -86,6 +86,8 @@ def test_annotations_align_with_raw_shards(raw_dataset, capsys):
                 state["acceleration_mps2"],
                 state["yaw_rate_radps"],
                 state["lat_speed_mps"],
+                state["lateral_offset_m"],
+                state["heading_rad"],
             ]
             np.testing.assert_array_equal(a[schema.MOTION], np.asarray(expected, dtype=np.float32))
             step = schema.parse_key(a["__key__"]).step

@@ -29,14 +29,14 @@ def captioner() -> SceneCaptioner:
 def test_semantic_caption_names_lane_lead_and_neighbours(captioner):
     state = _state(lane_index=1, lanes_count=3, lead_distance_m=18.2, neighbours_per_lane=[2, 1, 0])
     assert captioner.semantic(state) == (
-        "The ego car is in the middle lane of 3. A car is close, 20 m ahead in the same lane. "
+        "The ego car is in the middle lane of 3, centred. A car is close, 20 m ahead in the same lane. "
         "2 cars in the lane to the left, the lane to the right is empty."
     )
     edge = _state(
         lane_index=0, lanes_count=4, lead_distance_m=None, neighbours_per_lane=[0, 1, 0, 0]
     )
     assert captioner.semantic(edge) == (
-        "The ego car is in the left lane of 4. The lane ahead is clear. "
+        "The ego car is in the left lane of 4, centred. The lane ahead is clear. "
         "No lane to the left, 1 car in the lane to the right."
     )
     # what the backends record when no vehicle is ahead: lead_present false, the range cap
@@ -92,7 +92,7 @@ def test_motion_caption_follows_speed_acceleration_lanes_and_lead(captioner):
         _state(lane_index=1), _state(lane_index=0)
     )
     # Drifting toward a side with no lane is not a lane change.
-    assert "drifting to the left" in captioner.motion(
+    assert "drifting toward the left edge of the road" in captioner.motion(
         _state(lane_index=0), _state(lane_index=0, lat_speed_mps=-0.8)
     )
     assert "falls back from the car ahead at 2 m/s" in captioner.motion(
@@ -152,8 +152,37 @@ def test_motion_targets_follow_schema_order():
         state["acceleration_mps2"],
         state["yaw_rate_radps"],
         state["lat_speed_mps"],
+        state["lateral_offset_m"],
+        state["heading_rad"],
     ]
     values = motion_targets(state)
     assert values.dtype == np.float32 and values.tolist() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(SemoreError, match="field 'yaw_rate_radps' is None: expected a number"):
         motion_targets(_state(yaw_rate_radps=None))
+
+
+def test_captions_say_where_in_the_lane_and_toward_which_edge_the_car_drifts(captioner):
+    def lane_words(**changes) -> str:
+        return captioner.semantic(_state(lane_index=1, lanes_count=3, **changes)).split(". ")[0]
+
+    edges = {"road_edge_left_m": 6.0, "road_edge_right_m": 6.0}
+    assert lane_words(lateral_offset_m=0.2, **edges).endswith("middle lane of 3, centred")
+    assert lane_words(lateral_offset_m=1.1, **edges).endswith("1 m right of the lane centre")
+    assert lane_words(lateral_offset_m=-0.8, **edges).endswith("1 m left of the lane centre")
+    near = lane_words(lateral_offset_m=1.9, road_edge_left_m=9.9, road_edge_right_m=1.2)
+    assert near.endswith("near the right edge of the road")
+
+    prev = _state(lane_index=2, lanes_count=3)
+    drifting = _state(lane_index=2, lanes_count=3, lat_speed_mps=1.0, road_edge_right_m=1.3)
+    assert "drifting toward the right edge of the road, 1.5 m away" in captioner.motion(
+        prev, drifting
+    )
+
+
+def test_motion_targets_include_lateral_offset_and_heading_error():
+    state = _state(lateral_offset_m=-0.7, heading_rad=0.05)
+    values = dict(
+        zip([name for name, _ in schema.MOTION_TARGETS], motion_targets(state), strict=True)
+    )
+    assert values["lateral_offset"] == pytest.approx(-0.7)
+    assert values["heading_error"] == pytest.approx(0.05)

@@ -79,7 +79,7 @@ def test_card_body_records_provenance_models_and_counts(raw_dataset):
         and "| episodes | 4 | 4 |" in body
         and "| shards | 2 | 2 |" in body
     )
-    assert "`scene-v1`" in body and "(8,)" in body and "(32, 32, 3)" in body
+    assert "`scene-v2`" in body and "(8,)" in body and "(32, 32, 3)" in body
     assert 'revision="v1-test"' in body
     assert "${" not in text  # every placeholder was filled
 

@@ -29,7 +29,7 @@ STATE_KEYS = {
     "yaw_rate_radps", "position_m", "lane_index", "lanes_count", "lead_distance_m",
     "lead_closing_speed_mps", "neighbours_per_lane", "lead_present", "collision",
     "collision_impulse", "on_road", "steer", "time_s", "traffic_light", "weather",
-    "lane_invasion",
+    "lane_invasion", "lateral_offset_m", "road_edge_left_m", "road_edge_right_m",
 }  # fmt: skip
 
 
@@ -259,6 +259,11 @@ def test_state_keys_lanes_and_extras(server, make):
     assert state["on_road"] and state["weather"] == "clear, day"
     assert state["traffic_light"] == "none" and not state["lane_invasion"]
     assert state["time_s"] == 0.0 and state["acceleration_mps2"] == 0.0
+    # lane-relative pose: offset from the lane centre (> 0 right), distances to the road edges
+    offset = hero.location.y - (state["lane_index"] + 0.5) * 3.5
+    assert state["lateral_offset_m"] == pytest.approx(offset, abs=1e-6)
+    assert state["road_edge_left_m"] == pytest.approx(hero.location.y, abs=1e-6)
+    assert state["road_edge_right_m"] == pytest.approx(4 * 3.5 - hero.location.y, abs=1e-6)
     server.traffic_light = fake_carla.TrafficLightState.Red
     server.weather = fake_carla.WeatherParameters.HardRainNight
     env.step(None)

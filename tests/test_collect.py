@@ -235,7 +235,7 @@ def test_unwritable_out_and_foreign_datasets(tmp_path, capsys, fake_env):
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert run(out, "--episodes", "2") == 2
     err = capsys.readouterr().err
-    assert "format version 99: expected 1" in err
+    assert f"format version 99: expected {schema.FORMAT_VERSION}" in err
     assert shard_bytes(out) == before
     other = tmp_path / "other"
     other.mkdir()

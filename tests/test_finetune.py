@@ -156,10 +156,11 @@ def test_pretrained_export_initialises_agent_encoder(tmp_path):
 
 
 def test_motion_targets_are_raw_state_values():
-    names = ("speed_mps", "acceleration_mps2", "yaw_rate_radps", "lat_speed_mps")
-    state = dict(zip(names, (20.0, 1.0, 0.1, -0.5), strict=True))
-    assert np.allclose(motion_targets(state), [20.0, 1.0, 0.1, -0.5])
-    assert MOTION_DIM == 4
+    names = ("speed_mps", "acceleration_mps2", "yaw_rate_radps", "lat_speed_mps",
+             "lateral_offset_m", "heading_rad")  # fmt: skip
+    state = dict(zip(names, (20.0, 1.0, 0.1, -0.5, 0.3, 0.02), strict=True))
+    assert np.allclose(motion_targets(state), [20.0, 1.0, 0.1, -0.5, 0.3, 0.02])
+    assert MOTION_DIM == 6
 
 
 def test_auxiliary_targets_are_scaled_the_same_way_with_and_without_a_pretrained_encoder(tmp_path):

@@ -14,6 +14,9 @@ from pipeline.sim.configs import HighwayConfig
 from pipeline.sim.highway import HighwayEnv
 
 STATE_KEYS = {
+    "lateral_offset_m",
+    "road_edge_left_m",
+    "road_edge_right_m",
     "speed_mps",
     "lon_speed_mps",
     "lat_speed_mps",
@@ -34,6 +37,9 @@ STATE_KEYS = {
     "time_s",
 }
 FLOAT_KEYS = (
+    "lateral_offset_m",
+    "road_edge_left_m",
+    "road_edge_right_m",
     "speed_mps",
     "lon_speed_mps",
     "lat_speed_mps",
@@ -112,6 +118,12 @@ def test_state_has_the_annotator_keys_with_plain_types():
         assert 0.0 <= state["lead_distance_m"] <= 100.0
         if not state["lead_present"]:
             assert state["lead_distance_m"] == 100.0 and state["lead_closing_speed_mps"] == 0.0
+        # 3 lanes of 4 m: the edges are 12 m apart, offset by the car's place in its lane
+        edges = state["road_edge_left_m"] + state["road_edge_right_m"]
+        assert edges == pytest.approx(12.0)
+        expected_left = (state["lane_index"] + 0.5) * 4.0 + state["lateral_offset_m"]
+        assert state["road_edge_left_m"] == pytest.approx(expected_left)
+        assert abs(state["lateral_offset_m"]) <= 2.5  # the expert keeps to its lane's width
     assert states[-1]["time_s"] == pytest.approx(30 * 0.2)
     env.close()
 

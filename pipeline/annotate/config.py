@@ -29,6 +29,12 @@ class SceneConfig:
     lateral_threshold_mps: float = 0.3
     # |closing speed| below this counts as following at a steady gap.
     closing_threshold_mps: float = 0.5
+    # Within this of the lane centre the car is "centred"; the expert's lane keeping stays
+    # within ~0.3 m, a drift or a lane change goes past it.
+    centred_within_m: float = 0.5
+    # Closer than this (car centre to the road's outer edge) reads "near the edge of the road":
+    # half a 4 m lane plus ~0.5 m, i.e. the car's side is at the edge marking.
+    road_edge_near_m: float = 1.5
 
     def __post_init__(self) -> None:
         if self.distance_step_m <= 0 or self.speed_step_kmh <= 0:

@@ -19,7 +19,7 @@ from pipeline.annotate.config import SceneConfig
 from pipeline.data import schema
 
 # Bump when the wording changes: it is part of the captioner id in the manifest.
-SCENE_VERSION = 1
+SCENE_VERSION = 2  # 2: where in the lane the car is, and toward which road edge it drifts
 
 _KMH_PER_MPS = 3.6
 _STANDSTILL_MPS = 0.5
@@ -48,7 +48,7 @@ class SceneCaptioner:
     def semantic(self, state: dict) -> str:
         """What is where: lane, lead vehicle, adjacent lanes, traffic light, weather."""
         sentences = [
-            _lane_sentence(state),
+            _lane_sentence(state, self._lane_position(state)),
             self._lead_sentence(schema.lead_distance_m(state)),
             _neighbour_sentence(state),
             _traffic_light_sentence(state.get("traffic_light")),
@@ -76,6 +76,20 @@ class SceneCaptioner:
             "It collides with another vehicle!" if state.get("collision") else "",
         ]
         return " ".join(s for s in sentences if s)
+
+    def _lane_position(self, state: dict) -> str:
+        """Where in its lane the car is: centred, off-centre (to 0.5 m), or near a road edge."""
+        offset = state.get("lateral_offset_m")
+        if offset is None:
+            return ""
+        edges = {side: state.get(f"road_edge_{side}_m") for side in ("left", "right")}
+        for side, distance in edges.items():
+            if distance is not None and distance < self.cfg.road_edge_near_m:
+                return f"near the {side} edge of the road"
+        if abs(offset) <= self.cfg.centred_within_m:
+            return "centred"
+        rounded = max(0.5, round(2 * abs(offset)) / 2)
+        return f"{_fmt(rounded)} m {'right' if offset > 0 else 'left'} of the lane centre"
 
     def _lead_sentence(self, distance_m: float | None) -> str:
         if distance_m is None:
@@ -108,6 +122,9 @@ class SceneCaptioner:
             and 0 <= lane + (1 if side == "right" else -1) < lanes
         ):
             return f"changing lanes to the {side}"
+        edge = state.get(f"road_edge_{side}_m")
+        if edge is not None:
+            return f"drifting toward the {side} edge of the road, {_fmt(max(0.5, round(2 * edge) / 2))} m away"
         return f"drifting to the {side}"
 
     def _lead_motion(self, distance_m: float | None, closing_mps: float | None) -> str:
@@ -121,12 +138,13 @@ class SceneCaptioner:
         return "It follows the car ahead at a steady gap."
 
 
-def _lane_sentence(state: dict) -> str:
+def _lane_sentence(state: dict, position: str = "") -> str:
     lane, lanes = state.get("lane_index"), state.get("lanes_count")
     if lane is None or lanes is None:
         return ""
+    where = f", {position}" if position else ""
     if lanes <= 1:
-        return "The ego car drives on a single-lane road."
+        return f"The ego car drives on a single-lane road{where}."
     if lane == 0:
         name = "the left lane"
     elif lane == lanes - 1:
@@ -135,7 +153,7 @@ def _lane_sentence(state: dict) -> str:
         name = "the middle lane"
     else:
         name = f"lane {lane + 1} from the left"
-    return f"The ego car is in {name} of {lanes}."
+    return f"The ego car is in {name} of {lanes}{where}."
 
 
 def _neighbour_sentence(state: dict) -> str:

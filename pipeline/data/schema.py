@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.errors import SemoreError
 
 # Bumped whenever a member's name, dtype or meaning changes; readers refuse other versions.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: lane-relative pose in state.json (lateral offset, road edges)
 
 MANIFEST_NAME = "manifest.json"
 CARD_NAME = "README.md"
@@ -79,8 +79,11 @@ class EgoState:
     lon_speed_mps: float  # along the lane
     lat_speed_mps: float  # across the lane
     acceleration_mps2: float
-    heading_rad: float
+    heading_rad: float  # the heading error to the lane: 0 when parallel to it
     yaw_rate_radps: float
+    lateral_offset_m: float  # from the lane centre, > 0 to the right
+    road_edge_left_m: float  # from the ego's centre to the left edge of the leftmost lane
+    road_edge_right_m: float  # ... and to the right edge of the rightmost lane
     position_m: list[float]  # [x, y] in the simulator's world frame
     lane_index: int
     lanes_count: int
@@ -140,6 +143,9 @@ MOTION_TARGETS = (
     ("acceleration", "m/s^2"),
     ("yaw_rate", "rad/s"),
     ("lateral_speed", "m/s"),
+    # Where in its lane the car is and how it points: what staying on the road needs.
+    ("lateral_offset", "m"),
+    ("heading_error", "rad"),
 )
 # Where each motion target is read from in state.json (units in the field names).
 MOTION_STATE_FIELDS = {
@@ -147,6 +153,8 @@ MOTION_STATE_FIELDS = {
     "acceleration": "acceleration_mps2",
     "yaw_rate": "yaw_rate_radps",
     "lateral_speed": "lat_speed_mps",
+    "lateral_offset": "lateral_offset_m",
+    "heading_error": "heading_rad",
 }
 
 

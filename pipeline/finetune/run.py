@@ -20,6 +20,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from lightning.fabric import Fabric
+from lightning.fabric.loggers import TensorBoardLogger
 
 from pipeline import cli
 from pipeline.config import content_dict, content_of, first_difference, load_config
@@ -140,9 +142,6 @@ def baseline_encoder_flags(export: str | Path) -> list[str]:
 
 def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = False) -> dict:
     """Run (or continue) one fine-tuning run; returns the summary written to out."""
-    from lightning.fabric import Fabric
-    from lightning.fabric.loggers import TensorBoardLogger
-
     ckpt_path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
     checkpoint = None
     if ckpt_path.is_file():

@@ -47,8 +47,13 @@ def ego_state(
     rx, ry = -fy, fx  # CARLA is left-handed: the right of (x, y) is (-y, x)
     velocity = ego.get_velocity()
     lon_speed = velocity.x * fx + velocity.y * fy
-    lane_index = _lanes_beside(waypoint, "get_left_lane", driving)
-    lanes_count = lane_index + 1 + _lanes_beside(waypoint, "get_right_lane", driving)
+    left_widths = _widths_beside(waypoint, "get_left_lane", driving)
+    right_widths = _widths_beside(waypoint, "get_right_lane", driving)
+    lane_index = len(left_widths)
+    lanes_count = lane_index + 1 + len(right_widths)
+    centre = waypoint.transform.location
+    offset_m = (loc.x - centre.x) * rx + (loc.y - centre.y) * ry  # > 0: right of the centre
+    half_width = 0.5 * float(waypoint.lane_width)
     ego_half_length = ego.bounding_box.extent.x
 
     per_lane = [0] * lanes_count
@@ -89,6 +94,9 @@ def ego_state(
         acceleration_mps2=accel,
         heading_rad=math.remainder(heading, 2 * math.pi),  # relative to the lane
         yaw_rate_radps=math.radians(ego.get_angular_velocity().z),
+        lateral_offset_m=offset_m,
+        road_edge_left_m=sum(left_widths) + half_width + offset_m,
+        road_edge_right_m=sum(right_widths) + half_width - offset_m,
         position_m=[loc.x, loc.y],
         lane_index=lane_index,
         lanes_count=lanes_count,
@@ -130,16 +138,21 @@ def describe_weather(weather: Any) -> str:
 
 def _lanes_beside(waypoint: Any, side: str, driving: Any) -> int:
     """Driving lanes of the same direction next to ``waypoint`` on one side."""
-    count, lane = 0, getattr(waypoint, side)()
+    return len(_widths_beside(waypoint, side, driving))
+
+
+def _widths_beside(waypoint: Any, side: str, driving: Any) -> list[float]:
+    """Widths of the driving lanes of the same direction next to ``waypoint`` on one side."""
+    widths, lane = [], getattr(waypoint, side)()
     while (
         lane is not None
-        and count < 16
+        and len(widths) < 16
         and lane.lane_type == driving
         and lane.lane_id * waypoint.lane_id > 0
     ):
-        count += 1
+        widths.append(float(lane.lane_width))
         lane = getattr(lane, side)()
-    return count
+    return widths
 
 
 def _unit_xy(vector: Any) -> tuple[float, float]:

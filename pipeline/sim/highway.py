@@ -157,6 +157,14 @@ class HighwayEnv:
         frame = np.ascontiguousarray(self._env.render(), dtype=np.uint8)  # (H, W, 3)
         return {"rgb": frame}
 
+    def _road_edges(self, lane_index: int, offset_m: float, width_m: float) -> dict:
+        """Distances from the ego's centre to the road's outer edges (all lanes ``width_m``)."""
+        lanes = self.cfg.lanes_count
+        return {
+            "road_edge_left_m": (lane_index + 0.5) * width_m + offset_m,
+            "road_edge_right_m": (lanes - lane_index - 0.5) * width_m - offset_m,
+        }
+
     def _state(self, accel: float, yaw_rate: float, collision: bool, steer: float) -> dict:
         """The privileged state (plain JSON types, units in the names, signs as above).
 
@@ -167,7 +175,7 @@ class HighwayEnv:
         """
         road, ego = self._env.road, self._env.vehicle
         lane = ego.lane
-        ego_lon_m = lane.local_coordinates(ego.position)[0]
+        ego_lon_m, offset_m = lane.local_coordinates(ego.position)  # offset > 0: to the right
         lane_heading = lane.heading_at(ego_lon_m)
         heading = wrap_to_pi(ego.heading - lane_heading)
         # The kinematic bicycle moves along heading + slip angle, not along the heading.
@@ -199,6 +207,8 @@ class HighwayEnv:
             acceleration_mps2=accel,
             heading_rad=heading,
             yaw_rate_radps=yaw_rate,
+            lateral_offset_m=offset_m,
+            **self._road_edges(ego_lane, offset_m, lane.width_at(ego_lon_m)),
             position_m=list(ego.position),
             lane_index=ego_lane,
             lanes_count=self.cfg.lanes_count,
