@@ -84,7 +84,10 @@ def test_train_and_val_loaders_split_by_episode(ann_dataset: Path):
         assert len(batches) == len(loader)
         for batch in batches:
             assert batch["obs"].shape == (4, 9, 32, 32) and batch["obs"].dtype == torch.uint8
-            assert batch["emb_sem"].shape == (4, EMB_DIM) and batch["motion"].shape == (4, len(schema.MOTION_TARGETS))
+            assert batch["emb_sem"].shape == (4, EMB_DIM) and batch["motion"].shape == (
+                4,
+                len(schema.MOTION_TARGETS),
+            )
             for i, (episode, step) in enumerate(zip(batch["episode"], batch["step"], strict=True)):
                 assert_stack(batch["obs"][i], int(episode), int(step), 3)
                 train_seen.add(int(episode))

@@ -60,7 +60,10 @@ def test_run_probe_recovers_linear_targets_on_heldout_episodes(pixel_tied_datase
     r2 = result["r2"]
     assert r2["speed"] > 0.999 and r2["lead_distance"] > 0.999
     assert r2["reward"] > 0.999  # the synthetic reward is speed * dt
-    assert set(r2) == {"speed", "lead_distance", "lane", "reward"}
+    for name in ("speed", "lead_distance", "reward"):  # intervals from resampled episodes
+        low, high = result["r2_interval"][name]
+        assert low <= r2[name] + 1e-9 and r2[name] - 1e-9 <= high and high <= 1.0
+    assert set(r2) == {"speed", "lead_distance", "lane", "lateral_offset", "heading", "reward"}
 
 
 def test_probe_scores_the_latest_frame_not_an_older_one(pixel_tied_dataset: Path):
@@ -92,14 +95,21 @@ def test_cli_random_encoder_prints_table_and_summary(raw_dataset: Path, tmp_path
     )
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == ["target", "R2", "held-out"]
+    assert lines[0].split()[:3] == ["target", "R2", "held-out"] and "95% interval" in lines[0]
     summary = lines[-1]
     assert summary.startswith("probe: speed=") and "lead_distance=" in summary
     assert "lane=" in summary and "reward=" in summary
     assert summary.endswith("(held-out episodes: 1, samples: 6)")
     saved = json.loads(out.read_text())
     assert saved["encoder"] == "random" and saved["repr_dim"] == 50
-    assert set(saved["r2"]) == {"speed", "lead_distance", "lane", "reward"}
+    assert set(saved["r2"]) == {
+        "speed",
+        "lead_distance",
+        "lane",
+        "lateral_offset",
+        "heading",
+        "reward",
+    }
 
 
 def test_cli_uses_the_exports_holdout_rule(raw_dataset: Path, tmp_path: Path, capsys):
@@ -133,3 +143,23 @@ def test_lead_distance_target_is_capped_at_the_lead_range(raw_dataset: Path):
         assert sample["lead_distance_m"] == min(expected, LEAD_DISTANCE_CAP_M)
     assert LEAD_DISTANCE_CAP_M == 100.0
     assert any(s["lead_distance_m"] == LEAD_DISTANCE_CAP_M for s in samples)
+
+
+def test_probe_reads_the_encoder_of_a_fine_tuning_run(tmp_path: Path, raw_dataset: Path):
+    from pipeline.finetune.run import main as finetune_main
+    from pipeline.pretrain.probe import load_probe_encoder
+
+    run = tmp_path / "ft"
+    args = ["--config", "quickstart", "--encoder", "none", "--out", str(run), "--quiet",
+            "--env.highway.image_height", "32", "--env.highway.image_width", "32",
+            "--env.highway.max_episode_steps", "6", "--num-train-steps", "8",
+            "--num_seed_steps", "4", "--batch_size", "4", "--num_eval_episodes", "1",
+            "--measure_reference", "false", "--sac.hidden_dim", "8", "--encoder.num_filters", "8"]  # fmt: skip
+    assert finetune_main(args) == 0
+    encoder, metadata = load_probe_encoder(str(run), raw_dataset, FRAME_STACK)
+    checkpoint = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(value, checkpoint["agent"]["agent"][f"encoder.{name}"])
+    assert metadata["finetune_step"] == 8 and metadata["encoder_source"] == "none"
+    result = run_probe(encoder, raw_dataset, holdout_every=4)
+    assert result["repr_dim"] == 50 and set(result["r2_interval"]) == set(result["r2"])

@@ -63,7 +63,14 @@ def test_whole_pipeline_writes_a_report_and_resumes(tmp_path, monkeypatch, capsy
     assert encoder.is_file()
     for label in ("pretrained", "random"):
         probe = json.loads((out / f"probe_{label}.json").read_text())
-        assert set(probe["r2"]) == {"speed", "lead_distance", "lane", "reward"}
+        assert set(probe["r2"]) == {
+            "speed",
+            "lead_distance",
+            "lane",
+            "lateral_offset",
+            "heading",
+            "reward",
+        }
     for label in ("pretrained", "baseline"):
         summary = json.loads((out / f"finetune_{label}" / "summary.json").read_text())
         assert summary["step"] == 12

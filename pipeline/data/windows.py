@@ -20,6 +20,10 @@ from pipeline.data.shards import decode_member
 from pipeline.data.source import iter_pairs
 from pipeline.errors import SemoreError
 
+# State fields every window carries as floats (NaN where a dataset lacks them): what the
+# linear probe reads out of the frozen representation.
+STATE_TARGETS = ("speed_mps", "lead_distance_m", "lane_index", "lateral_offset_m", "heading_rad")
+
 
 @dataclass(frozen=True)
 class EpisodeSplit:
@@ -101,9 +105,12 @@ def _decode(raw, ann, key, history, image_hw, where) -> dict:
         "frames": tuple(history),
         "action": decode_member(schema.ACTION, raw[schema.ACTION]).astype(np.float32),
         "reward": float(decode_member(schema.REWARD, raw[schema.REWARD])),
-        "speed_mps": _float_or_nan(state.get("speed_mps")),
         "lead_distance_m": _lead_distance(state),
-        "lane_index": _float_or_nan(state.get("lane_index")),
+        **{
+            name: _float_or_nan(state.get(name))
+            for name in STATE_TARGETS
+            if name != "lead_distance_m"
+        },
     }
     if ann is not None:
         schema.validate_ann_sample(ann, where)
@@ -160,7 +167,7 @@ class Collate:
             "episode": torch.tensor([s["episode"] for s in samples], dtype=torch.int64),
             "step": torch.tensor([s["step"] for s in samples], dtype=torch.int64),
         }
-        for name in ("reward", "speed_mps", "lead_distance_m", "lane_index"):
+        for name in ("reward", *STATE_TARGETS):
             batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.float32)
         stats = self.stats
         if stats is not None:

@@ -7,8 +7,12 @@ as pretraining (``episode % holdout_every == holdout_every - 1`` is held out), s
 probe is scored on episodes the encoder never trained on.
 
 Targets: ego speed (m/s), lead distance (m; no lead vehicle and leads beyond
-``schema.LEAD_RANGE_M`` = 100 m both read as 100 m), lane index,
-and the step's reward.
+``schema.LEAD_RANGE_M`` = 100 m both read as 100 m), lane index, the lateral offset from the
+lane centre (m), the heading error to the lane (rad), and the step's reward. Each R² comes
+with a 95% interval from a bootstrap over held-out episodes (the unit that is independent).
+
+``--encoder`` is an export (RUN/encoder.pt), ``random`` (a fresh encoder, fixed seed), or a
+``semore-finetune`` run (its folder or ``checkpoints/last.pt``): the encoder as RL left it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,8 +42,12 @@ PROBE_TARGETS = (
     ("speed", "speed_mps"),
     ("lead_distance", "lead_distance_m"),
     ("lane", "lane_index"),
+    ("lateral_offset", "lateral_offset_m"),
+    ("heading", "heading_rad"),
     ("reward", "reward"),
 )
+# Bootstrap resamples of the held-out episodes behind each R² interval.
+BOOTSTRAP_REPS = 1000
 # Same default as pretraining's data.holdout_every, so a random-encoder baseline is
 # scored on the same episodes as a pretrained one.
 DEFAULT_HOLDOUT_EVERY = 4
@@ -130,6 +139,7 @@ def run_probe(
         )
     h = features["h"]
     r2: dict[str, float | None] = {}
+    intervals: dict[str, list[float] | None] = {}
     alphas: dict[str, float | None] = {}
     episode_ids = features["episode"]
     for name, field in PROBE_TARGETS:
@@ -138,16 +148,19 @@ def run_probe(
         fit_rows, test_rows = valid & ~heldout, valid & heldout
         if fit_rows.sum() < 2 or test_rows.sum() < 1:
             log.warning("probe target %s has too few recorded values; skipped", name)
-            r2[name] = alphas[name] = None
+            r2[name] = alphas[name] = intervals[name] = None
             continue
         chosen = alpha
         if chosen is None:
             chosen = select_alpha(h[fit_rows], target[fit_rows], episode_ids[fit_rows])
         probe = RidgeProbe(chosen).fit(h[fit_rows], target[fit_rows])
         r2[name] = float(probe.score(h[test_rows], target[test_rows])[0])
+        predicted = probe.predict(h[test_rows]).reshape(-1).double()
+        intervals[name] = episode_bootstrap_r2(target[test_rows], predicted, episode_ids[test_rows])
         alphas[name] = chosen
     return {
         "r2": r2,
+        "r2_interval": intervals,
         "heldout_episodes": heldout_episodes,
         "num_train_episodes": len(train_episodes),
         "num_train_samples": int((~heldout).sum()),
@@ -157,6 +170,27 @@ def run_probe(
         "repr_dim": int(h.shape[1]),
         "lead_distance_cap_m": schema.LEAD_RANGE_M,
     }
+
+
+def episode_bootstrap_r2(
+    target: torch.Tensor,
+    predicted: torch.Tensor,
+    episodes: torch.Tensor,
+    reps: int = BOOTSTRAP_REPS,
+    seed: int = 0,
+) -> list[float]:
+    """95% percentile interval of held-out R² when whole episodes are resampled."""
+    ids = sorted(set(episodes.tolist()))
+    rows = [torch.nonzero(episodes == e).flatten() for e in ids]
+    generator = np.random.default_rng(seed)
+    values = []
+    for _ in range(reps):
+        picked = torch.cat([rows[i] for i in generator.integers(0, len(ids), len(ids))])
+        y, p = target[picked], predicted[picked]
+        total = ((y - y.mean()) ** 2).sum()
+        values.append(float(1 - ((y - p) ** 2).sum() / total) if total > 0 else float("nan"))
+    low, high = np.nanpercentile(values, [2.5, 97.5])
+    return [float(low), float(high)]
 
 
 def summary_line(result: dict) -> str:
@@ -171,9 +205,11 @@ def summary_line(result: dict) -> str:
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{'target':<16}{'R2 held-out':>12}"]
+    lines = [f"{'target':<16}{'R2 held-out':>12}  95% interval (episode bootstrap)"]
     for name, value in result["r2"].items():
-        lines.append(f"{name:<16}{'n/a' if value is None else f'{value:.3f}':>12}")
+        interval = (result.get("r2_interval") or {}).get(name)
+        band = f"  [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+        lines.append(f"{name:<16}{'n/a' if value is None else f'{value:.3f}':>12}{band}")
     return "\n".join(lines)
 
 
@@ -217,10 +253,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_probe_encoder(spec: str, data_dir: str | Path, frame_stack: int) -> tuple[nn.Module, dict]:
-    """``random`` or an export path -> (encoder, export metadata)."""
+    """``random``, an export path, or a fine-tuning run -> (encoder, metadata)."""
     if spec == "random":
         return random_encoder(data_dir, frame_stack), {}
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if path.suffix == ".pt" and path.name == "last.pt":
+        return finetuned_encoder(path)
     return load_encoder(spec), load_encoder_metadata(spec)
+
+
+def finetuned_encoder(checkpoint_path: Path) -> tuple[nn.Module, dict]:
+    """The encoder of a ``semore-finetune`` checkpoint, as RL left it."""
+    if not checkpoint_path.is_file():
+        raise SemoreError(
+            f"{checkpoint_path} not found: expected a semore-finetune run (RUN or RUN/checkpoints/last.pt)"
+        )
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if checkpoint.get("format") != "semore-finetune" or "encoder_config" not in checkpoint:
+        raise SemoreError(f"{checkpoint_path} is not a semore-finetune checkpoint")
+    encoder = SemoreEncoder.from_config(EncoderConfig(**checkpoint["encoder_config"]))
+    prefix = "encoder."
+    state = {
+        k[len(prefix) :]: v for k, v in checkpoint["agent"]["agent"].items() if k.startswith(prefix)
+    }
+    encoder.load_state_dict(state)
+    metadata = {"finetune_step": checkpoint["step"], "encoder_source": checkpoint["encoder_source"]}
+    return encoder, metadata
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
