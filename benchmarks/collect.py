@@ -40,7 +40,7 @@ def bare_loop(cfg: CollectConfig, episodes: list[int]) -> int:
         env.reset(episode_seed(cfg.seed, episode))
         policy.start_episode(np.random.default_rng([cfg.seed, episode, 1]))
         while True:
-            action, _ = policy.act()
+            action, _ = policy.act(env)
             result = env.step(action)
             steps += 1
             if result.terminated or result.truncated:

@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nSAC update at batch {args.batch_size}, 84x84x9 frame stacks:")
     for name, seconds in times.items():
         print(f"  {name:45s} {1000 * seconds:8.1f} ms   {base / seconds:5.2f}x before")
-    print("  (the fine-tuning loop uses channels-last always, bf16 with fabric.precision bf16-mixed)")
+    print(
+        "  (the fine-tuning loop uses channels-last always, bf16 with fabric.precision bf16-mixed)"
+    )
 
     cfg = load_config(FinetuneConfig, args.config, stage="finetune")
     bare = bare_env_rate(cfg, args.steps)

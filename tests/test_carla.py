@@ -499,3 +499,14 @@ def test_fake_value_types_behave_like_the_real_ones():
         assert (noon.cloudiness, noon.precipitation, noon.fog_density) == (5.0, 0.0, 2.0)
         assert noon.sun_altitude_angle == 45.0
         assert mod.TrafficLightState.Red.name == "Red" and mod.command.FutureActor == 0
+
+
+def test_the_perturbed_policy_is_refused_on_carla(server, make):
+    from pipeline.sim.configs import PolicyConfig
+    from pipeline.sim.policies import CollectionPolicy
+
+    env = make()
+    env.reset(seed=0)
+    policy = CollectionPolicy(PolicyConfig(name="perturbed"), env.action_dim)
+    with pytest.raises(SemoreError, match="policy perturbed needs the expert's action"):
+        policy.act(env)

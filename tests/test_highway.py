@@ -255,3 +255,33 @@ def test_bad_calls_give_one_line_errors():
         env.step(np.zeros(3))
     env.reconnect()  # a no-op offline
     env.close()
+
+
+def _offsets(policy_cfg, seed: int, steps: int = 80) -> tuple[list[float], list[str]]:
+    from pipeline.sim.policies import CollectionPolicy
+
+    env = make_env(EnvConfig(highway=HighwayConfig(max_episode_steps=steps)))
+    policy = CollectionPolicy(policy_cfg, env.action_dim)
+    policy.start_episode(np.random.default_rng(seed))
+    _, state = env.reset(seed)
+    offsets, names = [state["lateral_offset_m"]], []
+    for _ in range(steps):
+        action, name = policy.act(env)
+        result = env.step(action)
+        offsets.append(result.state["lateral_offset_m"])
+        names.append(name)
+        if result.terminated or result.truncated:
+            break
+    env.close()
+    return offsets, names
+
+
+def test_perturbed_expert_drifts_off_the_lane_centre_and_recovers():
+    from pipeline.sim.configs import PolicyConfig
+
+    # Seed 0: the expert keeps its lane the whole episode (offset 0), so any drift is ours.
+    calm, _ = _offsets(PolicyConfig(name="expert"), seed=0)
+    pushed, names = _offsets(PolicyConfig(name="perturbed"), seed=0)
+    assert set(names) == {"perturbed"} and max(map(abs, calm)) < 0.05
+    assert max(map(abs, pushed)) > 1.0  # it leaves the lane centre ...
+    assert len(pushed) == 81 and abs(pushed[-1]) < 0.5  # ... and the expert brings it back

@@ -68,7 +68,7 @@ def record_episode(
     collisions = expert_steps = 0
     step = 0
     while True:
-        action, policy_name = policy.act()
+        action, policy_name = policy.act(env)
         result = env.step(action)
         done = result.terminated or result.truncated
         info = dataset.step_info(

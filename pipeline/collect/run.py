@@ -259,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, help="base seed (episode seeds derive from it)")
     parser.add_argument(
-        "--policy", choices=("expert", "random", "mixed"), help="data-collection policy"
+        "--policy",
+        choices=("expert", "random", "mixed", "perturbed"),
+        help="data-collection policy",
     )
     parser.add_argument("--backend", choices=BACKENDS, help="simulator backend")
     cli.add_slice_args(parser, "episode blocks (shards)")

@@ -91,6 +91,10 @@ class DrivingEnv(Protocol):
     def step(self, action: np.ndarray | None) -> StepResult:
         """Advance one step; ``None`` lets the expert drive."""
 
+    def expert_action(self) -> np.ndarray | None:
+        """The action the expert would take now (to perturb it), or None where it is only
+        known after the step (CARLA's autopilot applies its control inside the tick)."""
+
     @property
     def step_duration_s(self) -> float:
         """Simulated seconds per ``step``."""

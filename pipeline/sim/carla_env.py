@@ -307,6 +307,10 @@ class CarlaEnv:
                 f"{self.address} ({_one_line(err)}): expected a map it has, e.g. Town04"
             ) from None
 
+    def expert_action(self) -> None:
+        """Unknown before the tick: the Traffic Manager applies the autopilot's control in it."""
+        return None
+
     def reconnect(self) -> None:
         """Re-create client, world and TM (restarting an own server that died or hangs),
         and destroy the in-flight episode's actors if the server kept them."""

@@ -131,16 +131,32 @@ class CarlaConfig:
 class PolicyConfig:
     """Which controller produces the recorded actions."""
 
-    name: Literal["expert", "random", "mixed"] = "expert"
+    # "perturbed": the expert with injected noise (DART-style), so the data shows the car
+    # drifting off its lane centre and the expert steering back, which pure expert data
+    # (almost always centred) and random episodes (off the road within a few steps) lack.
+    name: Literal["expert", "random", "mixed", "perturbed"] = "expert"
     # For `mixed`: chance of the expert; 0.8 keeps most data on-road while still covering
     # off-expert states and actions that the reward head must learn about.
     expert_prob: float = 0.8
     # `episode`: draw expert/random once per episode; `step`: per step.
     mixed_mode: Literal["episode", "step"] = "episode"
+    # For `perturbed`: each step starts a burst with this chance; a burst adds one random
+    # steering offset in [-perturb_steer, perturb_steer] for perturb_steps steps. Measured on
+    # highway at 5 Hz (6 seeds x 100 steps): 0.1 for 3-4 steps every ~10 steps pushes the car
+    # 1-2 m off its lane centre and the expert recovers in most episodes (0.2 crashes often).
+    perturb_prob: float = 0.1
+    perturb_steps: int = 3
+    perturb_steer: float = 0.1
+    # ... plus Gaussian noise of this std on every action (both components).
+    action_noise_std: float = 0.02
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.expert_prob <= 1.0:
             raise ValueError(f"policy.expert_prob is {self.expert_prob}: expected in [0, 1]")
+        if not 0.0 <= self.perturb_prob <= 1.0 or self.perturb_steps < 1:
+            raise ValueError("policy.perturb_prob must be in [0, 1] and perturb_steps >= 1")
+        if self.perturb_steer < 0 or self.action_noise_std < 0:
+            raise ValueError("policy.perturb_steer and policy.action_noise_std must be >= 0")
 
 
 @dataclass

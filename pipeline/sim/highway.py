@@ -147,6 +147,10 @@ class HighwayEnv:
             distance_m=distance_m,
         )
 
+    def expert_action(self) -> np.ndarray:
+        """The expert's ``[acceleration, steering]`` for the current state (not applied)."""
+        return self._expert.act(self._env.road, self._env.vehicle, self.step_duration_s)
+
     def reconnect(self) -> None:
         """Nothing to reconnect: the simulator runs in this process."""
 
