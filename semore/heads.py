@@ -13,11 +13,14 @@ from semore.layers import mlp, orthogonal_init
 class SemorePretrainModel(nn.Module):
     """Encoder plus the heads its pretraining losses read.
 
-    - ``sem_proj`` / ``mot_proj``: MLP projections of z_sem / z_mot into the text-embedding
-      space, L2-normalised (for the InfoNCE alignment losses); only for enabled streams.
-    - ``motion_pred``: ego-motion regression from z_mot (from h when the motion stream is
-      disabled, so the ablation still has the motion target).
+    - ``sem_proj`` / ``mot_proj``: MLP projections into the text-embedding space,
+      L2-normalised (for the InfoNCE alignment losses); only for enabled streams.
+    - ``motion_pred``: ego-motion regression.
     - ``reward_pred``: reward regression from concat(h, action).
+
+    ``heads_read="h"`` (default): the projections and the motion head read h, the fused
+    representation RL uses, so every term shapes it (with ``"streams"`` they read z_sem /
+    z_mot and only the reward head reaches h: its effective rank collapsed to ~3 of 50).
     """
 
     def __init__(
@@ -27,15 +30,22 @@ class SemorePretrainModel(nn.Module):
         motion_dim: int,
         action_dim: int,
         hidden_dim: int = 256,
+        heads_read: str = "h",
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.text_dim = text_dim
         self.motion_dim = motion_dim
         self.action_dim = action_dim
-        self.sem_proj = mlp(encoder.sem_dim, hidden_dim, text_dim) if encoder.sem_dim else None
-        self.mot_proj = mlp(encoder.mot_dim, hidden_dim, text_dim) if encoder.mot_dim else None
-        motion_in = encoder.mot_dim if encoder.mot_dim else encoder.repr_dim
+        if heads_read not in ("h", "streams"):
+            raise ValueError(f"heads_read={heads_read!r}; expected 'h' or 'streams'")
+        self.heads_read = heads_read
+        on_h = heads_read == "h"
+        sem_in = encoder.repr_dim if on_h else encoder.sem_dim
+        mot_in = encoder.repr_dim if on_h else encoder.mot_dim
+        self.sem_proj = mlp(sem_in, hidden_dim, text_dim) if encoder.sem_dim else None
+        self.mot_proj = mlp(mot_in, hidden_dim, text_dim) if encoder.mot_dim else None
+        motion_in = encoder.mot_dim if encoder.mot_dim and not on_h else encoder.repr_dim
         self.motion_head = mlp(motion_in, hidden_dim, motion_dim)
         self.reward_head = mlp(encoder.repr_dim + action_dim, hidden_dim, 1, num_hidden_layers=2)
         # Heads only: re-initialising here would overwrite a loaded encoder's weights.
@@ -46,11 +56,14 @@ class SemorePretrainModel(nn.Module):
     def forward(self, obs: Tensor, action: Tensor) -> dict[str, Tensor]:
         out = self.encoder.encode(obs)
         h = out["h"]  # (B, repr_dim)
+        on_h = self.heads_read == "h"
         if self.sem_proj is not None:
-            out["sem_proj"] = F.normalize(self.sem_proj(out["z_sem"]), dim=-1)  # (B, text_dim)
+            sem_in = h if on_h else out["z_sem"]
+            out["sem_proj"] = F.normalize(self.sem_proj(sem_in), dim=-1)  # (B, text_dim)
         if self.mot_proj is not None:
-            out["mot_proj"] = F.normalize(self.mot_proj(out["z_mot"]), dim=-1)  # (B, text_dim)
-        motion_in = out["z_mot"] if "z_mot" in out else h
+            mot_in = h if on_h else out["z_mot"]
+            out["mot_proj"] = F.normalize(self.mot_proj(mot_in), dim=-1)  # (B, text_dim)
+        motion_in = out["z_mot"] if "z_mot" in out and not on_h else h
         out["motion_pred"] = self.motion_head(motion_in)  # (B, motion_dim)
         reward_in = torch.cat([h, action.to(h.dtype)], dim=-1)  # (B, repr_dim + action_dim)
         out["reward_pred"] = self.reward_head(reward_in).squeeze(-1)  # (B,)

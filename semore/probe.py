@@ -126,3 +126,16 @@ def select_alpha(
         if score > best_score:
             best_alpha, best_score = float(alpha), score
     return best_alpha
+
+
+def effective_rank(features: Tensor) -> float:
+    """exp(entropy) of the normalised singular values of centred ``features`` (N, D): how
+    many directions the representation really uses (Roy & Vetterli 2007)."""
+    centred = features.double() - features.double().mean(0, keepdim=True)
+    singular = torch.linalg.svdvals(centred)
+    total = singular.sum()
+    if total <= 0:
+        return 0.0
+    p = singular / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))

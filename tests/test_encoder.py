@@ -191,3 +191,22 @@ def test_random_shift_copies_shifted_pixels_per_sample():
         assert matches, "every output must be a crop of the replicate-padded input"
         offsets.add(matches[0])
     assert len(offsets) > 5  # independent offsets per sample
+
+
+def test_pretraining_heads_read_h_so_every_term_reaches_the_representation():
+    from semore.heads import SemorePretrainModel
+
+    torch.manual_seed(0)
+    enc = SemoreEncoder(frame_stack=3, image_height=32, image_width=32, num_filters=8)
+    obs = torch.randint(0, 256, (4, 9, 32, 32), dtype=torch.uint8)
+    action = torch.zeros(4, 2)
+    for heads_read, reaches_fuse in (("h", True), ("streams", False)):
+        model = SemorePretrainModel(
+            enc, text_dim=16, motion_dim=6, action_dim=2, heads_read=heads_read
+        )
+        enc.zero_grad(set_to_none=True)
+        out = model(obs, action)
+        (out["sem_proj"].sum() + out["mot_proj"].sum() + out["motion_pred"].sum()).backward()
+        assert (enc.fuse[0].weight.grad is not None) == reaches_fuse
+    with pytest.raises(ValueError, match="heads_read"):
+        SemorePretrainModel(enc, 16, 6, 2, heads_read="both")

@@ -73,3 +73,14 @@ def test_select_alpha_prefers_shrinkage_on_noise_and_little_on_signal():
     assert select_alpha(features, noise, groups) >= 100.0
     # one group cannot be cross-validated: the middle of the grid is returned
     assert select_alpha(features, signal, torch.zeros(400)) == 10.0
+
+
+def test_effective_rank_counts_the_used_directions():
+    from semore.probe import effective_rank
+
+    g = torch.Generator().manual_seed(0)
+    iso = torch.randn(2000, 8, generator=g)
+    assert effective_rank(iso) > 7.5  # 8 equal directions
+    line = torch.randn(500, 1, generator=g) @ torch.randn(1, 8, generator=g)
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-4)  # float32 input
+    assert effective_rank(torch.ones(10, 4)) == 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pipeline.config import resumable
 from semore.encoder import EncoderArch
@@ -48,6 +49,10 @@ class LossSection:
     reward_weight: float = 1.0
     # CLIP's initial temperature; it is learned from there.
     temperature: float = 0.07
+    # What the alignment projections and the motion head read: "h", the fused representation
+    # RL uses, so every term shapes it (DESIGN.md); "streams" (z_sem / z_mot, the paper's
+    # wiring) left h shaped by the reward head alone, effective rank 3.5 of 50.
+    heads_read: Literal["h", "streams"] = "h"
 
 
 @dataclass

@@ -10,6 +10,7 @@ from semore.augment import RandomShift
 from semore.encoder import EncoderConfig, SemoreEncoder
 from semore.heads import SemorePretrainModel
 from semore.losses import SemorePretrainLoss
+from semore.probe import effective_rank
 
 
 class SemorePretrainModule(L.LightningModule):
@@ -35,6 +36,7 @@ class SemorePretrainModule(L.LightningModule):
         motion_reg_weight: float = 1.0,
         reward_weight: float = 1.0,
         temperature: float = 0.07,
+        heads_read: str = "h",
         lr: float = 3e-4,
         weight_decay: float = 1e-4,
         aug_pad: int = 4,
@@ -42,7 +44,9 @@ class SemorePretrainModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         encoder = SemoreEncoder.from_config(EncoderConfig(**encoder_config))
-        self.model = SemorePretrainModel(encoder, text_dim, motion_dim, action_dim)
+        self.model = SemorePretrainModel(
+            encoder, text_dim, motion_dim, action_dim, heads_read=heads_read
+        )
         self.loss = SemorePretrainLoss(
             sem_weight, mot_weight, motion_reg_weight, reward_weight, temperature
         )
@@ -75,6 +79,10 @@ class SemorePretrainModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
+        # How many of h's dimensions carry information (rank collapse shows here first).
+        h = self.encoder(batch["obs"])  # (B, repr_dim)
+        self.log("val/h_effective_rank", effective_rank(h), on_epoch=True,
+                 batch_size=h.shape[0], sync_dist=True)  # fmt: skip
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # No decay on biases, norms, gates and temperatures: decaying them only adds bias.
