@@ -1,20 +1,59 @@
-"""The end-to-end report: contact sheet, probe table and learning curves in one HTML page."""
+"""The end-to-end report: example frames with their captions, the contact sheet, the probe
+with intervals, and the quick comparison's curves, in one self-contained HTML page."""
 
 from __future__ import annotations
 
 import base64
 import html
-import json
+import io
 from pathlib import Path
 
-from pipeline.finetune.eval import metrics_curve, plot_curves
-from pipeline.finetune.loop import SUMMARY_NAME
-from pipeline.inspect.page import render_contact_sheet
+from PIL import Image
+
+from pipeline.inspect.page import read_episodes, render_contact_sheet
+
+# Example frames are shown this many times their recorded size (84 px frames at 252 px).
+FRAME_ZOOM = 3
+# Example frames per episode (spread over the shown steps).
+EXAMPLES_PER_EPISODE = 3
 
 
-def _img(path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
+def _img(path_or_bytes: Path | bytes, width: str = "100%") -> str:
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    encoded = base64.b64encode(data).decode()
+    return f'<img src="data:image/png;base64,{encoded}" style="max-width:{width}">'
+
+
+def _zoomed(png: bytes, zoom: int) -> bytes:
+    """The PNG scaled up by ``zoom`` with nearest-neighbour pixels (no blur)."""
+    image = Image.open(io.BytesIO(png))
+    image = image.resize((image.width * zoom, image.height * zoom), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _examples(data: Path, episodes: list[int], max_steps: int) -> str:
+    """Frames at a readable size next to the captions the encoder learns from."""
+    rows = []
+    for view in read_episodes(data, episodes, max_steps):
+        picks = view.steps[:: max(1, len(view.steps) // EXAMPLES_PER_EPISODE)][
+            :EXAMPLES_PER_EPISODE
+        ]
+        for step in picks:
+            frame = _zoomed(step.frames["rgb.png"], FRAME_ZOOM)
+            text = "".join(
+                f"<p><b>{label}</b> {html.escape(caption or 'no caption')}</p>"
+                for label, caption in (
+                    ("semantic:", step.caption_sem),
+                    ("motion:", step.caption_mot),
+                )
+            )
+            rows.append(
+                f"<tr><td>{_img(frame, 'none')}</td><td><p>episode {view.episode}, step "
+                f"{step.step}</p>{text}</td></tr>"
+            )
+    return f"<table>{''.join(rows)}</table>"
 
 
 def _probe_table(probes: dict[str, dict]) -> str:
@@ -23,56 +62,66 @@ def _probe_table(probes: dict[str, dict]) -> str:
     head = "".join(f"<th>{html.escape(label)}</th>" for label in labels)
     rows = []
     for target in targets:
-        cells = "".join(_r2_cell(probes[label]["r2"].get(target)) for label in labels)
+        cells = "".join(_r2_cell(probes[label], target) for label in labels)
         rows.append(f"<tr><td>{html.escape(target)}</td>{cells}</tr>")
-    return f"<table><tr><th>probe target (held-out R²)</th>{head}</tr>{''.join(rows)}</table>"
+    return f"<table><tr><th>held-out R² [95% interval]</th>{head}</tr>{''.join(rows)}</table>"
 
 
-def _r2_cell(value: float | None) -> str:
-    return "<td>n/a</td>" if value is None else f"<td>{value:.3f}</td>"
+def _r2_cell(result: dict, target: str) -> str:
+    value = result["r2"].get(target)
+    if value is None:
+        return "<td>n/a</td>"
+    interval = (result.get("r2_interval") or {}).get(target)
+    band = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
+    return f"<td>{value:.2f}{band}</td>"
 
 
-def _summary_rows(curves: dict[str, Path]) -> str:
-    rows = []
-    for label, metrics in curves.items():
-        summary_path = metrics.parent / SUMMARY_NAME
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        final = summary.get("final_eval", {})
-        cells = "".join(
-            f"<td>{final.get(k, float('nan')):.1f}</td>" for k in ("episode_return", "distance_m")
-        )
-        rows.append(
-            f"<tr><td>{html.escape(label)}</td><td>{summary.get('step', '')}</td>{cells}</tr>"
-        )
-    head = "<tr><th>run</th><th>agent steps</th><th>final eval return</th><th>final eval distance (m)</th></tr>"
-    return f"<table>{head}{''.join(rows)}</table>"
+def _markdown_table(markdown: str) -> str:
+    """The first Markdown table of ``markdown`` as HTML (the study's table.md)."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    if not lines:
+        return ""
+    cells = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in lines]
+    head = "".join(f"<th>{c}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[2:])
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def write_report(
     out: Path,
     data: Path,
     probes: dict[str, dict],
-    curves: dict[str, Path],
+    study_report: Path,
     episodes: list[int],
     max_steps: int,
 ) -> Path:
     """Write ``out/report.html`` (self-contained: images embedded) and return its path."""
     sheet = render_contact_sheet(data, out / "contact_sheet.png", episodes, max_steps)
-    evals = {label: metrics_curve(path) for label, path in curves.items()}
-    curve_png = plot_curves(evals, out / "learning_curves.png")
+    table = (study_report / "table.md").read_text()
+    notes = "".join(
+        f"<li>{html.escape(line[2:])}</li>" for line in table.splitlines() if line.startswith("- ")
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Semore run report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px}}</style>
+<style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;vertical-align:top}}</style>
 </head><body>
 <h1>Semore run report</h1>
 <p>Run folder: <code>{html.escape(str(out))}</code>; dataset: <code>{html.escape(str(data))}</code>.</p>
+<h2>What the encoder learns from: frames and their captions</h2>
+{_examples(data, episodes, max_steps)}
 <h2>Data (contact sheet)</h2>{_img(sheet)}
 <h2>Representation probe</h2>
 <p>Ridge regression from the frozen representation h, fitted on training episodes and scored
-on held-out episodes: the pretrained encoder vs a randomly initialised one.</p>
+on held-out episodes, with 95% intervals from a bootstrap over held-out episodes: the
+pretrained encoder, a randomly initialised one, and the encoder SAC learned from scratch.</p>
 {_probe_table(probes)}
-<h2>Fine-tuning (SAC + DrQ)</h2>{_summary_rows(curves)}{_img(curve_png)}
+<h2>Fine-tuning: quick comparison</h2>
+<p>Expert-normalised evaluation return (0 = uniform random actions, 1 = the built-in expert),
+IQM over seeds with 95% stratified bootstrap intervals. Full table and per-run CSVs:
+<code>{html.escape(str(study_report))}</code>.</p>
+{_markdown_table(table)}<ul>{notes}</ul>
+{_img(study_report / "curves.png")}
 </body></html>
 """
     path = out / "report.html"

@@ -1,7 +1,8 @@
 """``semore-run``: every stage in order from one config, resuming what is done, then a report.
 
-collect -> annotate -> pretrain -> probe (pretrained and random) -> finetune (pretrained
-and the from-scratch baseline) -> ``RUN/report.html``. Each stage is called through its
+collect -> annotate -> pretrain -> a quick comparison of fine-tuning arms (``semore-compare``:
+the pretrained encoder frozen, from scratch, a frozen random encoder; 3 seeds) -> probes
+(pretrained, random, and the encoder RL trained from scratch) -> ``RUN/report.html``. Each stage is called through its
 own ``main`` with the same flags a user would type, and is skipped when its output is
 complete, so an interrupted run continues where it stopped.
 """
@@ -37,7 +38,11 @@ class RunConfig:
     collect: StageSpec = field(default_factory=lambda: StageSpec("quickstart"))
     annotate: StageSpec = field(default_factory=lambda: StageSpec("quickstart"))
     pretrain: StageSpec = field(default_factory=lambda: StageSpec("quickstart"))
-    finetune: StageSpec = field(default_factory=lambda: StageSpec("quickstart"))
+    # The comparison of fine-tuning arms (a semore-compare preset or YAML; its arms name the
+    # encoder pretrained above "pretrained").
+    compare: StageSpec = field(default_factory=lambda: StageSpec("quick"))
+    # The arm whose seed-0 encoder the probe reads as "what RL alone learned".
+    rl_probe_arm: str = "scratch"
     # Episodes shown in the report's contact sheet and how many steps of each.
     report_episodes: list[int] = field(default_factory=lambda: [0, 1])
     report_max_steps: int = 12
@@ -67,8 +72,7 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
     """Run (or resume) every stage into ``out``; returns the report's path."""
     from pipeline.annotate import run as annotate_run
     from pipeline.collect import run as collect
-    from pipeline.finetune import loop
-    from pipeline.finetune import run as finetune
+    from pipeline.compare import run as compare
     from pipeline.pretrain import probe
     from pipeline.pretrain import run as pretrain
 
@@ -104,9 +108,20 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
             ],
         )
 
+    study = out / "compare"
+    _call(
+        "compare",
+        compare.main,
+        [*_flags(cfg.compare, "compare", root), "--pretrained", str(encoder),
+         "--out", str(study), *common],
+    )  # fmt: skip
+
+    # Probes: the pretrained encoder, a random one, and the encoder RL learned from scratch.
+    rl_encoder = study / "runs" / cfg.rl_probe_arm / "seed0"
     probes = {}
-    for label, source in (("pretrained", str(encoder)), ("random", "random")):
-        path = out / f"probe_{label}.json"
+    for label, source in (("pretrained", str(encoder)), ("random", "random"),
+                          (f"RL-trained ({cfg.rl_probe_arm})", str(rl_encoder))):  # fmt: skip
+        path = out / f"probe_{label.split()[0].lower()}.json"
         if not path.is_file():
             _call(
                 f"probe ({label})",
@@ -115,30 +130,11 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
             )
         probes[label] = json.loads(path.read_text())
 
-    arch = finetune.baseline_encoder_flags(encoder)
-    curves = {}
-    for label, source in (("pretrained", str(encoder)), ("baseline", "none")):
-        run_dir = out / f"finetune_{label}"
-        if not (run_dir / loop.SUMMARY_NAME).is_file():
-            last = run_dir / loop.CHECKPOINT_DIR / loop.LAST_CHECKPOINT
-            resume = ["--resume"] if last.is_file() else []
-            extra = arch if source == "none" else []
-            argv = [
-                *_flags(cfg.finetune, "finetune", root),
-                "--encoder",
-                source,
-                "--out",
-                str(run_dir),
-                *extra,
-                *resume,
-                *common,
-            ]
-            _call(f"finetune ({label})", finetune.main, argv)
-        curves[label] = run_dir / loop.METRICS_NAME
-
     from pipeline.report import write_report
 
-    return write_report(out, data, probes, curves, cfg.report_episodes, cfg.report_max_steps)
+    return write_report(
+        out, data, probes, study / "report", cfg.report_episodes, cfg.report_max_steps
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,7 +69,7 @@ def test_study_runs_reports_and_skips_finished_runs(tmp_path, capsys):
     assert capsys.readouterr().out == ""
     (out / "runs" / "frozen" / "seed1" / "summary.json").unlink()  # as if interrupted
     assert main(["--config", str(study), "--out", str(out), "--print-commands"]) == 0
-    printed = capsys.readouterr().out.strip().splitlines()
+    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
     assert len(printed) == 1 and "--encoder_mode frozen" in printed[0] and "--seed 1" in printed[0]
 
 

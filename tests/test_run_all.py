@@ -30,17 +30,19 @@ TINY = {
             "trainer": {"max_steps": 2, "val_check_interval": 2, "checkpoint_every_n_steps": 2},
         },
     },
-    "finetune": {
-        "config": "quickstart",
+    "compare": {
+        "config": "quick",
         "overrides": {
-            "env": {"highway": {"image_height": 32, "image_width": 32, "max_episode_steps": 8}},
+            "seeds": [0, 1],
             "num_train_steps": 12,
-            "num_seed_steps": 6,
             "eval_every_steps": 6,
             "num_eval_episodes": 1,
-            "batch_size": 4,
-            "replay_capacity": 200,
-            "sac": {"hidden_dim": 16},
+            "overrides": {
+                "env": {"highway": {"image_height": 32, "image_width": 32, "max_episode_steps": 8}},
+                "num_seed_steps": 6,
+                "replay_capacity": 200,
+                "sac": {"hidden_dim": 16},
+            },
         },
     },
     "report_episodes": [0, 1],
@@ -61,7 +63,7 @@ def test_whole_pipeline_writes_a_report_and_resumes(tmp_path, monkeypatch, capsy
     assert manifest["ann"]["totals"]["num_samples"] == manifest["raw"]["totals"]["num_samples"]
     encoder = out / "pretrain" / "encoder.pt"
     assert encoder.is_file()
-    for label in ("pretrained", "random"):
+    for label in ("pretrained", "random", "rl-trained"):
         probe = json.loads((out / f"probe_{label}.json").read_text())
         assert set(probe["r2"]) == {
             "speed",
@@ -71,16 +73,25 @@ def test_whole_pipeline_writes_a_report_and_resumes(tmp_path, monkeypatch, capsy
             "heading",
             "reward",
         }
-    for label in ("pretrained", "baseline"):
-        summary = json.loads((out / f"finetune_{label}" / "summary.json").read_text())
-        assert summary["step"] == 12
-        # the baseline is the pretrained architecture, trained from scratch
-        assert summary["encoder_config"]["num_filters"] == 8
+    for label in ("pretrained", "random", "rl-trained"):
+        probe = json.loads((out / f"probe_{label}.json").read_text())
+        assert set(probe["r2_interval"]) == set(probe["r2"])
+    runs = out / "compare" / "runs"
+    for arm in ("semore_frozen", "scratch", "random_frozen"):
+        for seed in (0, 1):
+            summary = json.loads((runs / arm / f"seed{seed}" / "summary.json").read_text())
+            assert summary["step"] == 12
+            # every arm has the pretrained architecture
+            assert summary["encoder_config"]["num_filters"] == 8
+    assert (out / "compare" / "report" / "table.md").is_file()
 
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2  # contact sheet + learning curves
-    assert "pretrained" in page and "random" in page and "speed" in page
-    assert (out / "contact_sheet.png").is_file() and (out / "learning_curves.png").is_file()
+    # 2 episodes x 3 example frames, the contact sheet, the study's curves
+    assert page.count("data:image/png;base64,") == 2 * 3 + 2
+    assert "semantic:" in page and "motion:" in page  # captions beside the frames
+    assert "RL-trained (scratch)" in page and "95% interval" in page
+    assert "| semore_frozen |" not in page and "<td>semore_frozen</td>" in page
+    assert (out / "contact_sheet.png").is_file()
 
     # a rerun finds every stage complete and redoes none of them
     stamps = {

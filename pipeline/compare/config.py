@@ -6,19 +6,42 @@ from dataclasses import dataclass, field
 
 from pipeline.config import resumable
 
+# An arm's encoder "encoders.NAME" is the study's own pretrained encoder NAME.
+ENCODER_REF = "encoders."
+
+
+@dataclass
+class DatasetConfig:
+    """The study's dataset, collected and annotated into OUT/data by the stages' own commands."""
+
+    collect: str = "quickstart"  # collect preset or YAML
+    collect_overrides: dict = field(default_factory=dict)
+    annotate: str = "quickstart"  # annotate preset or YAML
+    annotate_overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class EncoderConfig:
+    """One encoder pretrained on the study's dataset into OUT/encoders/NAME (ablations differ
+    only in their overrides, so they all see the same data and budget)."""
+
+    config: str = "quickstart"  # pretrain preset or YAML
+    overrides: dict = field(default_factory=dict)
+
 
 @dataclass
 class ArmConfig:
     """One arm: where its encoder comes from and what it overrides in the fine-tune config."""
 
-    # An encoder export (RUN/encoder.pt, relative to the folder semore-compare runs in), or
-    # "none" for an encoder built fresh from the fine-tune config (from scratch, or with
-    # encoder_mode frozen the frozen random control).
+    # "encoders.NAME" (an encoder the study pretrains), "pretrained" (the study's
+    # `pretrained` export), an export (RUN/encoder.pt, relative to
+    # the folder semore-compare runs in), or "none" for an encoder built fresh from the
+    # fine-tune config (from scratch, or with encoder_mode frozen the frozen random control).
     encoder: str = "none"
     # Nested fine-tune config overrides, e.g. {encoder_mode: frozen}.
     overrides: dict = field(default_factory=dict)
-    # For "none": copy the architecture of this export, so a from-scratch or random arm has
-    # exactly the pretrained arms' encoder.
+    # For "none": copy the architecture of this encoder (same forms as `encoder`), so a
+    # from-scratch or random arm has exactly the pretrained arms' encoder.
     architecture_from: str | None = None
 
 
@@ -26,6 +49,11 @@ class ArmConfig:
 class CompareConfig:
     """A study: every arm runs on every seed with the same fine-tune config and budget."""
 
+    # Built first when given: the dataset, then every encoder pretrained on it.
+    dataset: DatasetConfig | None = None
+    encoders: dict[str, EncoderConfig] = field(default_factory=dict)
+    # An export that arms name as "pretrained" (semore-run passes its own pretrained encoder).
+    pretrained: str | None = None
     # The fine-tune preset (or YAML) every arm starts from.
     finetune: str = "quickstart"
     # Overrides for every arm (an arm's own overrides win).
@@ -53,6 +81,17 @@ class CompareConfig:
                 f"reference_arm {self.reference_arm!r} is not an arm: expected one of "
                 f"{', '.join(self.arms)}"
             )
+        if self.encoders and self.dataset is None:
+            raise ValueError("encoders need a dataset to pretrain on: expected a dataset section")
+        for name, arm in self.arms.items():
+            if "pretrained" in (arm.encoder, arm.architecture_from) and self.pretrained is None:
+                raise ValueError(f"arm {name} uses 'pretrained': expected --pretrained PATH")
+            for ref in (arm.encoder, arm.architecture_from or ""):
+                if ref.startswith(ENCODER_REF) and ref[len(ENCODER_REF) :] not in self.encoders:
+                    raise ValueError(
+                        f"arm {name}: {ref} is not a study encoder: expected one of "
+                        f"{', '.join(ENCODER_REF + e for e in self.encoders) or 'none defined'}"
+                    )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds} must be distinct and not empty")
         for name in ("num_train_steps", "eval_every_steps", "num_eval_episodes", "jobs"):

@@ -6,9 +6,9 @@ expert's and uniform-random returns measured on the same fixed evaluation episod
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ import yaml
 from pipeline.compare import stats
 from pipeline.compare.config import CompareConfig
 from pipeline.config import to_dict
+from pipeline.files import atomic_write
 from pipeline.finetune.eval import Curve, read_metrics
 from pipeline.finetune.loop import METRICS_NAME, SUMMARY_NAME
 from pipeline.finetune.reference import REFERENCE_NAME
@@ -121,7 +122,7 @@ def write_report(cfg: CompareConfig, jobs: list[Job], folder: Path, config_arg: 
         "Reproduce: the commands in `commands.sh` (one `semore-finetune` per run), or "
         f"`semore-compare --config {config_arg} --out OUT`; the study config is `study.yaml`.",
     ]
-    (folder / "table.md").write_text("\n".join(lines) + "\n")
+    _write(folder / "table.md", "\n".join(lines) + "\n")
 
     plot = {
         arm: Curve(steps, {"episode_return": iqm[arm], "distance_m": iqm[arm]},
@@ -134,12 +135,13 @@ def write_report(cfg: CompareConfig, jobs: list[Job], folder: Path, config_arg: 
     runs_dir = folder / "runs"
     runs_dir.mkdir(exist_ok=True)
     for job in jobs:
-        shutil.copyfile(job.out / METRICS_NAME, runs_dir / f"{job.arm}-seed{job.seed}.csv")
-    (folder / "commands.sh").write_text(
+        _write(runs_dir / f"{job.arm}-seed{job.seed}.csv", (job.out / METRICS_NAME).read_bytes())
+    _write(
+        folder / "commands.sh",
         "#!/usr/bin/env bash\n# One semore-finetune run per line (paths relative to the study folder).\n"
-        + "".join(shlex.join(["semore-finetune", *job.argv]) + "\n" for job in jobs)
+        + "".join(shlex.join(["semore-finetune", *job.argv]) + "\n" for job in jobs),
     )
-    (folder / "study.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    _write(folder / "study.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     results = {
         "steps": steps.tolist(),
         "arms": {
@@ -148,8 +150,15 @@ def write_report(cfg: CompareConfig, jobs: list[Job], folder: Path, config_arg: 
         },  # fmt: skip
         "reference": {k: expert[k] for k in ("expert_return", "random_return", "eval_seeds")},
     }
-    (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    _write(folder / "results.json", json.dumps(results, indent=1) + "\n")
     return folder
+
+
+def _write(path: Path, content: str | bytes) -> None:
+    """Write ``content`` unless the file already holds it (a rerun changes no file)."""
+    data = content.encode() if isinstance(content, str) else content
+    if not (path.is_file() and path.read_bytes() == data):
+        atomic_write(path, data)
 
 
 def _plot_iqm(curves: dict[str, Curve], path: Path, scores: dict, steps: np.ndarray) -> None:
@@ -174,5 +183,7 @@ def _plot_iqm(curves: dict[str, Curve], path: Path, scores: dict, steps: np.ndar
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
+    _write(path, buffer.getvalue())

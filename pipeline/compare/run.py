@@ -2,10 +2,12 @@
 
     semore-compare --config study.yaml --out runs/study [--jobs 2] [--print-commands]
 
-Each run is an independent ``semore-finetune`` process writing ``OUT/runs/ARM/seedS``; a
-rerun skips the runs already finished and resumes interrupted ones. ``--print-commands``
-prints one command per unfinished run instead (hand them to a cluster's job array), and a
-later ``semore-compare --report-only`` aggregates whatever has finished.
+A study with a ``dataset`` section first collects and annotates it into ``OUT/data``, then
+pretrains each of its ``encoders`` on it into ``OUT/encoders/NAME`` (N at a time). Each
+fine-tuning run is an independent ``semore-finetune`` process writing ``OUT/runs/ARM/seedS``.
+A rerun skips what is finished and resumes what was interrupted. ``--print-commands`` prints
+one command per unfinished job instead, stage by stage (hand each stage to a cluster's job
+array), and a later ``semore-compare --report-only`` aggregates whatever has finished.
 """
 
 from __future__ import annotations
@@ -19,34 +21,87 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.compare.config import CompareConfig
+from pipeline.compare.config import ENCODER_REF, CompareConfig
 from pipeline.compare.report import write_report
 from pipeline.config import flatten, load_config
 from pipeline.errors import SemoreError
 from pipeline.finetune.loop import SUMMARY_NAME
 from pipeline.finetune.run import baseline_encoder_flags
+from pipeline.pretrain.config import PretrainConfig
+from pipeline.pretrain.run import ENCODER_EXPORT
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)  # hashed by identity: jobs key per-run results
 class Job:
-    arm: str
+    arm: str  # the arm, or the encoder a pretraining job makes
     seed: int
     out: Path
-    argv: list[str]  # semore-finetune arguments
+    argv: list[str]  # the stage's arguments
+    module: str = "pipeline.finetune.run"
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "pipeline.finetune.run", *self.argv]
+        return [sys.executable, "-m", self.module, *self.argv]
 
     def finished(self, num_train_steps: int) -> bool:
+        if self.module == PRETRAIN_MODULE:
+            return (self.out / ENCODER_EXPORT).is_file()
         path = self.out / SUMMARY_NAME
         return path.is_file() and json.loads(path.read_text()).get("step", 0) >= num_train_steps
+
+
+PRETRAIN_MODULE = "pipeline.pretrain.run"
+
+
+def encoder_path(cfg: CompareConfig, ref: str, out: Path) -> str:
+    """An arm's encoder reference as a path ("encoders.NAME", "pretrained"), else as given."""
+    if ref.startswith(ENCODER_REF):
+        return str(out / "encoders" / ref[len(ENCODER_REF) :] / ENCODER_EXPORT)
+    return cfg.pretrained if ref == "pretrained" else ref
+
+
+def dataset_commands(cfg: CompareConfig, out: Path) -> list[tuple[object, list[str]]]:
+    """(main, argv) of the collect and annotate stages that build the study's dataset."""
+    from pipeline.annotate.run import main as annotate_main
+    from pipeline.collect.run import main as collect_main
+
+    data, ds = str(out / "data"), cfg.dataset
+    return [
+        (collect_main, ["--config", ds.collect, "--out", data, *_override_flags(ds.collect_overrides)]),
+        (annotate_main, ["--config", ds.annotate, "--data", data, *_override_flags(ds.annotate_overrides)]),
+    ]  # fmt: skip
+
+
+def architecture_flags(cfg: CompareConfig, ref: str) -> list[str]:
+    """``--encoder.*`` flags that rebuild the architecture of ``ref`` (a study encoder's
+    pretrain config, known before it is trained, or an export)."""
+    if not ref.startswith(ENCODER_REF):
+        return baseline_encoder_flags(encoder_path(cfg, ref, Path()))
+    enc = cfg.encoders[ref[len(ENCODER_REF) :]]
+    pretrain_cfg = load_config(PretrainConfig, enc.config, enc.overrides, stage="pretrain")
+    return [
+        arg
+        for key, value in asdict(pretrain_cfg.encoder).items()
+        for arg in (f"--encoder.{key}", json.dumps(value))
+    ]
+
+
+def pretrain_jobs(cfg: CompareConfig, out: Path) -> list[Job]:
+    """One pretraining job per study encoder, on the study's dataset."""
+    jobs = []
+    for name, enc in cfg.encoders.items():
+        run_dir = out / "encoders" / name
+        resume = ["--resume"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else []
+        argv = ["--config", enc.config, "--data", str(out / "data"), "--out", str(run_dir),
+                *_override_flags(enc.overrides), *resume, "--quiet"]  # fmt: skip
+        jobs.append(Job(name, 0, run_dir, argv, module=PRETRAIN_MODULE))
+    return jobs
 
 
 def _override_flags(overrides: dict) -> list[str]:
@@ -61,14 +116,15 @@ def plan_jobs(cfg: CompareConfig, out: Path) -> list[Job]:
     jobs = []
     for seed in cfg.seeds:
         for name, arm in cfg.arms.items():
-            encoder = [arm.encoder]
-            if arm.encoder != "none" and not Path(arm.encoder).is_file():
+            encoder = [encoder_path(cfg, arm.encoder, out)]
+            own = arm.encoder.startswith(ENCODER_REF)  # made by the study, maybe not yet
+            if arm.encoder != "none" and not own and not Path(encoder[0]).is_file():
                 raise SemoreError(
-                    f"arm {name}: encoder {arm.encoder} not found: expected an export "
-                    "(RUN/encoder.pt) or none"
+                    f"arm {name}: encoder {encoder[0]} not found: expected an export "
+                    "(RUN/encoder.pt), encoders.NAME, pretrained or none"
                 )
             if arm.encoder == "none" and arm.architecture_from:
-                encoder += baseline_encoder_flags(arm.architecture_from)
+                encoder += architecture_flags(cfg, arm.architecture_from)
             run_dir = out / "runs" / name / f"seed{seed}"
             argv = [
                 "--config", cfg.finetune, "--encoder", *encoder, "--out", str(run_dir),
@@ -135,16 +191,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_commands(cfg: CompareConfig, out: Path) -> None:
+    """One line per unfinished job, stage by stage (each stage needs the one before)."""
+    stages = []
+    if cfg.dataset is not None:
+        stages.append(("dataset", [shlex.join(["semore-" + main.__module__.split(".")[1], *argv])
+                                   for main, argv in dataset_commands(cfg, out)]))  # fmt: skip
+    pending = [j for j in pretrain_jobs(cfg, out) if not j.finished(0)]
+    stages.append(("encoders", [shlex.join(j.command) for j in pending]))
+    runs = [j for j in plan_jobs(cfg, out) if not j.finished(cfg.num_train_steps)]
+    stages.append(("fine-tuning runs", [shlex.join(j.command) for j in runs]))
+    for name, lines in stages:
+        if lines:
+            print(f"# {name} ({len(lines)})")
+            print("\n".join(lines))
+
+
+def build_inputs(cfg: CompareConfig, out: Path, num_jobs: int) -> None:
+    """The study's dataset, then its encoders; each stage resumes or skips what is done."""
+    if cfg.dataset is not None:
+        for main_fn, argv in dataset_commands(cfg, out):
+            code = main_fn([*argv, "--quiet"])
+            if code != 0:
+                raise SemoreError(
+                    f"building the study dataset failed: {main_fn.__module__} exit {code}"
+                )
+    todo = [job for job in pretrain_jobs(cfg, out) if not job.finished(0)]
+    if todo:
+        failures = run_jobs(todo, num_jobs)
+        if failures:
+            raise SemoreError(f"{len(failures)} pretraining job(s) failed: {'; '.join(failures)}")
+
+
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = load_config(CompareConfig, args.config, overrides, stage="compare")
+    if args.print_commands:
+        _print_commands(cfg, args.out)
+        return
+    num_jobs = args.jobs or cfg.jobs
+    if not args.report_only:
+        build_inputs(cfg, args.out, num_jobs)
     jobs = plan_jobs(cfg, args.out)
     todo = [job for job in jobs if not job.finished(cfg.num_train_steps)]
-    if args.print_commands:
-        for job in todo:
-            print(shlex.join(job.command))
-        return
     if todo and not args.report_only:
-        failures = run_jobs(todo, args.jobs or cfg.jobs)
+        failures = run_jobs(todo, num_jobs)
         if failures:
             raise SemoreError(f"{len(failures)} run(s) failed: {'; '.join(failures)}")
     finished = [job for job in jobs if job.finished(cfg.num_train_steps)]
