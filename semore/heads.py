@@ -31,6 +31,7 @@ class SemorePretrainModel(nn.Module):
         action_dim: int,
         hidden_dim: int = 256,
         heads_read: str = "h",
+        state_dim: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -48,8 +49,16 @@ class SemorePretrainModel(nn.Module):
         motion_in = encoder.mot_dim if encoder.mot_dim and not on_h else encoder.repr_dim
         self.motion_head = mlp(motion_in, hidden_dim, motion_dim)
         self.reward_head = mlp(encoder.repr_dim + action_dim, hidden_dim, 1, num_hidden_layers=2)
+        # The no-language control: regress, from h, the state the captions are written from.
+        self.state_head = mlp(encoder.repr_dim, hidden_dim, state_dim) if state_dim else None
         # Heads only: re-initialising here would overwrite a loaded encoder's weights.
-        for head in (self.sem_proj, self.mot_proj, self.motion_head, self.reward_head):
+        for head in (
+            self.sem_proj,
+            self.mot_proj,
+            self.motion_head,
+            self.reward_head,
+            self.state_head,
+        ):
             if head is not None:
                 head.apply(orthogonal_init)
 
@@ -67,4 +76,6 @@ class SemorePretrainModel(nn.Module):
         out["motion_pred"] = self.motion_head(motion_in)  # (B, motion_dim)
         reward_in = torch.cat([h, action.to(h.dtype)], dim=-1)  # (B, repr_dim + action_dim)
         out["reward_pred"] = self.reward_head(reward_in).squeeze(-1)  # (B,)
+        if self.state_head is not None:
+            out["state_pred"] = self.state_head(h)  # (B, state_dim)
         return out

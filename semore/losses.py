@@ -86,7 +86,8 @@ class SemorePretrainLoss(nn.Module):
 
     Terms (each skipped when its weight is 0 or its model output is missing, which is how
     the stream ablations drop them): "sem_nce", "mot_nce", "motion_reg" (MSE on the
-    standardised motion targets), "reward_mse". "sem_acc" / "mot_acc" are detached
+    standardised motion targets), "reward_mse", "state_reg" (MSE on the standardised state
+    the captions are written from: the no-language control). "sem_acc" / "mot_acc" are detached
     diagnostics, not part of "loss".
     """
 
@@ -97,6 +98,7 @@ class SemorePretrainLoss(nn.Module):
         motion_reg_weight: float = 1.0,
         reward_weight: float = 1.0,
         temperature: float = 0.07,
+        state_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.weights = {
@@ -104,6 +106,7 @@ class SemorePretrainLoss(nn.Module):
             "mot_nce": float(mot_weight),
             "motion_reg": float(motion_reg_weight),
             "reward_mse": float(reward_weight),
+            "state_reg": float(state_weight),
         }
         for name, weight in self.weights.items():
             if weight < 0:
@@ -137,6 +140,10 @@ class SemorePretrainLoss(nn.Module):
             reward = self._target(batch, "reward", "reward_mse")
             pred = outputs["reward_pred"]
             terms["reward_mse"] = F.mse_loss(pred, reward.reshape(pred.shape).to(pred.dtype))
+        if self.weights["state_reg"] > 0 and "state_pred" in outputs:
+            state = self._target(batch, "caption_state", "state_reg")
+            pred = outputs["state_pred"]
+            terms["state_reg"] = F.mse_loss(pred, state.to(pred.dtype))
         if not terms:
             raise ValueError(
                 "SemorePretrainLoss has no active term; expected at least one non-zero weight "

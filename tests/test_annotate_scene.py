@@ -186,3 +186,16 @@ def test_motion_targets_include_lateral_offset_and_heading_error():
     )
     assert values["lateral_offset"] == pytest.approx(-0.7)
     assert values["heading_error"] == pytest.approx(0.05)
+
+
+def test_caption_state_is_the_numbers_behind_the_captions():
+    state = _state(lane_index=1, lanes_count=3, neighbours_per_lane=[2, 0, 1])
+    values = dict(zip(schema.CAPTION_STATE_FIELDS, schema.caption_state(state), strict=True))
+    assert values["cars_left_lane"] == 2 and values["cars_right_lane"] == 1
+    assert values["lane_index"] == 1 and values["speed_mps"] == pytest.approx(state["speed_mps"])
+    edge = schema.caption_state(_state(lane_index=0, neighbours_per_lane=[0, 3, 0]))
+    assert edge[schema.CAPTION_STATE_FIELDS.index("cars_left_lane")] == -1  # no lane there
+    older = {k: v for k, v in _state().items() if k != "lateral_offset_m"}
+    assert np.isnan(
+        schema.caption_state(older)[schema.CAPTION_STATE_FIELDS.index("lateral_offset_m")]
+    )

@@ -70,7 +70,8 @@ def test_study_runs_reports_and_skips_finished_runs(tmp_path, capsys):
     (out / "runs" / "frozen" / "seed1" / "summary.json").unlink()  # as if interrupted
     assert main(["--config", str(study), "--out", str(out), "--print-commands"]) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
-    assert len(printed) == 1 and "--encoder_mode frozen" in printed[0] and "--seed 1" in printed[0]
+    assert len(printed) == 1 and printed[0].startswith("semore-finetune ")
+    assert "--encoder_mode frozen" in printed[0] and "--seed 1" in printed[0]
 
 
 def test_bad_study_is_a_one_line_error(tmp_path, capsys):
@@ -81,3 +82,43 @@ def test_bad_study_is_a_one_line_error(tmp_path, capsys):
     assert main(["--config", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing.pt not found" in err
+
+
+def test_study_builds_its_dataset_and_encoders_first(tmp_path):
+    small = {"highway": {"image_height": 32, "image_width": 32, "max_episode_steps": 6}}
+    study = {
+        "dataset": {
+            "collect": "quickstart",
+            "collect_overrides": {"episodes": 4, "episodes_per_shard": 2, **small},
+            "annotate": "quickstart",
+            "annotate_overrides": {"num_threads": 1},
+        },
+        "encoders": {
+            "tiny": {
+                "config": "quickstart",
+                "overrides": {
+                    "encoder": {"num_filters": 8, "num_heads": 2},
+                    "data": {"batch_size": 4, "num_workers": 0, "shuffle_buffer": 8},
+                    "trainer": {"max_steps": 2, "val_check_interval": 2},
+                },
+            }
+        },
+        "finetune": "quickstart",
+        "overrides": {**TINY_FINETUNE, "env": small},
+        "arms": {
+            "tiny_frozen": {"encoder": "encoders.tiny", "overrides": {"encoder_mode": "frozen"}},
+            "scratch": {"encoder": "none", "architecture_from": "encoders.tiny"},
+        },
+        "seeds": [0],
+        "num_train_steps": 6,
+        "eval_every_steps": 6,
+        "num_eval_episodes": 1,
+    }
+    config, out = tmp_path / "study.yaml", tmp_path / "out"
+    config.write_text(yaml.safe_dump(study))
+    assert main(["--config", str(config), "--out", str(out), "--quiet"]) == 0
+    assert (out / "data" / "manifest.json").is_file()
+    assert (out / "encoders" / "tiny" / "encoder.pt").is_file()
+    summary = json.loads((out / "runs" / "scratch" / "seed0" / "summary.json").read_text())
+    assert summary["encoder_config"]["num_filters"] == 8  # the study encoder's architecture
+    assert (out / "report" / "table.md").is_file()

@@ -106,6 +106,12 @@ def test_resume_without_checkpoint_is_an_error(ann_dataset: Path, tmp_path: Path
         (["--encoder.streams", "motion"], {"sem_nce", "sem_acc"}),
         (["--encoder.interaction", "false", "--loss.reward_weight", "0"], {"reward_mse"}),
         (["--loss.sem_weight", "0", "--aug_pad", "0"], {"sem_nce", "sem_acc"}),
+        # the no-language control: the caption state in place of the caption embeddings
+        (
+            ["--loss.sem_weight", "0", "--loss.mot_weight", "0", "--loss.state_weight", "1"],
+            {"sem_nce", "mot_nce", "sem_acc", "mot_acc"},
+        ),  # fmt: skip
+        (["--loss.heads_read", "streams"], {"state_reg"}),
     ],
 )
 def test_ablations_run_and_drop_their_terms(ann_dataset, tmp_path, extra, absent):
@@ -115,6 +121,8 @@ def test_ablations_run_and_drop_their_terms(ann_dataset, tmp_path, extra, absent
     all_terms = {"sem_nce", "mot_nce", "motion_reg", "reward_mse", "sem_acc", "mot_acc"}
     for term in all_terms:
         assert (f"train/{term}" in columns) == (term not in absent), term
+    state_on = "--loss.state_weight" in extra
+    assert ("train/state_reg" in columns) == state_on
     encoder = load_encoder(out / "encoder.pt")
     if "--encoder.streams" in extra:
         assert encoder.config.streams == extra[1]

@@ -49,6 +49,12 @@ class Job:
     def command(self) -> list[str]:
         return [sys.executable, "-m", self.module, *self.argv]
 
+    @property
+    def script_command(self) -> list[str]:
+        """The same job as its console script, for a cluster's job array."""
+        script = "semore-pretrain" if self.module == PRETRAIN_MODULE else "semore-finetune"
+        return [script, *self.argv]
+
     def finished(self, num_train_steps: int) -> bool:
         if self.module == PRETRAIN_MODULE:
             return (self.out / ENCODER_EXPORT).is_file()
@@ -198,9 +204,9 @@ def _print_commands(cfg: CompareConfig, out: Path) -> None:
         stages.append(("dataset", [shlex.join(["semore-" + main.__module__.split(".")[1], *argv])
                                    for main, argv in dataset_commands(cfg, out)]))  # fmt: skip
     pending = [j for j in pretrain_jobs(cfg, out) if not j.finished(0)]
-    stages.append(("encoders", [shlex.join(j.command) for j in pending]))
+    stages.append(("encoders", [shlex.join(j.script_command) for j in pending]))
     runs = [j for j in plan_jobs(cfg, out) if not j.finished(cfg.num_train_steps)]
-    stages.append(("fine-tuning runs", [shlex.join(j.command) for j in runs]))
+    stages.append(("fine-tuning runs", [shlex.join(j.script_command) for j in runs]))
     for name, lines in stages:
         if lines:
             print(f"# {name} ({len(lines)})")

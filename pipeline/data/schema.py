@@ -173,6 +173,33 @@ def motion_targets(state: dict, where: str = "") -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
+# The privileged state the scene captions are written from, as numbers: the target of the
+# no-language control, which regresses these instead of aligning to caption embeddings.
+CAPTION_STATE_FIELDS = (
+    "speed_mps", "acceleration_mps2", "lat_speed_mps", "lead_distance_m",
+    "lead_closing_speed_mps", "lane_index", "lanes_count", "lateral_offset_m",
+    "road_edge_left_m", "road_edge_right_m", "cars_left_lane", "cars_right_lane",
+    "collision", "on_road",
+)  # fmt: skip
+
+
+def caption_state(state: dict) -> np.ndarray:
+    """float32 (len(CAPTION_STATE_FIELDS),); a missing value (older data, no such lane) is
+    NaN for the left/right lane counts -1."""
+    lane, per_lane = state.get("lane_index"), state.get("neighbours_per_lane") or []
+    derived = {
+        "lead_distance_m": min(lead_distance_m(state) or LEAD_RANGE_M, LEAD_RANGE_M),
+        "cars_left_lane": per_lane[lane - 1]
+        if lane is not None and 0 < lane <= len(per_lane)
+        else -1,
+        "cars_right_lane": per_lane[lane + 1]
+        if lane is not None and lane + 1 < len(per_lane)
+        else -1,
+    }
+    values = [derived.get(name, state.get(name)) for name in CAPTION_STATE_FIELDS]
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float32)
+
+
 def motion_manifest_fields() -> dict:
     """Manifest entries: ``motion_targets`` ([name, unit] in motion.npy order) and their state fields."""
     return {

@@ -105,6 +105,7 @@ def _decode(raw, ann, key, history, image_hw, where) -> dict:
         "frames": tuple(history),
         "action": decode_member(schema.ACTION, raw[schema.ACTION]).astype(np.float32),
         "reward": float(decode_member(schema.REWARD, raw[schema.REWARD])),
+        "caption_state": schema.caption_state(state),
         "lead_distance_m": _lead_distance(state),
         **{
             name: _float_or_nan(state.get(name))
@@ -170,8 +171,12 @@ class Collate:
         for name in ("reward", *STATE_TARGETS):
             batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.float32)
         stats = self.stats
+        caption_state = np.stack([s["caption_state"] for s in samples])  # (B, S)
         if stats is not None:
             batch["reward"] = (batch["reward"] - stats.reward_mean) / stats.reward_std
+            caption_state = (caption_state - stats.state_mean) / stats.state_std
+        # A field the data lacks is 0 after standardisation: no gradient, no NaN.
+        batch["caption_state"] = torch.from_numpy(np.nan_to_num(caption_state).astype(np.float32))
         if "motion" in samples[0]:
             batch["emb_sem"] = torch.from_numpy(np.stack([s["emb_sem"] for s in samples]))
             batch["emb_mot"] = torch.from_numpy(np.stack([s["emb_mot"] for s in samples]))
@@ -190,6 +195,8 @@ class TrainStats:
     motion_std: np.ndarray  # (M,); constant targets get 1 so they standardise to 0
     reward_mean: float
     reward_std: float
+    state_mean: np.ndarray  # (S,) of schema.caption_state over training samples
+    state_std: np.ndarray
     num_train_samples: int
     num_heldout_samples: int
     train_episodes: list[int]
@@ -204,7 +211,7 @@ def _std(values: np.ndarray) -> np.ndarray:
 
 def train_stats(urls: list[tuple[str, str | None]], split: EpisodeSplit) -> TrainStats:
     """Read every shard pair once (decoding only motion.npy and reward.npy) and count the split."""
-    motions, rewards, train_eps, held_eps, held_shards = [], [], set(), set(), []
+    motions, rewards, states, train_eps, held_eps, held_shards = [], [], [], set(), set(), []
     num_held = 0
     for raw_url, ann_url in urls:
         has_heldout = False
@@ -218,6 +225,7 @@ def train_stats(urls: list[tuple[str, str | None]], split: EpisodeSplit) -> Trai
             train_eps.add(key.episode)
             schema.validate_raw_sample(raw, f"{raw_url}: ")
             rewards.append(float(decode_member(schema.REWARD, raw[schema.REWARD])))
+            states.append(schema.caption_state(decode_member(schema.STATE, raw[schema.STATE])))
             if ann is not None:
                 schema.validate_ann_sample(ann, f"{ann_url}: ")
                 motions.append(decode_member(schema.MOTION, ann[schema.MOTION]))
@@ -230,11 +238,18 @@ def train_stats(urls: list[tuple[str, str | None]], split: EpisodeSplit) -> Trai
         )
     motion = np.stack(motions).astype(np.float64) if motions else np.zeros((1, 0))  # (N, M)
     reward = np.asarray(rewards, dtype=np.float64)  # (N,)
+    state = np.stack(states).astype(np.float64)  # (N, S), NaN where a field is missing
+    finite = np.isfinite(state)
+    count = np.maximum(finite.sum(0), 1)
+    state_mean = np.where(finite, state, 0.0).sum(0) / count
+    state_std = np.sqrt((np.where(finite, state - state_mean, 0.0) ** 2).sum(0) / count)
     return TrainStats(
         motion_mean=motion.mean(0).astype(np.float32),
         motion_std=_std(motion).astype(np.float32),
         reward_mean=float(reward.mean()),
         reward_std=float(_std(reward)),
+        state_mean=state_mean.astype(np.float32),
+        state_std=np.where(state_std > 1e-6, state_std, 1.0).astype(np.float32),
         num_train_samples=len(rewards),
         num_heldout_samples=num_held,
         train_episodes=sorted(train_eps),

@@ -47,6 +47,10 @@ class LossSection:
     mot_weight: float = 1.0
     motion_reg_weight: float = 1.0
     reward_weight: float = 1.0
+    # The no-language control (0 = off): regress from h the state the scene captions are
+    # written from (schema.CAPTION_STATE_FIELDS); with sem_weight and mot_weight 0 it asks
+    # whether language adds anything over the numbers behind it.
+    state_weight: float = 0.0
     # CLIP's initial temperature; it is learned from there.
     temperature: float = 0.07
     # What the alignment projections and the motion head read: "h", the fused representation

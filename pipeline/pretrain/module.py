@@ -35,6 +35,8 @@ class SemorePretrainModule(L.LightningModule):
         mot_weight: float = 1.0,
         motion_reg_weight: float = 1.0,
         reward_weight: float = 1.0,
+        state_weight: float = 0.0,
+        state_dim: int = 0,
         temperature: float = 0.07,
         heads_read: str = "h",
         lr: float = 3e-4,
@@ -45,10 +47,11 @@ class SemorePretrainModule(L.LightningModule):
         self.save_hyperparameters()
         encoder = SemoreEncoder.from_config(EncoderConfig(**encoder_config))
         self.model = SemorePretrainModel(
-            encoder, text_dim, motion_dim, action_dim, heads_read=heads_read
-        )
+            encoder, text_dim, motion_dim, action_dim, heads_read=heads_read,
+            state_dim=state_dim if state_weight > 0 else 0,
+        )  # fmt: skip
         self.loss = SemorePretrainLoss(
-            sem_weight, mot_weight, motion_reg_weight, reward_weight, temperature
+            sem_weight, mot_weight, motion_reg_weight, reward_weight, temperature, state_weight
         )
         self.augment = RandomShift(aug_pad)
         self.register_buffer("motion_mean", torch.tensor(motion_mean, dtype=torch.float32))

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from pipeline import cli
 from pipeline.config import content_dict, content_of, first_difference, load_config, to_dict
 from pipeline.data import manifest as mf
+from pipeline.data import schema
 from pipeline.errors import SemoreError
 from pipeline.files import atomic_write
 from pipeline.pretrain.config import PretrainConfig
@@ -71,6 +72,7 @@ def build_module(cfg: PretrainConfig, dm: SemoreDataModule) -> SemorePretrainMod
         encoder_config=asdict(encoder_cfg),
         text_dim=dm.info.embedding_dim,
         motion_dim=len(dm.info.motion_targets),
+        state_dim=len(schema.CAPTION_STATE_FIELDS),
         action_dim=dm.info.action_dim,
         motion_mean=stats.motion_mean.tolist(),
         motion_std=stats.motion_std.tolist(),

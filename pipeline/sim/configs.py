@@ -149,6 +149,9 @@ class PolicyConfig:
     perturb_steer: float = 0.1
     # ... plus Gaussian noise of this std on every action (both components).
     action_noise_std: float = 0.02
+    # For `mixed`: drive the expert's episodes (or steps) with these perturbations too, so a
+    # dataset mixes random episodes with expert ones that drift and recover.
+    perturb_expert: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.expert_prob <= 1.0:

@@ -37,6 +37,8 @@ class CollectionPolicy:
             expert = self._draw_expert()
         else:
             expert = self._episode_expert
+        if expert and self.cfg.perturb_expert:
+            return self._perturbed(env), "perturbed"
         if expert:
             return None, "expert"
         action = self._rng.uniform(-1.0, 1.0, size=self.action_dim).astype(np.float32)
