@@ -19,7 +19,7 @@ from pipeline.compare import stats
 from pipeline.compare.config import CompareConfig
 from pipeline.config import to_dict
 from pipeline.files import atomic_write
-from pipeline.finetune.eval import Curve, read_metrics
+from pipeline.finetune.eval import read_metrics
 from pipeline.finetune.loop import METRICS_NAME, SUMMARY_NAME
 from pipeline.finetune.reference import REFERENCE_NAME
 
@@ -110,13 +110,14 @@ def write_report(cfg: CompareConfig, jobs: list[Job], folder: Path, config_arg: 
             f"\n`{ref}` final: {ref_final['iqm']:.2f} [{ref_final['iqm_low']:.2f}, "
             f"{ref_final['iqm_high']:.2f}]"
         )
-    references = {json.loads((j.out / REFERENCE_NAME).read_text())["expert_return"]: j for j in jobs
-                  if (j.out / REFERENCE_NAME).is_file()}  # fmt: skip
-    expert = json.loads((jobs[0].out / REFERENCE_NAME).read_text())
+    saved = [json.loads((j.out / REFERENCE_NAME).read_text()) for j in jobs
+             if (j.out / REFERENCE_NAME).is_file()]  # fmt: skip
+    distinct = {(r["expert_return"], r["random_return"]) for r in saved}
+    expert = saved[0]
     lines += [
         "",
         f"Reference returns on the evaluation episodes: expert {expert['expert_return']:.1f}, "
-        f"uniform random {expert['random_return']:.1f} ({len(references)} distinct value(s) "
+        f"uniform random {expert['random_return']:.1f} ({len(distinct)} distinct value(s) "
         "across runs; 1 means every run saw the same task).",
         "",
         "Reproduce: the commands in `commands.sh` (one `semore-finetune` per run), or "
@@ -124,13 +125,7 @@ def write_report(cfg: CompareConfig, jobs: list[Job], folder: Path, config_arg: 
     ]
     _write(folder / "table.md", "\n".join(lines) + "\n")
 
-    plot = {
-        arm: Curve(steps, {"episode_return": iqm[arm], "distance_m": iqm[arm]},
-                   {"episode_return": (np.array([c["iqm_low"] for c in cs]),
-                                       np.array([c["iqm_high"] for c in cs]))})
-        for arm, cs in curves.items()
-    }  # fmt: skip
-    _plot_iqm(plot, folder / "curves.png", scores, steps)
+    _plot_iqm(curves, folder / "curves.png", scores, steps)
 
     runs_dir = folder / "runs"
     runs_dir.mkdir(exist_ok=True)
@@ -161,7 +156,7 @@ def _write(path: Path, content: str | bytes) -> None:
         atomic_write(path, data)
 
 
-def _plot_iqm(curves: dict[str, Curve], path: Path, scores: dict, steps: np.ndarray) -> None:
+def _plot_iqm(curves: dict[str, list[dict]], path: Path, scores: dict, steps: np.ndarray) -> None:
     """IQM curves with 95% bands (left) and the final performance profiles (right)."""
     import matplotlib
 
@@ -170,8 +165,10 @@ def _plot_iqm(curves: dict[str, Curve], path: Path, scores: dict, steps: np.ndar
 
     fig, (ax, prof) = plt.subplots(1, 2, figsize=(11, 4))
     for arm, curve in curves.items():
-        ax.plot(curve.steps, curve.values["episode_return"], "o-", label=arm)
-        ax.fill_between(curve.steps, *curve.bands["episode_return"], alpha=0.2)
+        ax.plot(steps, [c["iqm"] for c in curve], "o-", label=arm)
+        ax.fill_between(
+            steps, [c["iqm_low"] for c in curve], [c["iqm_high"] for c in curve], alpha=0.2
+        )
         taus = np.linspace(-0.2, 1.2, 57)
         prof.plot(taus, stats.performance_profile(scores[arm][:, -1], taus), label=arm)
     ax.axhline(1.0, color="k", ls="--", lw=0.8, label="expert")
