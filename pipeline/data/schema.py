@@ -33,7 +33,6 @@ ACTION = "action.npy"  # float32 (action_dim,) in [-1, 1]
 REWARD = "reward.npy"  # float32 scalar
 STATE = "state.json"  # privileged simulator state, units in the field names
 STEP = "step.json"  # episode bookkeeping, see STEP_FIELDS
-RAW_MEMBERS = (RGB, ACTION, REWARD, STATE, STEP)
 
 STEP_FIELDS = (
     "episode",
