@@ -93,6 +93,8 @@ def write_report(cfg: CompareConfig, jobs: list[Job], folder: Path, config_arg: 
         ref_final = curves[ref][-1]
         lines += ["", f"Steps to reach the `{ref}` arm's final IQM ({target:.2f}):", ""]
         for arm in scores:
+            if arm == ref:
+                continue
             reached = stats.steps_to_reach(steps, iqm[arm], target)
             if reached is None:
                 lines.append(f"- `{arm}`: not reached by step {int(steps[-1])}")
