@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("collect", "annotate", "pretrain", "finetune")
+STAGES = ("collect", "annotate", "pretrain", "compare")  # the stages semore-run configures
 
 
 def test_wheel_ships_presets_and_an_installed_copy_finds_them(tmp_path: Path):
@@ -22,8 +22,9 @@ def test_wheel_ships_presets_and_an_installed_copy_finds_them(tmp_path: Path):
     (wheel,) = (tmp_path / "dist").glob("semore-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "pipeline/presets/quickstart.yaml" in names
-    for stage in STAGES:
-        assert f"pipeline/presets/{stage}/quickstart.yaml" in names
+    for preset in ("collect", "annotate", "pretrain", "finetune"):
+        assert f"pipeline/presets/{preset}/quickstart.yaml" in names
+    assert "pipeline/presets/compare/quick.yaml" in names
     assert "pipeline/share/card_template.md" in names
     assert "pipeline/annotate/prompts/semantic.txt" in names
 
