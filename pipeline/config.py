@@ -8,6 +8,7 @@ typo or a wrong type is a one-line error naming the file, the field and what was
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from importlib import resources
@@ -84,6 +85,15 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def override_flags(overrides: dict) -> list[str]:
+    """The ``--a.b VALUE`` command-line form of a nested overrides dict (inverse of
+    :func:`parse_overrides`): strings as they are, other values as JSON."""
+    flags = []
+    for name, value in flatten(overrides).items():
+        flags += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
+    return flags
 
 
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:

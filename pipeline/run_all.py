@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.config import flatten, load_config, resolve_config
+from pipeline.config import load_config, override_flags, resolve_config
 from pipeline.errors import SemoreError
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,7 @@ def _flags(spec: StageSpec, stage: str, root: Path) -> list[str]:
     if not path.is_absolute() and (root / path).is_file():
         path = root / path
     flags = ["--config", str(resolve_config(path, stage))]
-    for name, value in flatten(spec.overrides).items():
-        flags += [f"--{name}", json.dumps(value) if not isinstance(value, str) else value]
-    return flags
+    return flags + override_flags(spec.overrides)
 
 
 def _call(name: str, main, argv: list[str]) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from pipeline import cli
 from pipeline.compare.config import ENCODER_REF, CompareConfig
 from pipeline.compare.report import write_report
-from pipeline.config import flatten, load_config
+from pipeline.config import load_config, override_flags
 from pipeline.errors import SemoreError
 from pipeline.finetune.loop import SUMMARY_NAME
 from pipeline.finetune.run import baseline_encoder_flags
@@ -79,8 +79,8 @@ def dataset_commands(cfg: CompareConfig, out: Path) -> list[tuple[object, list[s
 
     data, ds = str(out / "data"), cfg.dataset
     return [
-        (collect_main, ["--config", ds.collect, "--out", data, *_override_flags(ds.collect_overrides)]),
-        (annotate_main, ["--config", ds.annotate, "--data", data, *_override_flags(ds.annotate_overrides)]),
+        (collect_main, ["--config", ds.collect, "--out", data, *override_flags(ds.collect_overrides)]),
+        (annotate_main, ["--config", ds.annotate, "--data", data, *override_flags(ds.annotate_overrides)]),
     ]  # fmt: skip
 
 
@@ -91,11 +91,7 @@ def architecture_flags(cfg: CompareConfig, ref: str) -> list[str]:
         return baseline_encoder_flags(encoder_path(cfg, ref, Path()))
     enc = cfg.encoders[ref[len(ENCODER_REF) :]]
     pretrain_cfg = load_config(PretrainConfig, enc.config, enc.overrides, stage="pretrain")
-    return [
-        arg
-        for key, value in asdict(pretrain_cfg.encoder).items()
-        for arg in (f"--encoder.{key}", json.dumps(value))
-    ]
+    return override_flags({"encoder": asdict(pretrain_cfg.encoder)})
 
 
 def pretrain_jobs(cfg: CompareConfig, out: Path) -> list[Job]:
@@ -105,16 +101,9 @@ def pretrain_jobs(cfg: CompareConfig, out: Path) -> list[Job]:
         run_dir = out / "encoders" / name
         resume = ["--resume"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else []
         argv = ["--config", enc.config, "--data", str(out / "data"), "--out", str(run_dir),
-                *_override_flags(enc.overrides), *resume, "--quiet"]  # fmt: skip
+                *override_flags(enc.overrides), *resume, "--quiet"]  # fmt: skip
         jobs.append(Job(name, 0, run_dir, argv, module=PRETRAIN_MODULE))
     return jobs
-
-
-def _override_flags(overrides: dict) -> list[str]:
-    flags = []
-    for name, value in flatten(overrides).items():
-        flags += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
-    return flags
 
 
 def plan_jobs(cfg: CompareConfig, out: Path) -> list[Job]:
@@ -137,7 +126,7 @@ def plan_jobs(cfg: CompareConfig, out: Path) -> list[Job]:
                 "--seed", str(seed), "--num-train-steps", str(cfg.num_train_steps),
                 "--eval_every_steps", str(cfg.eval_every_steps),
                 "--num_eval_episodes", str(cfg.num_eval_episodes),
-                *_override_flags(cfg.overrides), *_override_flags(arm.overrides),
+                *override_flags(cfg.overrides), *override_flags(arm.overrides),
                 "--resume", "--quiet",
             ]  # fmt: skip
             jobs.append(Job(name, seed, run_dir, argv))

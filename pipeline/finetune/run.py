@@ -14,7 +14,6 @@ with a one-line error after ``env.carla.max_retries`` consecutive failures.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -24,7 +23,13 @@ from lightning.fabric import Fabric
 from lightning.fabric.loggers import TensorBoardLogger
 
 from pipeline import cli
-from pipeline.config import content_dict, content_of, first_difference, load_config
+from pipeline.config import (
+    content_dict,
+    content_of,
+    first_difference,
+    load_config,
+    override_flags,
+)
 from pipeline.errors import SemoreError
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.loop import (
@@ -137,7 +142,7 @@ def baseline_encoder_flags(export: str | Path) -> list[str]:
     ``frame_stack``, which must match the export anyway.
     """
     arch = asdict(EncoderArch.of(load_encoder(export).config))
-    return [arg for k, v in arch.items() for arg in (f"--encoder.{k}", json.dumps(v))]
+    return override_flags({"encoder": arch})
 
 
 def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = False) -> dict:
