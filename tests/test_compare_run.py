@@ -84,7 +84,7 @@ def test_bad_study_is_a_one_line_error(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "missing.pt not found" in err
 
 
-def test_study_builds_its_dataset_and_encoders_first(tmp_path):
+def test_study_builds_its_dataset_and_encoders_first(tmp_path, capsys):
     small = {"highway": {"image_height": 32, "image_width": 32, "max_episode_steps": 6}}
     study = {
         "dataset": {
@@ -116,7 +116,10 @@ def test_study_builds_its_dataset_and_encoders_first(tmp_path):
     }
     config, out = tmp_path / "study.yaml", tmp_path / "out"
     config.write_text(yaml.safe_dump(study))
-    assert main(["--config", str(config), "--out", str(out), "--quiet"]) == 0
+    assert main(["--config", str(config), "--out", str(out)]) == 0
+    # The dataset stages run in-process with --quiet; the study's own progress still shows.
+    err = capsys.readouterr().err
+    assert "[1/1] tiny seed 0 done" in err and "[2/2] " in err
     assert (out / "data" / "manifest.json").is_file()
     assert (out / "encoders" / "tiny" / "encoder.pt").is_file()
     summary = json.loads((out / "runs" / "scratch" / "seed0" / "summary.json").read_text())

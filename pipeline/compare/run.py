@@ -206,7 +206,11 @@ def build_inputs(cfg: CompareConfig, out: Path, num_jobs: int) -> None:
     """The study's dataset, then its encoders; each stage resumes or skips what is done."""
     if cfg.dataset is not None:
         for main_fn, argv in dataset_commands(cfg, out):
+            # A stage's main configures logging for itself; keep this command's level, so
+            # its progress lines ("[3/50] arm seed 1 done") still show after it.
+            level = logging.getLogger().level
             code = main_fn([*argv, "--quiet"])
+            logging.getLogger().setLevel(level)
             if code != 0:
                 raise SemoreError(
                     f"building the study dataset failed: {main_fn.__module__} exit {code}"
