@@ -124,4 +124,15 @@ def test_study_builds_its_dataset_and_encoders_first(tmp_path, capsys):
     assert (out / "encoders" / "tiny" / "encoder.pt").is_file()
     summary = json.loads((out / "runs" / "scratch" / "seed0" / "summary.json").read_text())
     assert summary["encoder_config"]["num_filters"] == 8  # the study encoder's architecture
-    assert (out / "report" / "table.md").is_file()
+    report = out / "report"
+    assert (report / "table.md").is_file()
+    # Provenance: every command from the dataset on, the dataset's hash, the encoder's config.
+    commands = (report / "commands.sh").read_text().splitlines()[2:]
+    assert [line.split()[0] for line in commands] == [
+        "semore-collect", "semore-annotate", "semore-pretrain", "semore-finetune", "semore-finetune"
+    ]  # fmt: skip
+    assert "--resume" not in commands[2]
+    dataset = json.loads((report / "dataset.json").read_text())
+    assert len(dataset["manifest_sha256"]) == 64 and dataset["raw"]["totals"]["num_episodes"] == 4
+    tiny = yaml.safe_load((report / "encoders" / "tiny.yaml").read_text())
+    assert tiny["encoder"]["num_filters"] == 8

@@ -6,6 +6,7 @@ expert's and uniform-random returns measured on the same fixed evaluation episod
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shlex
@@ -50,8 +51,19 @@ def _at_or_before(steps: np.ndarray, wanted: int) -> int:
     return int(eligible[-1]) if len(eligible) else int(steps[0])
 
 
-def write_report(cfg: CompareConfig, jobs: list[Job], folder: Path, config_arg: str) -> Path:
-    """Write the results folder for the finished ``jobs``; returns its path."""
+def write_report(
+    cfg: CompareConfig,
+    jobs: list[Job],
+    folder: Path,
+    config_arg: str,
+    setup_commands: list[str] = (),
+    study: Path | None = None,
+) -> Path:
+    """Write the results folder for the finished ``jobs``; returns its path.
+
+    ``setup_commands`` (the dataset and encoder commands) head ``commands.sh``; with the
+    ``study`` folder, the dataset's provenance and each study encoder's config are copied too.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     steps, scores = score_matrix(jobs)
     curves = {arm: [stats.interval_estimate(m[:, i : i + 1]) for i in range(len(steps))]
@@ -135,9 +147,13 @@ def write_report(cfg: CompareConfig, jobs: list[Job], folder: Path, config_arg: 
         _write(runs_dir / f"{job.arm}-seed{job.seed}.csv", (job.out / METRICS_NAME).read_bytes())
     _write(
         folder / "commands.sh",
-        "#!/usr/bin/env bash\n# One semore-finetune run per line (paths relative to the study folder).\n"
+        "#!/usr/bin/env bash\n# The study's dataset and encoders, then one semore-finetune run per "
+        "line (paths relative to where semore-compare ran).\n"
+        + "".join(line + "\n" for line in setup_commands)
         + "".join(shlex.join(["semore-finetune", *job.argv]) + "\n" for job in jobs),
     )
+    if study is not None:
+        _write_provenance(study, folder)
     _write(folder / "study.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     results = {
         "steps": steps.tolist(),
@@ -149,6 +165,27 @@ def write_report(cfg: CompareConfig, jobs: list[Job], folder: Path, config_arg: 
     }
     _write(folder / "results.json", json.dumps(results, indent=1) + "\n")
     return folder
+
+
+def _write_provenance(study: Path, folder: Path) -> None:
+    """``dataset.json`` (manifest hash, configs, totals) and ``encoders/NAME.yaml``."""
+    manifest_file = study / "data" / "manifest.json"
+    if manifest_file.is_file():
+        manifest = json.loads(manifest_file.read_text())
+        keep = ("command", "config_hash", "git_revision", "totals", "config")
+        dataset = {
+            "manifest_sha256": hashlib.sha256(manifest_file.read_bytes()).hexdigest(),
+            "format_version": manifest.get("format_version"),
+            **{
+                part: {k: manifest[part].get(k) for k in keep}
+                for part in ("raw", "ann")
+                if part in manifest
+            },  # fmt: skip
+        }
+        _write(folder / "dataset.json", json.dumps(dataset, indent=1) + "\n")
+    for config in sorted((study / "encoders").glob("*/config.yaml")):
+        (folder / "encoders").mkdir(exist_ok=True)
+        _write(folder / "encoders" / f"{config.parent.name}.yaml", config.read_bytes())
 
 
 def _write(path: Path, content: str | bytes) -> None:

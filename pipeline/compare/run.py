@@ -186,12 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stage_command(main_fn: object, argv: list[str]) -> str:
+    """``semore-collect ...`` for a stage's ``main`` (pipeline.collect.run.main) and argv."""
+    return shlex.join(["semore-" + main_fn.__module__.split(".")[1], *argv])
+
+
 def _print_commands(cfg: CompareConfig, out: Path) -> None:
     """One line per unfinished job, stage by stage (each stage needs the one before)."""
     stages = []
     if cfg.dataset is not None:
-        stages.append(("dataset", [shlex.join(["semore-" + main.__module__.split(".")[1], *argv])
-                                   for main, argv in dataset_commands(cfg, out)]))  # fmt: skip
+        stages.append(
+            ("dataset", [_stage_command(m, argv) for m, argv in dataset_commands(cfg, out)])
+        )
     pending = [j for j in pretrain_jobs(cfg, out) if not j.finished(0)]
     stages.append(("encoders", [shlex.join(j.script_command) for j in pending]))
     runs = [j for j in plan_jobs(cfg, out) if not j.finished(cfg.num_train_steps)]
@@ -239,7 +245,18 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     finished = [job for job in jobs if job.finished(cfg.num_train_steps)]
     if not finished:
         raise SemoreError(f"no finished runs in {args.out / 'runs'}: expected at least one")
-    report = write_report(cfg, finished, args.report or args.out / "report", args.config)
+    # The commands as a new user would type them (no --resume: that is this rerun's business).
+    setup = [
+        shlex.join(arg for arg in j.script_command if arg != "--resume")
+        for j in pretrain_jobs(cfg, args.out)
+    ]
+    if cfg.dataset is not None:
+        setup = [
+            _stage_command(main_fn, argv) for main_fn, argv in dataset_commands(cfg, args.out)
+        ] + setup
+    report = write_report(
+        cfg, finished, args.report or args.out / "report", args.config, setup, args.out
+    )
     print(f"{args.out}: {len(finished)}/{len(jobs)} runs finished; results in {report}")
 
 
