@@ -43,5 +43,9 @@ def test_performance_profile_and_steps_to_reach():
     curve = np.array([0.0, 0.2, 0.6, 0.9])  # known linear-ish curve
     assert stats.steps_to_reach(steps, curve, 0.5) == 2000
     assert stats.steps_to_reach(steps, curve, 0.95) is None
+    # A lucky untrained agent at step 0 does not count as reaching the target by learning.
+    lucky = np.array([0.56, 0.1, 0.6, 0.9])
+    assert stats.steps_to_reach(steps, lucky, 0.5) == 0
+    assert stats.steps_to_reach(steps, lucky, 0.5, after=0) == 2000
     assert stats.intervals_overlap((0.1, 0.3), (0.25, 0.5))
     assert not stats.intervals_overlap((0.1, 0.2), (0.25, 0.5))

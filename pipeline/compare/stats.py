@@ -63,10 +63,14 @@ def performance_profile(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarra
     return np.array([(values > tau).mean() for tau in np.asarray(thresholds)])
 
 
-def steps_to_reach(steps: np.ndarray, curve: np.ndarray, threshold: float) -> float | None:
-    """The first evaluated step at which ``curve`` reaches ``threshold``, or None."""
-    hits = np.flatnonzero(np.asarray(curve) >= threshold)
-    return float(np.asarray(steps)[hits[0]]) if len(hits) else None
+def steps_to_reach(
+    steps: np.ndarray, curve: np.ndarray, threshold: float, after: float | None = None
+) -> float | None:
+    """The first evaluated step (only steps > ``after``, if given) at which ``curve`` reaches
+    ``threshold``, or None."""
+    steps, curve = np.asarray(steps), np.asarray(curve)
+    hits = np.flatnonzero((curve >= threshold) & (steps > (-np.inf if after is None else after)))
+    return float(steps[hits[0]]) if len(hits) else None
 
 
 def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
