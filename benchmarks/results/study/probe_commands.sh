@@ -1,0 +1,9 @@
+semore-probe --encoder runs/study/encoders/motion_only/encoder.pt --data runs/study/data --out benchmarks/results/study/probe/motion_only.json --quiet
+semore-probe --encoder runs/study/encoders/no_alignment/encoder.pt --data runs/study/data --out benchmarks/results/study/probe/no_alignment.json --quiet
+semore-probe --encoder runs/study/encoders/no_interaction/encoder.pt --data runs/study/data --out benchmarks/results/study/probe/no_interaction.json --quiet
+semore-probe --encoder runs/study/encoders/no_language/encoder.pt --data runs/study/data --out benchmarks/results/study/probe/no_language.json --quiet
+semore-probe --encoder runs/study/encoders/no_reward_head/encoder.pt --data runs/study/data --out benchmarks/results/study/probe/no_reward_head.json --quiet
+semore-probe --encoder runs/study/encoders/semantic_only/encoder.pt --data runs/study/data --out benchmarks/results/study/probe/semantic_only.json --quiet
+semore-probe --encoder runs/study/encoders/semore/encoder.pt --data runs/study/data --out benchmarks/results/study/probe/semore.json --quiet
+semore-probe --encoder random --data runs/study/data --out benchmarks/results/study/probe/random.json --quiet
+semore-probe --encoder runs/study/runs/scratch/seed0 --data runs/study/data --out benchmarks/results/study/probe/RL-trained.json --quiet
