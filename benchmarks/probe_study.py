@@ -19,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.files import atomic_write  # noqa: E402
 from pipeline.pretrain.probe import main as probe_main  # noqa: E402
 from pipeline.pretrain.run import ENCODER_EXPORT  # noqa: E402
 
@@ -80,9 +81,9 @@ def main() -> int:
         f"(bootstrap over the {len(held['heldout_episodes'])} held-out episodes, "
         f"{held['num_heldout_samples']} samples) of `{data}`.\n\n"
     )
-    (args.out / "probe.md").write_text(header + table + "\n")
-    (args.out / "probe.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "probe_commands.sh").write_text("\n".join(commands) + "\n")
+    atomic_write(args.out / "probe.md", header + table + "\n")
+    atomic_write(args.out / "probe.json", json.dumps(results, indent=2) + "\n")
+    atomic_write(args.out / "probe_commands.sh", "\n".join(commands) + "\n")
     print(table)
     return 0
 

@@ -138,6 +138,9 @@ def run_cli(
     else:
         args, overrides = parser.parse_args(argv), []
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    # A stage's main may run inside another command (semore-run, semore-compare); its level
+    # holds while it runs, then the caller's comes back, so the caller's progress lines show.
+    caller_level = logging.getLogger().level
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
@@ -157,4 +160,6 @@ def run_cli(
             message = f"{type(err).__name__}: {message}"
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        logging.getLogger().setLevel(caller_level)
     return 0

@@ -186,18 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stage_command(main_fn: object, argv: list[str]) -> str:
-    """``semore-collect ...`` for a stage's ``main`` (pipeline.collect.run.main) and argv."""
-    return shlex.join(["semore-" + main_fn.__module__.split(".")[1], *argv])
+def _dataset_lines(cfg: CompareConfig, out: Path) -> list[str]:
+    """``semore-collect ...`` and ``semore-annotate ...``: the study dataset's commands."""
+    return [shlex.join(["semore-" + main_fn.__module__.split(".")[1], *argv])
+            for main_fn, argv in dataset_commands(cfg, out)]  # fmt: skip
 
 
 def _print_commands(cfg: CompareConfig, out: Path) -> None:
     """One line per unfinished job, stage by stage (each stage needs the one before)."""
     stages = []
     if cfg.dataset is not None:
-        stages.append(
-            ("dataset", [_stage_command(m, argv) for m, argv in dataset_commands(cfg, out)])
-        )
+        stages.append(("dataset", _dataset_lines(cfg, out)))
     pending = [j for j in pretrain_jobs(cfg, out) if not j.finished(0)]
     stages.append(("encoders", [shlex.join(j.script_command) for j in pending]))
     runs = [j for j in plan_jobs(cfg, out) if not j.finished(cfg.num_train_steps)]
@@ -212,11 +211,7 @@ def build_inputs(cfg: CompareConfig, out: Path, num_jobs: int) -> None:
     """The study's dataset, then its encoders; each stage resumes or skips what is done."""
     if cfg.dataset is not None:
         for main_fn, argv in dataset_commands(cfg, out):
-            # A stage's main configures logging for itself; keep this command's level, so
-            # its progress lines ("[3/50] arm seed 1 done") still show after it.
-            level = logging.getLogger().level
             code = main_fn([*argv, "--quiet"])
-            logging.getLogger().setLevel(level)
             if code != 0:
                 raise SemoreError(
                     f"building the study dataset failed: {main_fn.__module__} exit {code}"
@@ -251,9 +246,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
         for j in pretrain_jobs(cfg, args.out)
     ]
     if cfg.dataset is not None:
-        setup = [
-            _stage_command(main_fn, argv) for main_fn, argv in dataset_commands(cfg, args.out)
-        ] + setup
+        setup = _dataset_lines(cfg, args.out) + setup
     report = write_report(
         cfg, finished, args.report or args.out / "report", args.config, setup, args.out
     )
