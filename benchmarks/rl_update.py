@@ -1,15 +1,18 @@
 """SAC update cost and fine-tuning throughput, measured side by side in one run.
 
     python benchmarks/rl_update.py [--batch-size 128] [--repeats 5] [--steps 600]
-        [--before-rev 8a63b5e] [--config quickstart]
+        [--before-rev 8a63b5e] [--config quickstart] [--compile]
 
-1. Update time at ``--batch-size`` on 84x84 frame stacks with the Semore encoder: the agent
+1. Update time at ``--batch-size`` on 84x84 frame stacks with the Semore encoder, timed
+   round-robin across variants (robust to other load on the machine): the agent
    of ``--before-rev`` (its ``semore/sac.py`` loaded from git: target encoder, two next_obs
    passes), today's end-to-end update, the same with channels-last memory and with bf16
    autocast, and today's frozen-encoder update on cached features.
 2. Agent steps/s of the fine-tuning loop (``semore-finetune``'s own code, seed steps
    included) in the frozen and the end-to-end regimes, against the bare simulator + render
    loop (the Driver with random actions).
+3. With ``--compile``: torch.compile of the encoder in the end-to-end update (channels-last +
+   bf16 as the loop runs it), its compile time and the updates it needs to pay for itself.
 
 Ratios are what to compare: the machine's speed varies from day to day.
 """
@@ -73,44 +76,81 @@ def batch_of(batch_size: int, repr_dim: int, features: bool) -> dict[str, torch.
     return batch
 
 
-def time_updates(agent, batch: dict, repeats: int, autocast: bool = False) -> float:
-    """Seconds per update (median of ``repeats`` after one warm-up update)."""
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            agent.update(batch, i)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times[1:]))
+def one_update(agent, batch: dict, step: int, autocast: bool = False) -> float:
+    """Seconds of one update."""
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        agent.update(batch, step)
+    return time.perf_counter() - start
+
+
+def compile_cost(args) -> dict[str, float]:
+    """torch.compile of the encoder in the loop's end-to-end setting (channels-last + bf16):
+    the first update (which compiles, with inductor's caches off so the cost is a fresh
+    machine's) and the steady update, interleaved with eager ones so that load from other
+    processes weighs on both alike."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.force_disable_caches = True
+
+    def agent(compiled: bool) -> SACAgent:
+        torch.manual_seed(0)
+        enc = SemoreEncoder.from_config(EncoderConfig()).to(memory_format=torch.channels_last)
+        if compiled:
+            enc.compile()  # in place: the agent calls the compiled forward
+        return SACAgent(enc, 2, SACConfig())
+
+    frames = batch_of(args.batch_size, 50, False)
+    eager, compiled = agent(False), agent(True)
+    first = {
+        "eager": one_update(eager, frames, 0, True),
+        "compiled": one_update(compiled, frames, 0, True),
+    }
+    steady = {"eager": [], "compiled": []}
+    for step in range(1, args.repeats + 1):
+        steady["eager"].append(one_update(eager, frames, step, True))
+        steady["compiled"].append(one_update(compiled, frames, step, True))
+    return {
+        "eager_first_s": first["eager"],
+        "eager_s": float(np.median(steady["eager"])),
+        "compiled_first_s": first["compiled"],
+        "compiled_s": float(np.median(steady["compiled"])),
+    }
 
 
 def update_times(args) -> dict[str, float]:
+    """Median seconds per update of each variant, timed round-robin (one update of each per
+    repeat) so that load from other processes weighs on every variant alike."""
     before = load_before(args.before_rev)
-    out = {}
 
     def encoder(channels_last: bool = False) -> SemoreEncoder:
         torch.manual_seed(0)
         enc = SemoreEncoder.from_config(EncoderConfig())
         return enc.to(memory_format=torch.channels_last) if channels_last else enc
 
-    old = before.SACAgent(encoder(), 2, before.SACConfig())
-    out["before (target encoder, 3 encoder passes)"] = time_updates(
-        old, batch_of(args.batch_size, 50, False), args.repeats
-    )
-    now = SACAgent(encoder(), 2, SACConfig())
     frames = batch_of(args.batch_size, 50, False)
-    out["end to end (one next_obs pass)"] = time_updates(now, frames, args.repeats)
+    features = batch_of(args.batch_size, 50, True)
+    now = SACAgent(encoder(), 2, SACConfig())
     cl = SACAgent(encoder(channels_last=True), 2, SACConfig())
-    out["end to end, channels-last"] = time_updates(cl, frames, args.repeats)
-    out["end to end, bf16 autocast"] = time_updates(now, frames, args.repeats, autocast=True)
-    out["end to end, channels-last + bf16 autocast"] = time_updates(
-        cl, frames, args.repeats, autocast=True
-    )
-    frozen = SACAgent(encoder(), 2, SACConfig(), encoder_trainable=False)
-    out["frozen (cached features)"] = time_updates(
-        frozen, batch_of(args.batch_size, 50, True), args.repeats
-    )
-    return out
+    variants = {  # name: (agent, batch, bf16 autocast)
+        "before (target encoder, 3 encoder passes)": (
+            before.SACAgent(encoder(), 2, before.SACConfig()), frames, False
+        ),
+        "end to end (one next_obs pass)": (now, frames, False),
+        "end to end, channels-last": (cl, frames, False),
+        "end to end, bf16 autocast": (now, frames, True),
+        "end to end, channels-last + bf16 autocast": (cl, frames, True),
+        "frozen (cached features)": (
+            SACAgent(encoder(), 2, SACConfig(), encoder_trainable=False), features, False
+        ),
+    }  # fmt: skip
+    for agent, batch, autocast in variants.values():
+        one_update(agent, batch, 0, autocast)  # warm-up
+    times = {name: [] for name in variants}
+    for step in range(1, args.repeats + 1):
+        for name, (agent, batch, autocast) in variants.items():
+            times[name].append(one_update(agent, batch, step, autocast))
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def bare_env_rate(cfg: FinetuneConfig, steps: int) -> float:
@@ -154,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=600, help="agent steps per loop run")
     parser.add_argument("--before-rev", default="8a63b5e", help="git revision to compare with")
     parser.add_argument("--config", default="quickstart", help="finetune preset or YAML")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile of the encoder"
+    )
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
@@ -167,6 +210,22 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     cfg = load_config(FinetuneConfig, args.config, stage="finetune")
+    if args.compile:
+        c = compile_cost(args)
+        saved_s = c["eager_s"] - c["compiled_s"]
+        overhead_s = c["compiled_first_s"] - c["eager_first_s"]
+        run_updates = cfg.num_train_steps * cfg.updates_per_step // cfg.update_every
+        print(f"\ntorch.compile of the encoder (end to end, channels-last + bf16, batch "
+              f"{args.batch_size}):")  # fmt: skip
+        print(f"  {'eager update':45s} {1000 * c['eager_s']:8.1f} ms")
+        print(f"  {'compiled update':45s} {1000 * c['compiled_s']:8.1f} ms   "
+              f"{c['eager_s'] / c['compiled_s']:5.2f}x eager")  # fmt: skip
+        print(f"  {'compile time (first update, over eager)':45s} {overhead_s:8.1f} s")
+        if saved_s > 0:
+            print(f"  pays for itself after {overhead_s / saved_s:.0f} updates; a "
+                  f"{cfg.num_train_steps}-step {args.config} run makes {run_updates}")  # fmt: skip
+        else:
+            print("  never pays for itself: a compiled update is not faster here")
     bare = bare_env_rate(cfg, args.steps)
     print(f"\nagent steps/s ({args.config} preset, update_every {cfg.update_every}, "
           f"updates_per_step {cfg.updates_per_step}, batch {cfg.batch_size}):")  # fmt: skip

@@ -55,6 +55,10 @@ class EncoderConfig:
     interaction: bool = True
     # 4 heads of 8 dims over 32 filters: small heads suit the tiny token grid.
     num_heads: int = 4
+    # Cap on the token grid: the 35x35 trunk map of an 84 px frame is average-pooled to 8x8
+    # (64). A 12x12 grid (144) probed no better: lateral-offset R2 0.67 [0.61, 0.71] against
+    # 0.75 [0.70, 0.79] at 8x8 (benchmarks/results/pooling/).
+    max_tokens: int = MAX_TOKENS
 
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, expected: str) -> None:
@@ -90,6 +94,9 @@ class EncoderConfig:
             and self.num_filters % self.num_heads == 0,
             f"an int >= 1 that divides num_filters={self.num_filters}",
         )
+        check(
+            "max_tokens", isinstance(self.max_tokens, int) and self.max_tokens >= 1, "an int >= 1"
+        )
 
 
 # Fields of EncoderConfig that come from the data, not from the architecture choice.
@@ -114,6 +121,10 @@ class EncoderArch:
     interaction: bool = True
     # 4 heads of 8 dims over 32 filters: small heads suit the tiny token grid.
     num_heads: int = 4
+    # Cap on the token grid: the 35x35 trunk map of an 84 px frame is average-pooled to 8x8
+    # (64). A 12x12 grid (144) probed no better: lateral-offset R2 0.67 [0.61, 0.71] against
+    # 0.75 [0.70, 0.79] at 8x8 (benchmarks/results/pooling/).
+    max_tokens: int = MAX_TOKENS
 
     def __post_init__(self) -> None:
         self.to_config(3, 84, 84)  # EncoderConfig's checks, before any data is read
@@ -196,6 +207,7 @@ class SemoreEncoder(nn.Module):
         streams: str = "both",
         interaction: bool = True,
         num_heads: int = 4,
+        max_tokens: int = MAX_TOKENS,
     ) -> None:
         super().__init__()
         self.config = EncoderConfig(
@@ -207,6 +219,7 @@ class SemoreEncoder(nn.Module):
             streams=streams,
             interaction=interaction,
             num_heads=num_heads,
+            max_tokens=max_tokens,
         )
         self.frame_stack = frame_stack
         self.repr_dim = repr_dim
@@ -216,7 +229,7 @@ class SemoreEncoder(nn.Module):
         self.mot_dim = STREAM_DIM if self.use_mot else 0
 
         map_size = trunk_output_size(image_height, image_width)
-        self.grid = token_grid(*map_size)
+        self.grid = token_grid(*map_size, max_tokens)
         num_tokens = self.grid[0] * self.grid[1]
         self.pool = nn.AdaptiveAvgPool2d(self.grid)
         flat_dim = num_filters * num_tokens

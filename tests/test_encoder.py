@@ -105,7 +105,13 @@ def test_wrong_input_shape_raises():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("streams", "audio"), ("frame_stack", 0), ("image_width", 8), ("num_heads", 3)],
+    [
+        ("streams", "audio"),
+        ("frame_stack", 0),
+        ("image_width", 8),
+        ("num_heads", 3),
+        ("max_tokens", 0),
+    ],
 )
 def test_config_validation_names_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -129,6 +135,24 @@ def test_save_load_round_trip(tmp_path):
     assert load_encoder_metadata(path) == {"run": "test", "step": 7}
     rebuilt = SemoreEncoder.from_config(encoder.config)
     assert rebuilt.config == encoder.config
+
+
+def test_max_tokens_sets_the_token_grid_and_older_exports_load_with_the_8x8_default(tmp_path):
+    fine = SemoreEncoder(3, 84, 84, num_filters=8, max_tokens=144)
+    assert fine.grid == (12, 12)  # the 35x35 trunk map pooled to 12x12
+    assert fine.interaction.position.shape == (1, 144, 8)
+    assert fine(make_obs(2, 3, 84, 84)).shape == (2, 50)
+    assert SemoreEncoder(3, 84, 84, num_filters=8).grid == (8, 8)
+
+    path = tmp_path / "encoder.pt"
+    save_encoder(path, fine)
+    assert load_encoder(path).grid == (12, 12)
+    old = SemoreEncoder(3, 32, 32, num_filters=8)
+    save_encoder(path, old)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["max_tokens"]  # an export written before the field existed
+    torch.save(payload, path)
+    assert load_encoder(path).config == old.config
 
 
 def test_load_errors_name_the_file(tmp_path):
