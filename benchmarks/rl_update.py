@@ -11,8 +11,9 @@
 2. Agent steps/s of the fine-tuning loop (``semore-finetune``'s own code, seed steps
    included) in the frozen and the end-to-end regimes, against the bare simulator + render
    loop (the Driver with random actions).
-3. With ``--compile``: torch.compile of the encoder in the end-to-end update (channels-last +
-   bf16 as the loop runs it), its compile time and the updates it needs to pay for itself.
+3. With ``--compile``: torch.compile of the encoder in the end-to-end update as the loop runs
+   it (its batch size, channels-last, bf16), the compile time and the updates it needs to pay
+   for itself.
 
 Ratios are what to compare: the machine's speed varies from day to day.
 """
@@ -84,7 +85,7 @@ def one_update(agent, batch: dict, step: int, autocast: bool = False) -> float:
     return time.perf_counter() - start
 
 
-def compile_cost(args) -> dict[str, float]:
+def compile_cost(batch_size: int, repeats: int) -> dict[str, float]:
     """torch.compile of the encoder in the loop's end-to-end setting (channels-last + bf16):
     the first update (which compiles, with inductor's caches off so the cost is a fresh
     machine's) and the steady update, interleaved with eager ones so that load from other
@@ -100,14 +101,14 @@ def compile_cost(args) -> dict[str, float]:
             enc.compile()  # in place: the agent calls the compiled forward
         return SACAgent(enc, 2, SACConfig())
 
-    frames = batch_of(args.batch_size, 50, False)
+    frames = batch_of(batch_size, 50, False)
     eager, compiled = agent(False), agent(True)
     first = {
         "eager": one_update(eager, frames, 0, True),
         "compiled": one_update(compiled, frames, 0, True),
     }
     steady = {"eager": [], "compiled": []}
-    for step in range(1, args.repeats + 1):
+    for step in range(1, repeats + 1):
         steady["eager"].append(one_update(eager, frames, step, True))
         steady["compiled"].append(one_update(compiled, frames, step, True))
     return {
@@ -211,12 +212,12 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(FinetuneConfig, args.config, stage="finetune")
     if args.compile:
-        c = compile_cost(args)
+        c = compile_cost(cfg.batch_size, args.repeats)  # the loop's batch decides
         saved_s = c["eager_s"] - c["compiled_s"]
         overhead_s = c["compiled_first_s"] - c["eager_first_s"]
         run_updates = cfg.num_train_steps * cfg.updates_per_step // cfg.update_every
         print(f"\ntorch.compile of the encoder (end to end, channels-last + bf16, batch "
-              f"{args.batch_size}):")  # fmt: skip
+              f"{cfg.batch_size} as in the {args.config} loop):")  # fmt: skip
         print(f"  {'eager update':45s} {1000 * c['eager_s']:8.1f} ms")
         print(f"  {'compiled update':45s} {1000 * c['compiled_s']:8.1f} ms   "
               f"{c['eager_s'] / c['compiled_s']:5.2f}x eager")  # fmt: skip
