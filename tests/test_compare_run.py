@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import torch
 import yaml
 
 from pipeline.compare.run import main
+from pipeline.finetune.eval import read_metrics
+from pipeline.finetune.run import main as finetune_main
 from semore.encoder import SemoreEncoder, save_encoder
 
 TINY_FINETUNE = {
@@ -72,6 +75,23 @@ def test_study_runs_reports_and_skips_finished_runs(tmp_path, capsys):
     printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
     assert len(printed) == 1 and printed[0].startswith("semore-finetune ")
     assert "--encoder_mode frozen" in printed[0] and "--seed 1" in printed[0]
+
+    # A longer study continues a run in the same folder: this study's report keeps its budget.
+    assert finetune_main(shlex.split(printed[0])[1:]) == 0  # finish the interrupted run
+    assert main(["--config", str(study), "--out", str(out), "--report-only", "--quiet"]) == 0
+    before = json.loads((report / "results.json").read_text())
+    run = out / "runs" / "scratch" / "seed0"
+    longer = shlex.split(next(c for c in commands if f"{run} " in c))[1:]
+    longer[longer.index("--num-train-steps") + 1] = "12"
+    assert finetune_main([*longer, "--resume"]) == 0
+    assert max(int(r["step"]) for r in read_metrics(run / "metrics.csv")) == 12
+    assert main(["--config", str(study), "--out", str(out), "--report-only", "--quiet"]) == 0
+    after = json.loads((report / "results.json").read_text())
+    assert after["steps"] == before["steps"] and after["steps"][-1] == 8
+    assert after["arms"]["scratch"]["scores"] == before["arms"]["scratch"]["scores"]
+    assert after["arms"]["scratch"]["wall_time_s"] <= before["arms"]["scratch"]["wall_time_s"]
+    rows = read_metrics(report / "runs" / "scratch-seed0.csv")
+    assert max(int(r["step"]) for r in rows) == 8
 
 
 def test_bad_study_is_a_one_line_error(tmp_path, capsys):

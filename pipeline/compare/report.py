@@ -6,6 +6,7 @@ expert's and uniform-random returns measured on the same fixed evaluation episod
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -30,20 +31,42 @@ if TYPE_CHECKING:
 SCORE = "normalized_return"
 
 
-def eval_scores(job: Job) -> dict[int, float]:
-    """Step -> expert-normalised evaluation return of one run."""
+def eval_scores(job: Job, max_step: int) -> dict[int, float]:
+    """Step -> expert-normalised evaluation return of one run, up to ``max_step`` (a longer
+    study may have continued the run in the same folder)."""
     rows = read_metrics(job.out / METRICS_NAME)
-    return {int(r["step"]): float(r[SCORE]) for r in rows if r["phase"] == "eval" and r.get(SCORE)}
+    return {
+        int(r["step"]): float(r[SCORE])
+        for r in rows
+        if r["phase"] == "eval" and r.get(SCORE) and int(r["step"]) <= max_step
+    }
 
 
-def score_matrix(jobs: list[Job]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Evaluated steps common to all runs, and per arm (runs, steps) scores."""
-    per_run = {job: eval_scores(job) for job in jobs}
+def score_matrix(jobs: list[Job], max_step: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Evaluated steps up to ``max_step`` common to all runs, and per arm (runs, steps) scores."""
+    per_run = {job: eval_scores(job, max_step) for job in jobs}
     steps = sorted(set.intersection(*(set(s) for s in per_run.values())))
     arms: dict[str, list[list[float]]] = {}
     for job, scores in per_run.items():
         arms.setdefault(job.arm, []).append([scores[s] for s in steps])
     return np.asarray(steps), {arm: np.asarray(rows) for arm, rows in arms.items()}
+
+
+def _wall_time_s(job: Job, max_step: int) -> float:
+    """The run's wall time when it reached ``max_step``: the summary's, unless the run went on."""
+    summary = json.loads((job.out / SUMMARY_NAME).read_text())
+    if summary.get("step", max_step) <= max_step:
+        return float(summary["wall_time_s"])
+    rows = read_metrics(job.out / METRICS_NAME)
+    return max(float(r["wall_time_s"]) for r in rows if int(r["step"]) <= max_step)
+
+
+def _rows_up_to(job: Job, max_step: int) -> str:
+    """The run's metrics.csv without the rows after ``max_step``."""
+    lines = (job.out / METRICS_NAME).read_text().splitlines(keepends=True)
+    header, rows = lines[0], csv.DictReader(lines)
+    kept = [line for line, row in zip(lines[1:], rows, strict=True) if int(row["step"]) <= max_step]
+    return header + "".join(kept)
 
 
 def _at_or_before(steps: np.ndarray, wanted: int) -> int:
@@ -65,7 +88,7 @@ def write_report(
     ``study`` folder, the dataset's provenance and each study encoder's config are copied too.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    steps, scores = score_matrix(jobs)
+    steps, scores = score_matrix(jobs, cfg.num_train_steps)
     curves = {arm: [stats.interval_estimate(m[:, i : i + 1]) for i in range(len(steps))]
               for arm, m in scores.items()}  # fmt: skip
     iqm = {arm: np.array([c["iqm"] for c in cs]) for arm, cs in curves.items()}
@@ -89,11 +112,7 @@ def write_report(
         for s in report_steps:
             c = curves[arm][int(np.flatnonzero(steps == s)[0])]
             cells.append(f"{c['iqm']:.2f} [{c['iqm_low']:.2f}, {c['iqm_high']:.2f}]")
-        times = [
-            json.loads((j.out / SUMMARY_NAME).read_text())["wall_time_s"]
-            for j in jobs
-            if j.arm == arm
-        ]
+        times = [_wall_time_s(j, cfg.num_train_steps) for j in jobs if j.arm == arm]
         wall[arm] = float(np.mean(times))
         lines.append(
             f"| {arm} | {len(matrix)} | " + " | ".join(cells) + f" | {wall[arm] / 60:.1f} min |"
@@ -146,7 +165,7 @@ def write_report(
     runs_dir = folder / "runs"
     runs_dir.mkdir(exist_ok=True)
     for job in jobs:
-        _write(runs_dir / f"{job.arm}-seed{job.seed}.csv", (job.out / METRICS_NAME).read_bytes())
+        _write(runs_dir / f"{job.arm}-seed{job.seed}.csv", _rows_up_to(job, cfg.num_train_steps))
     _write(
         folder / "commands.sh",
         "#!/usr/bin/env bash\n# The study's dataset and encoders, then one semore-finetune run per "
