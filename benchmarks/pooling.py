@@ -14,7 +14,6 @@ grid. ``--existing N=PATH`` reuses an export already pretrained that way. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -22,9 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.probe_study import markdown  # noqa: E402
-from pipeline.files import atomic_write  # noqa: E402
-from pipeline.pretrain.probe import main as probe_main  # noqa: E402
+from benchmarks.probe_study import heldout_sample, probe_into, write_tables  # noqa: E402
 from pipeline.pretrain.run import ENCODER_EXPORT  # noqa: E402
 from pipeline.pretrain.run import main as pretrain_main  # noqa: E402
 from semore.encoder import load_encoder  # noqa: E402
@@ -60,27 +57,19 @@ def main() -> int:
             print(f"{export} has a {rows}x{cols} grid: expected <= {max_tokens}", file=sys.stderr)
             return 1
         path = args.work / "probe" / f"tokens{max_tokens}.json"
-        probe = ["--encoder", str(export), "--data", str(args.data), "--out", str(path), "--quiet"]
-        commands.append(shlex.join(["semore-probe", *probe]))
-        if not path.is_file() and probe_main(probe) != 0:
+        label = f"{rows}x{cols} tokens"
+        results[label] = probe_into(str(export), args.data, path, commands)
+        if results[label] is None:
             print(f"probe of max_tokens {max_tokens} failed", file=sys.stderr)
             return 1
-        results[f"{rows}x{cols} tokens"] = json.loads(path.read_text())
-    table = markdown(results)
-    held = next(iter(results.values()))
     header = (
         "# Token-grid pooling and what a linear probe reads from h\n\n"
         f"Semore pretrained on `{args.data}` with the `{args.config}` preset, differing only in "
         "`encoder.max_tokens` (the token grid the 35x35 trunk map is average-pooled to). "
         f"Held-out R² of a ridge probe from the 50-d h, with a 95% interval (bootstrap over "
-        f"the {len(held['heldout_episodes'])} held-out episodes, {held['num_heldout_samples']} "
-        "samples).\n\n"
+        f"{heldout_sample(results)}).\n\n"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / "pooling.md", header + table + "\n")
-    atomic_write(args.out / "pooling.json", json.dumps(results, indent=2) + "\n")
-    atomic_write(args.out / "pooling_commands.sh", "\n".join(commands) + "\n")
-    print(table)
+    write_tables(args.out, "pooling", header, results, commands)
     return 0
 
 

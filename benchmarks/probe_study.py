@@ -55,6 +55,37 @@ def markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def probe_into(encoder: str, data: Path, path: Path, commands: list[str]) -> dict | None:
+    """``semore-probe`` of ``encoder`` on ``data`` into ``path`` (kept when it is already
+    there), its command appended to ``commands``; the results, or None if the probe failed."""
+    argv = ["--encoder", encoder, "--data", str(data), "--out", str(path), "--quiet"]
+    commands.append(shlex.join(["semore-probe", *argv]))
+    if not path.is_file() and probe_main(argv) != 0:
+        return None
+    return json.loads(path.read_text())
+
+
+def heldout_sample(results: dict[str, dict]) -> str:
+    """'the N held-out episodes, M samples' the probes were scored on (the same for all)."""
+    held = next(iter(results.values()))
+    return (
+        f"the {len(held['heldout_episodes'])} held-out episodes, "
+        f"{held['num_heldout_samples']} samples"
+    )
+
+
+def write_tables(
+    folder: Path, stem: str, header: str, results: dict[str, dict], commands: list[str]
+) -> None:
+    """``STEM.md`` (``header`` and the R² table), ``STEM.json`` and ``STEM_commands.sh``."""
+    table = markdown(results)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / f"{stem}.md", header + table + "\n")
+    atomic_write(folder / f"{stem}.json", json.dumps(results, indent=2) + "\n")
+    atomic_write(folder / f"{stem}_commands.sh", "\n".join(commands) + "\n")
+    print(table)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", type=Path, required=True, help="a semore-compare --out folder")
@@ -67,24 +98,16 @@ def main() -> int:
     results, commands = {}, []
     for label, encoder in probe_columns(args.study, args.rl_arm, args.rl_seed).items():
         path = args.out / "probe" / f"{label.split()[0]}.json"
-        argv = ["--encoder", encoder, "--data", str(data), "--out", str(path), "--quiet"]
-        commands.append(shlex.join(["semore-probe", *argv]))
-        if not path.is_file() and probe_main(argv) != 0:
+        results[label] = probe_into(encoder, data, path, commands)
+        if results[label] is None:
             print(f"probe of {label} failed", file=sys.stderr)
             return 1
-        results[label] = json.loads(path.read_text())
-    table = markdown(results)
-    held = next(iter(results.values()))
     header = (
         "# Linear probe of the study's encoders\n\n"
         f"Held-out R² of a ridge probe from the 50-d features h RL reads, with a 95% interval "
-        f"(bootstrap over the {len(held['heldout_episodes'])} held-out episodes, "
-        f"{held['num_heldout_samples']} samples) of `{data}`.\n\n"
+        f"(bootstrap over {heldout_sample(results)}) of `{data}`.\n\n"
     )
-    atomic_write(args.out / "probe.md", header + table + "\n")
-    atomic_write(args.out / "probe.json", json.dumps(results, indent=2) + "\n")
-    atomic_write(args.out / "probe_commands.sh", "\n".join(commands) + "\n")
-    print(table)
+    write_tables(args.out, "probe", header, results, commands)
     return 0
 
 
