@@ -18,13 +18,12 @@ from pathlib import Path
 
 os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
 
-import numpy as np  # noqa: E402
-
-from pipeline.collect.recorder import block_episodes, episode_seed, record_block  # noqa: E402
+from pipeline.collect.recorder import block_episodes, record_block  # noqa: E402
 from pipeline.collect.run import CollectConfig, collect  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.sim import make_env  # noqa: E402
 from pipeline.sim.policies import CollectionPolicy  # noqa: E402
+from pipeline.sim.seeding import collect_episode_seed, collect_policy_rng  # noqa: E402
 
 CONFIG = (
     Path(__file__).resolve().parents[1] / "pipeline" / "presets" / "collect" / "quickstart.yaml"
@@ -37,8 +36,8 @@ def bare_loop(cfg: CollectConfig, episodes: list[int]) -> int:
     policy = CollectionPolicy(cfg.policy, env.action_dim)
     steps = 0
     for episode in episodes:
-        env.reset(episode_seed(cfg.seed, episode))
-        policy.start_episode(np.random.default_rng([cfg.seed, episode, 1]))
+        env.reset(collect_episode_seed(cfg.seed, episode))
+        policy.start_episode(collect_policy_rng(cfg.seed, episode))
         while True:
             action, _ = policy.act(env)
             result = env.step(action)

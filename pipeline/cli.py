@@ -99,6 +99,17 @@ NOISY_WARNINGS = (
 )
 
 
+def _hide_framework_progress_bars() -> None:
+    """The Hub's and transformers' own tqdm bars ("Loading weights", downloads) off: the
+    stages draw one bar of their own. The environment variable covers libraries imported
+    later (and subprocesses); the calls cover those already imported."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def quiet_frameworks(debug: bool = False) -> None:
     """One line per event: frameworks log through the root handler only, and (unless
     ``debug``) only their warnings, without known noise warnings."""
@@ -109,6 +120,7 @@ def quiet_frameworks(debug: bool = False) -> None:
         framework.propagate = True
         framework.setLevel(logging.NOTSET if debug else logging.WARNING)
     if not debug:
+        _hide_framework_progress_bars()
         for pattern in NOISY_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         warnings.filterwarnings("ignore", category=FutureWarning)

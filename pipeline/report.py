@@ -76,15 +76,18 @@ def _r2_cell(result: dict, target: str) -> str:
     return f"<td>{value:.2f}{band}</td>"
 
 
-def _markdown_table(markdown: str) -> str:
-    """The first Markdown table of ``markdown`` as HTML (the study's table.md)."""
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
-    if not lines:
-        return ""
-    cells = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in lines]
-    head = "".join(f"<th>{c}</th>" for c in cells[0])
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[2:])
-    return f"<table><tr>{head}</tr>{body}</table>"
+def _study_sections(table_md: str) -> tuple[str, str]:
+    """The study's table.md as HTML: its "What it shows" section (the verdict sentences that
+    open the page) and the rest (tables, steps to reach), headings moved under this page's."""
+    import markdown
+
+    head, _, rest = table_md.partition("## What it shows")
+    verdicts, _, tables = rest.partition("\n## ")
+    tables = "## " + tables if tables else head
+    demoted = "\n".join("#" + line if line.startswith("#") else line
+                         for line in tables.splitlines())  # fmt: skip
+    render = lambda text: markdown.markdown(text, extensions=["tables"])  # noqa: E731
+    return render(verdicts), render(demoted)
 
 
 def write_report(
@@ -97,17 +100,19 @@ def write_report(
 ) -> Path:
     """Write ``out/report.html`` (self-contained: images embedded) and return its path."""
     sheet = render_contact_sheet(data, out / "contact_sheet.png", episodes, max_steps)
-    table = (study_report / "table.md").read_text()
-    notes = "".join(
-        f"<li>{html.escape(line[2:])}</li>" for line in table.splitlines() if line.startswith("- ")
-    )
+    verdicts, tables = _study_sections((study_report / "table.md").read_text())
+    relative = study_report.relative_to(out) if study_report.is_relative_to(out) else "compare"
+    data_dir = data.relative_to(out) if data.is_relative_to(out) else data.name
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Semore run report</title>
 <style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;vertical-align:top}}</style>
 </head><body>
 <h1>Semore run report</h1>
-<p>Run folder: <code>{html.escape(str(out))}</code>; dataset: <code>{html.escape(str(data))}</code>.</p>
+<h2>What the quick comparison shows</h2>
+{verdicts}
+<p>Files named below are relative to the run folder: the dataset is in <code>{html.escape(str(data_dir))}/</code>, the
+study's results in <code>{html.escape(str(relative))}/</code>.</p>
 <h2>What the encoder learns from: frames and their captions</h2>
 {_examples(data, episodes, max_steps)}
 <h2>Data (contact sheet)</h2>{_img(sheet)}
@@ -118,9 +123,9 @@ pretrained encoder, a randomly initialised one, and the encoder SAC learned from
 {_probe_table(probes)}
 <h2>Fine-tuning: quick comparison</h2>
 <p>Expert-normalised evaluation return (0 = uniform random actions, 1 = the built-in expert),
-IQM over seeds with 95% stratified bootstrap intervals. Full table and per-run CSVs:
-<code>{html.escape(str(study_report))}</code>.</p>
-{_markdown_table(table)}<ul>{notes}</ul>
+IQM over seeds with 95% stratified bootstrap intervals (rliable). Per-run CSVs and the
+commands: <code>{html.escape(str(relative))}/</code>.</p>
+{tables}
 {_img(study_report / "curves.png")}
 </body></html>
 """

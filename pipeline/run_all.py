@@ -1,8 +1,8 @@
 """``semore-run``: every stage in order from one config, resuming what is done, then a report.
 
 collect -> annotate -> pretrain -> a quick comparison of fine-tuning arms (``semore-compare``:
-the pretrained encoder frozen, from scratch, a frozen random encoder; 3 seeds) -> probes
-(pretrained, random, and the encoder RL trained from scratch) -> ``RUN/report.html``. Each stage is called through its
+the pretrained encoder frozen against a frozen random encoder on one learner) -> probes
+(pretrained, random, and optionally an encoder RL trained end to end) -> ``RUN/report.html``. Each stage is called through its
 own ``main`` with the same flags a user would type, and is skipped when its output is
 complete, so an interrupted run continues where it stopped.
 """
@@ -41,8 +41,10 @@ class RunConfig:
     # The comparison of fine-tuning arms (a semore-compare preset or YAML; its arms name the
     # encoder pretrained above "pretrained").
     compare: StageSpec = field(default_factory=lambda: StageSpec("quick"))
-    # The arm whose seed-0 encoder the probe reads as "what RL alone learned".
-    rl_probe_arm: str = "scratch"
+    # An end-to-end arm whose seed-0 encoder the probe reads as "what RL learned" (e.g.
+    # "scratch" in a comparison that has one). None: the quick comparison's arms are frozen,
+    # so RL changed no encoder and only the pretrained and a random encoder are probed.
+    rl_probe_arm: str | None = None
     # Episodes shown in the report's contact sheet and how many steps of each.
     report_episodes: list[int] = field(default_factory=lambda: [0, 1])
     report_max_steps: int = 12
@@ -114,11 +116,18 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
          "--out", str(study), *common],
     )  # fmt: skip
 
-    # Probes: the pretrained encoder, a random one, and the encoder RL learned from scratch.
-    rl_encoder = study / "runs" / cfg.rl_probe_arm / "seed0"
+    # Probes: the pretrained encoder, a random one, and (if named) an encoder RL trained.
+    sources = [("pretrained", str(encoder)), ("random", "random")]
+    if cfg.rl_probe_arm is not None:
+        rl_encoder = study / "runs" / cfg.rl_probe_arm / "seed0"
+        if not rl_encoder.is_dir():
+            raise SemoreError(
+                f"rl_probe_arm {cfg.rl_probe_arm!r}: {rl_encoder} not found: expected an arm "
+                "of the comparison (or rl_probe_arm: null)"
+            )
+        sources.append((f"RL-trained ({cfg.rl_probe_arm})", str(rl_encoder)))
     probes = {}
-    for label, source in (("pretrained", str(encoder)), ("random", "random"),
-                          (f"RL-trained ({cfg.rl_probe_arm})", str(rl_encoder))):  # fmt: skip
+    for label, source in sources:
         path = out / f"probe_{label.split()[0].lower()}.json"
         if not path.is_file():
             _call(

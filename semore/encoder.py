@@ -34,78 +34,23 @@ STREAM_DIM = 256
 # Cross-attention cost is quadratic in tokens; 64 keeps it negligible next to the convs.
 MAX_TOKENS = 64
 MIN_IMAGE_SIZE = 16  # the trunk removes 2 + 6 pixels; below this the map is tiny or empty
+# Where a trained encoder may start training (SemoreEncoder.freeze_below): the layers below it.
+CACHE_POINTS = {"interaction": ("sem_trunk", "mot_trunk"),
+                "projection": ("sem_trunk", "mot_trunk", "interaction")}  # fmt: skip
 
 
-@dataclass
-class EncoderConfig:
-    """Everything needed to rebuild a :class:`SemoreEncoder` exactly (stored in exports)."""
-
-    # 3 frames let the motion stream see velocity and acceleration (DrQ default).
-    frame_stack: int = 3
-    # 84 px per camera as in DrQ / the DBC CARLA task; panoramas are 84x420.
-    image_height: int = 84
-    image_width: int = 84
-    # DrQ trunk width; enough for 84 px inputs and cheap on CPU.
-    num_filters: int = 32
-    # 50 dims as in the SAC-AE / DrQ family, so agent heads are comparable.
-    repr_dim: int = 50
-    # "both" is the method; "semantic" / "motion" are the single-stream ablations.
-    streams: str = "both"
-    # The cross-stream exchange is part of the method; False is the no-interaction ablation.
-    interaction: bool = True
-    # 4 heads of 8 dims over 32 filters: small heads suit the tiny token grid.
-    num_heads: int = 4
-    # Cap on the token grid: the 35x35 trunk map of an 84 px frame is average-pooled to 8x8
-    # (64). A 12x12 grid (144) probed no better: lateral-offset R2 0.67 [0.61, 0.71] against
-    # 0.75 [0.70, 0.79] at 8x8 (benchmarks/results/pooling/).
-    max_tokens: int = MAX_TOKENS
-
-    def __post_init__(self) -> None:
-        def check(name: str, ok: bool, expected: str) -> None:
-            if not ok:
-                raise ValueError(
-                    f"EncoderConfig.{name}={getattr(self, name)!r}; expected {expected}"
-                )
-
-        check(
-            "frame_stack",
-            isinstance(self.frame_stack, int) and self.frame_stack >= 1,
-            "an int >= 1",
-        )
-        for name in ("image_height", "image_width"):
-            value = getattr(self, name)
-            check(
-                name,
-                isinstance(value, int) and value >= MIN_IMAGE_SIZE,
-                f"an int >= {MIN_IMAGE_SIZE}",
-            )
-        check(
-            "num_filters",
-            isinstance(self.num_filters, int) and self.num_filters >= 1,
-            "an int >= 1",
-        )
-        check("repr_dim", isinstance(self.repr_dim, int) and self.repr_dim >= 1, "an int >= 1")
-        check("streams", self.streams in STREAMS, f"one of {list(STREAMS)}")
-        check("interaction", isinstance(self.interaction, bool), "a bool")
-        check(
-            "num_heads",
-            isinstance(self.num_heads, int)
-            and self.num_heads >= 1
-            and self.num_filters % self.num_heads == 0,
-            f"an int >= 1 that divides num_filters={self.num_filters}",
-        )
-        check(
-            "max_tokens", isinstance(self.max_tokens, int) and self.max_tokens >= 1, "an int >= 1"
-        )
+def _check(cfg: object, name: str, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r}; expected {expected}")
 
 
-# Fields of EncoderConfig that come from the data, not from the architecture choice.
-INPUT_FIELDS = ("frame_stack", "image_height", "image_width")
+def _positive_int(value: object, minimum: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EncoderArch:
-    """The encoder's architecture without its input geometry.
+    """The encoder's architecture without its input geometry: the one definition of its fields.
 
     Pretraining and fine-tuning configs hold this section; the frame stack and image size come
     from the dataset or the simulator, so they are never configured twice.
@@ -127,7 +72,17 @@ class EncoderArch:
     max_tokens: int = MAX_TOKENS
 
     def __post_init__(self) -> None:
-        self.to_config(3, 84, 84)  # EncoderConfig's checks, before any data is read
+        _check(self, "num_filters", _positive_int(self.num_filters), "an int >= 1")
+        _check(self, "repr_dim", _positive_int(self.repr_dim), "an int >= 1")
+        _check(self, "streams", self.streams in STREAMS, f"one of {list(STREAMS)}")
+        _check(self, "interaction", isinstance(self.interaction, bool), "a bool")
+        _check(
+            self,
+            "num_heads",
+            _positive_int(self.num_heads) and self.num_filters % self.num_heads == 0,
+            f"an int >= 1 that divides num_filters={self.num_filters}",
+        )
+        _check(self, "max_tokens", _positive_int(self.max_tokens), "an int >= 1")
 
     def to_config(self, frame_stack: int, image_height: int, image_width: int) -> EncoderConfig:
         """The full config for inputs of ``frame_stack`` frames of ``image_height x image_width``."""
@@ -136,7 +91,26 @@ class EncoderArch:
     @classmethod
     def of(cls, config: EncoderConfig) -> EncoderArch:
         """The architecture part of a full config (e.g. an export's)."""
-        return cls(**{k: v for k, v in asdict(config).items() if k not in INPUT_FIELDS})
+        return cls(**{f.name: getattr(config, f.name) for f in fields(EncoderArch)})
+
+
+@dataclass
+class EncoderConfig(EncoderArch):
+    """Everything needed to rebuild a :class:`SemoreEncoder` exactly (stored in exports): the
+    input geometry, then the :class:`EncoderArch` fields (keyword-only)."""
+
+    # 3 frames let the motion stream see velocity and acceleration (DrQ default).
+    frame_stack: int = 3
+    # 84 px per camera as in DrQ / the DBC CARLA task; panoramas are 84x420.
+    image_height: int = 84
+    image_width: int = 84
+
+    def __post_init__(self) -> None:
+        _check(self, "frame_stack", _positive_int(self.frame_stack), "an int >= 1")
+        for name in ("image_height", "image_width"):
+            ok = _positive_int(getattr(self, name), MIN_IMAGE_SIZE)
+            _check(self, name, ok, f"an int >= {MIN_IMAGE_SIZE}")
+        super().__post_init__()
 
 
 def conv_trunk(in_channels: int, num_filters: int) -> nn.Sequential:
@@ -197,30 +171,12 @@ class CrossStreamInteraction(nn.Module):
 class SemoreEncoder(nn.Module):
     """Semantic + motion dual-stream encoder; ``forward`` returns h of shape (B, repr_dim)."""
 
-    def __init__(
-        self,
-        frame_stack: int,
-        image_height: int,
-        image_width: int,
-        num_filters: int = 32,
-        repr_dim: int = 50,
-        streams: str = "both",
-        interaction: bool = True,
-        num_heads: int = 4,
-        max_tokens: int = MAX_TOKENS,
-    ) -> None:
+    def __init__(self, frame_stack: int, image_height: int, image_width: int, **arch: Any) -> None:
+        """``arch``: fields of :class:`EncoderArch` (its defaults where left out)."""
         super().__init__()
-        self.config = EncoderConfig(
-            frame_stack=frame_stack,
-            image_height=image_height,
-            image_width=image_width,
-            num_filters=num_filters,
-            repr_dim=repr_dim,
-            streams=streams,
-            interaction=interaction,
-            num_heads=num_heads,
-            max_tokens=max_tokens,
-        )
+        self.config = cfg = EncoderConfig(frame_stack, image_height, image_width, **arch)
+        num_filters, repr_dim, streams = cfg.num_filters, cfg.repr_dim, cfg.streams
+        interaction, num_heads, max_tokens = cfg.interaction, cfg.num_heads, cfg.max_tokens
         self.frame_stack = frame_stack
         self.repr_dim = repr_dim
         self.use_sem = streams in ("semantic", "both")
@@ -259,8 +215,26 @@ class SemoreEncoder(nn.Module):
         feature_map = self.pool(trunk(x))  # (B, C, rows, cols)
         return feature_map.flatten(2).transpose(1, 2)  # (B, N, C)
 
-    def encode(self, obs: Tensor) -> dict[str, Tensor]:
-        """Return {"h", "z_sem"?, "z_mot"?}; stream keys only for enabled streams."""
+    def freeze_below(self, layer: str) -> None:
+        """Fix every layer below ``layer`` for good ("interaction": the conv trunks;
+        "projection": the trunks and the interaction); ``requires_grad_`` then leaves them out,
+        so the layers above train alone on tokens cached per stored frame (PiSCO: lower layers
+        transfer, upper ones need adapting)."""
+        if layer not in CACHE_POINTS:
+            raise ValueError(f"freeze_below layer={layer!r}; expected one of {list(CACHE_POINTS)}")
+        self.frozen_below = layer
+        for name in CACHE_POINTS[layer]:
+            if getattr(self, name, None) is not None:
+                getattr(self, name).requires_grad_(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> SemoreEncoder:
+        super().requires_grad_(requires_grad)
+        if getattr(self, "frozen_below", None) is not None:
+            self.freeze_below(self.frozen_below)
+        return self
+
+    def trunk_tokens(self, obs: Tensor) -> Tensor:
+        """The pooled trunk maps (B, S, N, C) of the S enabled streams (semantic first)."""
         cfg = self.config
         expected = (3 * cfg.frame_stack, cfg.image_height, cfg.image_width)
         if obs.dim() != 4 or tuple(obs.shape[1:]) != expected:
@@ -276,9 +250,20 @@ class SemoreEncoder(nn.Module):
             frames = x.unflatten(1, (cfg.frame_stack, 3))  # (B, K, 3, H, W)
             diffs = (frames[:, 1:] - frames[:, :-1]).flatten(1, 2)  # (B, 3(K-1), H, W)
             mot_tokens = self._tokens(self.mot_trunk, torch.cat([x, diffs], dim=1))
-        if self.interaction is not None:
-            sem_tokens, mot_tokens = self.interaction(sem_tokens, mot_tokens)
+        return torch.stack([t for t in (sem_tokens, mot_tokens) if t is not None], dim=1)
 
+    def interact(self, tokens: Tensor) -> Tensor:
+        """The cross-stream exchange on :meth:`trunk_tokens` (B, S, N, C); same shape out."""
+        if self.interaction is None:
+            return tokens
+        sem_tokens, mot_tokens = self.interaction(*tokens.unbind(1))
+        return torch.stack([sem_tokens, mot_tokens], dim=1)
+
+    def project(self, tokens: Tensor) -> dict[str, Tensor]:
+        """{"h", "z_sem"?, "z_mot"?} from :meth:`interact`'s tokens: stream projections, fusion."""
+        streams = iter(tokens.unbind(1))
+        sem_tokens = next(streams) if self.use_sem else None
+        mot_tokens = next(streams) if self.use_mot else None
         out: dict[str, Tensor] = {}
         if sem_tokens is not None:
             out["z_sem"] = self.sem_out(sem_tokens.flatten(1))  # (B, sem_dim)
@@ -288,14 +273,23 @@ class SemoreEncoder(nn.Module):
         out["h"] = self.fuse(z)  # (B, repr_dim)
         return out
 
+    def encode(self, obs: Tensor) -> dict[str, Tensor]:
+        """Return {"h", "z_sem"?, "z_mot"?}; stream keys only for enabled streams."""
+        return self.project(self.interact(self.trunk_tokens(obs)))
+
     def forward(self, obs: Tensor) -> Tensor:
         return self.encode(obs)["h"]
 
 
 def save_encoder(
-    path: str | os.PathLike, encoder: SemoreEncoder, metadata: dict[str, Any] | None = None
+    path: str | os.PathLike,
+    encoder: SemoreEncoder,
+    metadata: dict[str, Any] | None = None,
+    heads: dict[str, Any] | None = None,
 ) -> None:
-    """Atomically write the encoder's config, weights and metadata to ``path``."""
+    """Atomically write the encoder's config, weights and metadata to ``path``; ``heads``, if
+    given, are the pretraining heads that guided fine-tuning keeps training (older exports
+    have none and load as before)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -304,6 +298,7 @@ def save_encoder(
         "config": asdict(encoder.config),
         "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
         "metadata": dict(metadata or {}),
+        **({"heads": heads} if heads is not None else {}),
     }
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -347,8 +342,20 @@ def load_encoder_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return dict(_read_payload(path).get("metadata") or {})
 
 
+def load_pretrain_heads(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The pretraining heads stored by :func:`save_encoder`, or None for an export without."""
+    return _read_payload(path).get("heads")
+
+
 def load_encoder(path: str | os.PathLike, map_location: Any = "cpu") -> SemoreEncoder:
     """Rebuild an encoder from its export; ValueError naming the file on any mismatch."""
+    return load_export(path, map_location)[0]
+
+
+def load_export(
+    path: str | os.PathLike, map_location: Any = "cpu"
+) -> tuple[SemoreEncoder, dict[str, Any]]:
+    """The encoder and the metadata of an export, from one read of the file."""
     payload = _read_payload(path, map_location)
     raw_config = payload.get("config")
     known = {f.name for f in fields(EncoderConfig)}
@@ -362,4 +369,4 @@ def load_encoder(path: str | os.PathLike, map_location: Any = "cpu") -> SemoreEn
     except (ValueError, RuntimeError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"encoder file {path} does not match its config: {first_line}") from err
-    return encoder
+    return encoder, dict(payload.get("metadata") or {})

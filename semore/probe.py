@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,6 +35,35 @@ def r2_score(y_true: Tensor, y_pred: Tensor) -> Tensor:
     constant = ss_tot / num_rows <= CONSTANT_VARIANCE_TOLERANCE * (1.0 + mean**2)
     r2 = 1.0 - ss_res / torch.where(constant, torch.ones_like(ss_tot), ss_tot)
     return torch.where(constant, torch.zeros_like(r2), r2).float()
+
+
+# Bootstrap resamples behind each R² interval: enough for stable 2.5 / 97.5 percentiles.
+BOOTSTRAP_REPS = 1000
+
+
+def episode_bootstrap_r2(
+    target: Tensor,
+    predicted: Tensor,
+    episodes: Tensor,
+    reps: int = BOOTSTRAP_REPS,
+    seed: int = 0,
+) -> list[float]:
+    """95% percentile interval of R² when whole episodes (the independent unit) are resampled
+    with replacement; a resample whose target is constant has no R² and is left out."""
+    target, predicted = _as_2d(target)[:, 0], _as_2d(predicted)[:, 0]
+    ids = sorted(set(torch.as_tensor(episodes).tolist()))
+    rows = [torch.nonzero(torch.as_tensor(episodes) == e).flatten() for e in ids]
+    generator = np.random.default_rng(seed)
+    values = []
+    for _ in range(reps):
+        picked = torch.cat([rows[i] for i in generator.integers(0, len(ids), len(ids))])
+        y = target[picked]
+        varies = bool(((y - y.mean()) ** 2).sum() > 0)
+        values.append(float(r2_score(y, predicted[picked])[0]) if varies else float("nan"))
+    if np.isnan(values).all():
+        return [float("nan"), float("nan")]
+    low, high = np.nanpercentile(values, [2.5, 97.5])
+    return [float(low), float(high)]
 
 
 class RidgeProbe:

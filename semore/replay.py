@@ -48,6 +48,8 @@ class ReplayBuffer:
         discount: float = 0.99,
         nstep: int = 1,
         feature_dim: int = 0,
+        feature_dtype: type = np.float32,
+        feature_key: str = "h",
     ) -> None:
         if len(frame_shape) != 3 or frame_shape[2] != 3:
             raise ValueError(f"ReplayBuffer frame_shape={frame_shape}; expected (H, W, 3)")
@@ -68,6 +70,9 @@ class ReplayBuffer:
         self.discount = float(discount)
         self.nstep = int(nstep)
         self.feature_dim = int(feature_dim)
+        # Batches hold the stored features as "obs_<key>" / "next_obs_<key>": "h" for a frozen
+        # encoder's representation, "tokens" for frozen lower layers' token grid (float16, 8 KB).
+        self.feature_key = feature_key
 
         self._frames = np.zeros((capacity, *self.frame_shape), np.uint8)
         self._action = np.zeros(
@@ -82,7 +87,7 @@ class ReplayBuffer:
         )  # absolute index of the episode's first frame
         self._motion = np.zeros((capacity, motion_dim), np.float32)  # targets at the frame's time
         # A frozen encoder's features of the stack that ends at the frame (feature_dim > 0).
-        self._features = np.zeros((capacity, feature_dim), np.float32)
+        self._features = np.zeros((capacity, feature_dim), feature_dtype)
         self._num_added = 0  # frames ever added
         self._can_add = False  # an episode is open and has not terminated
 
@@ -243,8 +248,8 @@ class ReplayBuffer:
             "discount": info["discount"],
         }
         if features:
-            batch["obs_h"] = self._features[t % self.capacity]
-            batch["next_obs_h"] = self._features[next_t % self.capacity]
+            batch[f"obs_{self.feature_key}"] = self._features[t % self.capacity]
+            batch[f"next_obs_{self.feature_key}"] = self._features[next_t % self.capacity]
         else:
             batch["obs"] = self._stack(t, info["episode"])
             batch["next_obs"] = self._stack(next_t, info["episode"])

@@ -5,7 +5,10 @@ never by the actor, which reads the detached representation through a projection
 (DrQ / SAC-AE). As in DrQ-v2, the TD target encodes ``next_obs`` once, with the online encoder
 and no gradient, instead of keeping a target copy of the encoder: one encoder pass less per
 update. A frozen encoder's features can be computed once per stored observation and passed
-in the batch (``obs_h`` / ``next_obs_h``): updates then touch only the MLP heads.
+in the batch (``obs_h`` / ``next_obs_h``): updates then touch only the MLP heads. Cached
+token grids of frozen lower layers (``obs_tokens``, :mod:`semore.trunk_cache`) run only the
+layers above them; a guide (``SACAgent.guide``, :mod:`semore.guide`) adds the pretraining
+terms to the critic loss.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import Tensor, nn
 
 from semore.augment import RandomShift
 from semore.layers import mlp, orthogonal_init
+from semore.trunk_cache import encode_cached_batch
 
 
 @torch.no_grad()
@@ -106,13 +110,12 @@ class SACConfig:
     hidden_dim: int = 256
     # DrQ's actor trunk width (the actor's own projection of the detached features).
     actor_feature_dim: int = 50
-    # Standard horizon for 20 Hz driving episodes of ~1000 steps.
+    # SAC-AE / DrQ's discount: an effective horizon 1 / (1 - 0.99) = 100 agent steps, 20 s of
+    # 5 Hz control, the length of a quickstart / study highway episode.
     discount: float = 0.99
     # SAC-AE / DrQ learning rates for pixel SAC with batch sizes of 128-512.
     actor_lr: float = 1e-3
     critic_lr: float = 1e-3
-    # The encoder's own rate when it is trained (the fine-tune config sets it per regime).
-    encoder_lr: float = 1e-3
     # DrQ's temperature rate: SAC-AE's 1e-4 moves log(alpha) only ~0.03 in a 2k-step run, so
     # exploration after the seed steps was almost nil; with Adam's short memory (beta 0.5).
     alpha_lr: float = 1e-3
@@ -141,7 +144,7 @@ class SACConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"sac.{name} is {getattr(self, name)}: expected an int >= 1")
-        for name in ("actor_lr", "critic_lr", "encoder_lr", "alpha_lr", "init_temperature"):
+        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sac.{name} is {getattr(self, name)}: expected > 0")
 
@@ -150,7 +153,9 @@ class SACAgent(nn.Module):
     """SAC + DrQ agent around ``encoder`` (any module with an int ``repr_dim`` mapping (B, 3K, H, W)
     uint8-range images to (B, repr_dim)). The passed encoder object is used as is (not copied),
     so a pretrained encoder's weights are the starting point. ``encoder_trainable`` False keeps
-    it fixed (:meth:`set_encoder_trainable` switches later, e.g. after a warm-up). Move with
+    it fixed (:meth:`set_encoder_trainable` switches later, e.g. after a warm-up). ``encoder_lr``
+    is the encoder's rate when it trains; its caller picks it per regime (the fine-tune config's
+    ``encoder_lr``); 1e-3 is DrQ's rate for an encoder learned from scratch. Move with
     ``.to(device)`` before the first update; optimiser state then lives on the same device.
     """
 
@@ -161,8 +166,11 @@ class SACAgent(nn.Module):
         cfg: SACConfig,
         motion_dim: int = 0,
         encoder_trainable: bool = True,
+        encoder_lr: float = 1e-3,
     ) -> None:
         super().__init__()
+        if not encoder_lr > 0:
+            raise ValueError(f"SACAgent encoder_lr={encoder_lr!r}; expected > 0")
         repr_dim = getattr(encoder, "repr_dim", None)
         if not isinstance(repr_dim, int) or repr_dim < 1:
             raise ValueError(
@@ -204,13 +212,15 @@ class SACAgent(nn.Module):
                 critic_params += list(head.parameters())
         self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
         # Created even while frozen, so checkpoints have the same optimisers in every regime.
-        self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=cfg.encoder_lr)
+        self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=encoder_lr)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.alpha_opt = torch.optim.Adam(
             [self.log_alpha], lr=cfg.alpha_lr, betas=(cfg.alpha_beta, 0.999)
         )
         self.encoder_trainable = True
         self.set_encoder_trainable(encoder_trainable)
+        # encoder_mode "guided": a semore.guide.PretrainGuide whose term joins the critic loss.
+        self.guide: nn.Module | None = None
 
     @property
     def device(self) -> torch.device:
@@ -256,6 +266,16 @@ class SACAgent(nn.Module):
         """Action (action_dim,) float32 in [-1, 1] for one stacked observation (3K, H, W) uint8."""
         return self.act_on_features(self.features(obs), sample)
 
+    @torch.no_grad()
+    def td_target(self, reward: Tensor, discount: Tensor, next_h: Tensor) -> Tensor:
+        """Soft TD target (B,): ``reward + discount * (min target Q - alpha * log pi)`` at a
+        next action sampled from the policy. ``discount`` holds gamma^n, 0 at a terminal (see
+        ReplayBuffer), so it alone decides how much of the bootstrap is kept."""
+        next_action, next_log_prob = self.actor.sample(next_h)
+        target_q1, target_q2 = self.target_critic(next_h, next_action)
+        target_v = torch.min(target_q1, target_q2) - self.alpha * next_log_prob
+        return reward + discount * target_v
+
     def update_critic(
         self,
         h: Tensor,
@@ -271,12 +291,7 @@ class SACAgent(nn.Module):
         ``reward`` is the (n-step) return of the TD target; ``reward1`` the one-step reward the
         reward head predicts, as in pretraining.
         """
-        with torch.no_grad():
-            next_action, next_log_prob = self.actor.sample(next_h)
-            target_q1, target_q2 = self.target_critic(next_h, next_action)
-            target_v = torch.min(target_q1, target_q2) - self.alpha * next_log_prob
-            # `discount` already holds gamma^n (0 at a terminal), see ReplayBuffer.
-            target_q = reward + discount * target_v
+        target_q = self.td_target(reward, discount, next_h)
         q1, q2 = self.critic(h, action)
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
         loss = critic_loss
@@ -305,12 +320,19 @@ class SACAgent(nn.Module):
             loss = loss + self.cfg.motion_aux_weight * motion_loss
             metrics["motion_aux_loss"] = motion_loss.item()
 
+        guide_loss = self.guide.term() if self.guide is not None else None
+        if guide_loss is not None:  # one backward and one encoder step for RL and the guide
+            loss = loss + guide_loss
+            metrics.update(self.guide.metrics)
+
         self.critic_opt.zero_grad(set_to_none=True)
         self.encoder_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_opt.step()
         if self.encoder_trainable:
             self.encoder_opt.step()
+        if guide_loss is not None:
+            self.guide.step()
         return metrics
 
     def update_actor(self, h: Tensor) -> dict[str, float]:
@@ -341,6 +363,8 @@ class SACAgent(nn.Module):
         (``h`` with gradient when the encoder is trainable, ``next_h`` never)."""
         if "obs_h" in batch:
             return batch["obs_h"].float(), batch["next_obs_h"].float()
+        if "obs_tokens" in batch:  # a frozen trunk's cached tokens, unshifted (semore.trunk_cache)
+            return encode_cached_batch(self.encoder, batch, self.encoder_trainable)
         # DrQ: an independent random shift of obs and next_obs.
         obs = self.aug(batch["obs"].float())  # (B, 3K, H, W) float, 0..255
         next_obs = self.aug(batch["next_obs"].float())
@@ -403,4 +427,5 @@ class SACAgent(nn.Module):
             "encoder": self.encoder_opt,
             "actor": self.actor_opt,
             "alpha": self.alpha_opt,
+            **({"guide": self.guide.opt} if self.guide is not None else {}),
         }

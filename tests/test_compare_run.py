@@ -43,6 +43,7 @@ def write_study(tmp_path: Path) -> Path:
         "eval_every_steps": 4,
         "num_eval_episodes": 1,
         "jobs": 2,
+        "bootstrap_reps": 200,
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -55,16 +56,25 @@ def test_study_runs_reports_and_skips_finished_runs(tmp_path, capsys):
     report = out / "report"
     table = (report / "table.md").read_text()
     assert "| scratch | 2 |" in table and "| frozen | 2 |" in table
-    assert "Steps to reach the `scratch` arm's final IQM" in table
+    assert "Steps to reach scratch's final IQM" in table
+    # The verdict opens the table; the arms run on one learner, so none is flagged.
+    assert table.split("## What it shows\n\n")[1].startswith("- At step 8, frozen ")
+    assert "Not one learner" not in table and "| same |" in table
+    assert str(tmp_path) not in table and "`" not in table
     assert (report / "curves.png").stat().st_size > 1000
     assert sorted(p.name for p in (report / "runs").glob("*.csv")) == [
         "frozen-seed0.csv", "frozen-seed1.csv", "scratch-seed0.csv", "scratch-seed1.csv"
     ]  # fmt: skip
     commands = (report / "commands.sh").read_text().splitlines()
     assert sum(line.startswith("semore-finetune ") for line in commands) == 4
+    assert str(tmp_path) not in "\n".join(commands)  # the export beside OUT: $OUT/../
+    assert sum('--out "$OUT/runs/frozen/seed0"' in line for line in commands) == 1
     results = json.loads((report / "results.json").read_text())
-    assert results["steps"] == [0, 8] or results["steps"][-1] == 8
+    assert results["steps"] == [0, 8]  # step 4 is not evaluated: no update before step 5
     assert len(results["arms"]["frozen"]["scores"]) == 2
+    # The local runner measured each run's CPU time.
+    frozen = results["arms"]["frozen"]
+    assert frozen["cpu_measured"] and frozen["cpu_min_per_run"] > 0
 
     # Everything is finished: a rerun runs nothing and prints no command.
     capsys.readouterr()
@@ -81,7 +91,8 @@ def test_study_runs_reports_and_skips_finished_runs(tmp_path, capsys):
     assert main(["--config", str(study), "--out", str(out), "--report-only", "--quiet"]) == 0
     before = json.loads((report / "results.json").read_text())
     run = out / "runs" / "scratch" / "seed0"
-    longer = shlex.split(next(c for c in commands if f"{run} " in c))[1:]
+    line = next(c for c in commands if '"$OUT/runs/scratch/seed0"' in c)
+    longer = shlex.split(line.replace("$OUT", str(out)))[1:]
     longer[longer.index("--num-train-steps") + 1] = "12"
     assert finetune_main([*longer, "--resume"]) == 0
     assert max(int(r["step"]) for r in read_metrics(run / "metrics.csv")) == 12
@@ -133,6 +144,7 @@ def test_study_builds_its_dataset_and_encoders_first(tmp_path, capsys):
         "num_train_steps": 6,
         "eval_every_steps": 6,
         "num_eval_episodes": 1,
+        "bootstrap_reps": 200,
     }
     config, out = tmp_path / "study.yaml", tmp_path / "out"
     config.write_text(yaml.safe_dump(study))
@@ -147,7 +159,7 @@ def test_study_builds_its_dataset_and_encoders_first(tmp_path, capsys):
     report = out / "report"
     assert (report / "table.md").is_file()
     # Provenance: every command from the dataset on, the dataset's hash, the encoder's config.
-    commands = (report / "commands.sh").read_text().splitlines()[2:]
+    commands = (report / "commands.sh").read_text().splitlines()[3:]
     assert [line.split()[0] for line in commands] == [
         "semore-collect", "semore-annotate", "semore-pretrain", "semore-finetune", "semore-finetune"
     ]  # fmt: skip

@@ -1,51 +1,85 @@
-"""Study statistics on synthetic scores and curves with known answers."""
+"""Study statistics through rliable, against fixed inputs with known answers and against
+rliable's own metrics."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from rliable import library as rly
+from rliable import metrics
 
-from pipeline.compare import stats
+from pipeline.compare import estimates, stats
 
 
-def test_iqm_drops_a_quarter_at_each_end_like_rliable():
-    assert stats.iqm(np.arange(8.0)) == pytest.approx(np.mean([2, 3, 4, 5]))
+def test_iqm_of_a_known_array_and_parity_with_rliable():
+    curve = estimates.iqm_curves({"a": np.arange(8.0)[:, None]}, reps=200)["a"]
+    assert curve.value[0] == pytest.approx(np.mean([2, 3, 4, 5]))
     # 5 runs: int(1.25) = 1 dropped at each end, the outliers do not move it
-    assert stats.iqm(np.array([[-100.0], [1.0], [2.0], [3.0], [100.0]])) == pytest.approx(2.0)
-    assert stats.iqm(np.array([4.0])) == 4.0
+    outliers = np.array([[-100.0], [1.0], [2.0], [3.0], [100.0]])
+    assert estimates.iqm_curves({"a": outliers}, reps=200)["a"].value[0] == pytest.approx(2.0)
+    rng = np.random.default_rng(0)
+    for runs in (3, 5, 7, 10):
+        scores = rng.normal(size=(runs, 1, 4)).round(1)  # ties too
+        expected = [metrics.aggregate_iqm(scores[..., i]) for i in range(4)]
+        np.testing.assert_allclose(estimates.iqm_per_step(scores), expected)
 
 
-def test_bootstrap_interval_of_constant_scores_is_the_constant():
-    assert stats.stratified_bootstrap_ci(np.full((6, 1), 0.3)) == pytest.approx((0.3, 0.3))
-
-
-def test_bootstrap_interval_covers_the_true_iqm_and_narrows_with_more_runs():
+def test_probability_of_improvement_known_answers_and_parity_with_rliable():
+    low = np.array([[0.1, 0.2], [0.2, 0.3], [0.3, 0.1], [0.0, 0.2], [0.2, 0.2]])
+    scores = {"ref": low, "better": low + 1.0, "same": low.copy()}
+    poi = estimates.improvement(scores, "ref", [0, 1], reps=500)
+    assert set(poi) == {"better", "same"}
+    np.testing.assert_allclose(poi["better"].value, 1.0)
+    np.testing.assert_allclose([poi["better"].low, poi["better"].high], 1.0)
+    np.testing.assert_allclose(poi["same"].value, 0.5)
     rng = np.random.default_rng(1)
-    small = rng.normal(0.5, 0.1, (5, 1))
-    large = rng.normal(0.5, 0.1, (200, 1))
-    low_s, high_s = stats.stratified_bootstrap_ci(small)
-    low_l, high_l = stats.stratified_bootstrap_ci(large)
-    assert low_l <= 0.5 <= high_l
-    assert high_l - low_l < high_s - low_s
+    x, y = rng.integers(0, 4, (5, 1, 3)) / 4, rng.integers(0, 4, (6, 1, 3)) / 4  # many ties
+    expected = [metrics.probability_of_improvement(x[..., i], y[..., i]) for i in range(3)]
+    np.testing.assert_allclose(estimates.improvement_per_step(x, y), expected)
 
 
-def test_bootstrap_is_stratified_by_task():
-    # Task columns with very different levels: resampling within a column keeps one score of
-    # each task in every resample, so the mean over tasks is fixed when runs agree per task.
-    scores = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
-    assert stats.stratified_bootstrap_ci(scores, stats.mean) == pytest.approx((0.5, 0.5))
+def test_bootstrap_resamples_runs_within_each_task():
+    # Rows that differ per task column: (0, 1), (0, 0), (0, 0), (1, 0). Resampling whole
+    # rows never puts the two 1s in one row, so max(row sum) <= 1 in every resample;
+    # stratified resampling draws each column's runs on its own and reaches 2 in ~23% of them.
+    scores = np.array([[0.0, 1.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    with estimates._seeded(0):
+        _, interval = rly.get_interval_estimates(
+            {"a": scores}, lambda x: np.array([np.max(x.sum(axis=1))]), reps=2000
+        )
+    assert interval["a"][1, 0] == 2.0
 
 
-def test_performance_profile_and_steps_to_reach():
-    profile = stats.performance_profile(np.array([0.1, 0.4, 0.9, 1.2]), np.array([0.0, 0.5, 1.0]))
-    np.testing.assert_allclose(profile, [1.0, 0.5, 0.25])
+def test_intervals_are_reproducible_narrow_with_runs_and_leave_numpy_alone():
+    rng = np.random.default_rng(1)
+    small, large = rng.normal(0.5, 0.1, (5, 1)), rng.normal(0.5, 0.1, (200, 1))
+    state = np.random.get_state()[1].copy()
+    first = estimates.iqm_curves({"s": small, "l": large}, reps=1000)
+    again = estimates.iqm_curves({"s": small, "l": large}, reps=1000)
+    assert np.array_equal(np.random.get_state()[1], state)
+    assert first["s"].low == again["s"].low and first["s"].high == again["s"].high
+    assert first["l"].low[0] <= 0.5 <= first["l"].high[0]
+    assert first["l"].high - first["l"].low < first["s"].high - first["s"].low
+    constant = estimates.iqm_curves({"c": np.full((6, 1), 0.3)}, reps=200)["c"]
+    assert constant.at(0) == pytest.approx((0.3, 0.3, 0.3))
+
+
+def test_performance_profile_with_bands_matches_rliable_default():
+    final = np.array([0.1, 0.4, 0.9, 1.2])
+    taus = np.array([0.0, 0.5, 1.0])
+    profile = estimates.profiles({"a": final}, reps=300, taus=taus)["a"]
+    np.testing.assert_allclose(profile.value, [1.0, 0.5, 0.25])
+    assert np.all(profile.low <= profile.value) and np.all(profile.value <= profile.high)
+    default, _ = rly.create_performance_profile({"a": final[:, None]}, taus, reps=10)
+    np.testing.assert_allclose(profile.value, default["a"])
+
+
+def test_steps_to_reach():
     steps = np.array([0, 1000, 2000, 3000])
-    curve = np.array([0.0, 0.2, 0.6, 0.9])  # known linear-ish curve
+    curve = np.array([0.0, 0.2, 0.6, 0.9])
     assert stats.steps_to_reach(steps, curve, 0.5) == 2000
     assert stats.steps_to_reach(steps, curve, 0.95) is None
     # A lucky untrained agent at step 0 does not count as reaching the target by learning.
     lucky = np.array([0.56, 0.1, 0.6, 0.9])
     assert stats.steps_to_reach(steps, lucky, 0.5) == 0
     assert stats.steps_to_reach(steps, lucky, 0.5, after=0) == 2000
-    assert stats.intervals_overlap((0.1, 0.3), (0.25, 0.5))
-    assert not stats.intervals_overlap((0.1, 0.2), (0.25, 0.5))

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import pytest
 import torch
 
 from semore.augment import RandomShift
 from semore.encoder import (
+    EncoderArch,
     EncoderConfig,
     SemoreEncoder,
     load_encoder,
     load_encoder_metadata,
+    load_export,
     save_encoder,
 )
 
@@ -234,3 +236,28 @@ def test_pretraining_heads_read_h_so_every_term_reaches_the_representation():
         assert (enc.fuse[0].weight.grad is not None) == reaches_fuse
     with pytest.raises(ValueError, match="heads_read"):
         SemorePretrainModel(enc, 16, 6, 2, heads_read="both")
+
+
+def test_the_architecture_is_defined_once():
+    arch = {f.name: f.default for f in fields(EncoderArch)}
+    inputs = {"frame_stack": 3, "image_height": 32, "image_width": 32}
+    assert {f.name for f in fields(EncoderConfig)} == set(inputs) | set(arch)
+    assert asdict(SemoreEncoder(3, 32, 32).config) == {**inputs, **arch}
+    config = EncoderArch(num_filters=8, repr_dim=16).to_config(3, 32, 32)
+    assert config == EncoderConfig(3, 32, 32, num_filters=8, repr_dim=16)
+    assert EncoderArch.of(config) == EncoderArch(num_filters=8, repr_dim=16)
+    with pytest.raises(TypeError, match="filters"):
+        SemoreEncoder(3, 32, 32, filters=8)
+    with pytest.raises(ValueError, match="EncoderArch.num_heads=3"):
+        EncoderArch(num_heads=3)
+
+
+def test_load_export_reads_encoder_and_metadata_together(tmp_path):
+    torch.manual_seed(0)
+    encoder = SemoreEncoder(3, 32, 32, num_filters=8).eval()
+    save_encoder(tmp_path / "e.pt", encoder, {"run": "x"})
+    loaded, metadata = load_export(tmp_path / "e.pt")
+    assert metadata == {"run": "x"} and loaded.config == encoder.config
+    obs = make_obs(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(obs), encoder(obs))

@@ -15,7 +15,6 @@ from pipeline.config import load_config
 from pipeline.finetune import run as finetune_mod
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.eval import read_metrics
-from pipeline.finetune.loop import episode_seed, eval_seeds
 from pipeline.finetune.run import build_agent, build_encoder, main
 from pipeline.sim.base import SimulatorConnectionError, StepResult
 from pipeline.sim.driver import MOTION_DIM, motion_targets
@@ -40,6 +39,7 @@ TINY = [
     "--quiet",
 ]  # fmt: skip
 TRAIN_METRICS = ("critic_loss", "actor_loss", "alpha", "reward_aux_loss", "motion_aux_loss")
+TIMING = ("wall_time_s", "steps_per_s")  # the only columns that may differ between equal runs
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +98,10 @@ def test_finetune_outputs_and_resume_continues_exactly(tmp_path):
     )
     ckpt = load_ckpt(out)
     assert ckpt["step"] == 20 and ckpt["num_updates"] == 5  # steps 12, 14, ..., 20
+    # The evaluation at step 20 fell inside a training episode: the resume re-runs its start.
+    assert (
+        len(ckpt["open_episode"]["actions"]) == ckpt["open_episode"]["stats"]["episode_steps"] > 0
+    )
     assert (out / "checkpoints" / ckpt["replay_file"]).is_file()
 
     # --resume continues the step count and appends to metrics.csv.
@@ -122,6 +126,48 @@ def test_finetune_outputs_and_resume_continues_exactly(tmp_path):
         r["episode_return"] for r in read_metrics(straight / "metrics.csv") if r["phase"] == "eval"
     ]
     assert evals == [r["episode_return"] for r in resumed if r["phase"] == "eval"]
+
+    def untimed(rows):
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+    # Every row, train rows of the episode re-run on resume included, is the uninterrupted one's.
+    assert untimed(read_metrics(out / "metrics.csv")) == untimed(
+        read_metrics(straight / "metrics.csv")
+    )
+
+
+def test_training_does_not_depend_on_how_often_it_evaluates(tmp_path):
+    # Evaluation has its own simulator and random streams: same seed, same train rows. 7-step
+    # episodes, so evaluations fall inside training episodes (steps 8, 12, 16, 20 vs 6, 12, 18).
+    expected_evals = {4: [0, 8, 12, 16, 20, 24], 6: [0, 6, 12, 18, 24]}  # no update before 5
+    rows, agents = {}, {}
+    for every, evals in expected_evals.items():
+        out = tmp_path / f"every{every}"
+        args = [*TINY, "--env.highway.max_episode_steps", "7", "--num_seed_steps", "4",
+                "--eval_every_steps", str(every), "--measure_reference", "false",
+                "--encoder", "none", "--out", str(out), "--num-train-steps", "24"]  # fmt: skip
+        assert main(args) == 0
+        metrics = read_metrics(out / "metrics.csv")
+        assert [int(r["step"]) for r in metrics if r["phase"] == "eval"] == evals
+        train = [r for r in metrics if r["phase"] == "train"]
+        rows[every] = [{k: v for k, v in r.items() if k not in TIMING} for r in train]
+        agents[every] = load_ckpt(out)["agent"]["agent"]
+    # Episodes end by a crash or after 7 steps, never at an evaluation.
+    assert [int(r["step"]) for r in rows[4]] == [3, 10, 17, 23]
+    assert rows[4] == rows[6]
+    assert all(torch.equal(agents[4][k], agents[6][k]) for k in agents[4])
+
+
+def test_resume_refuses_an_open_episode_that_does_not_replay(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*TINY, "--measure_reference", "false", "--encoder", "none", "--out", str(out)]
+    assert main([*args, "--num-train-steps", "12"]) == 0
+    ckpt = load_ckpt(out)
+    ckpt["open_episode"]["stats"]["episode_return"] += 1.0  # as if the simulator had drifted
+    torch.save(ckpt, out / "checkpoints" / "last.pt")
+    capsys.readouterr()
+    assert main([*args, "--num-train-steps", "14", "--resume"]) == 2
+    assert "re-running training episode" in error_line(capsys)
 
 
 def test_pretrained_export_initialises_agent_encoder(tmp_path):
@@ -182,14 +228,6 @@ def test_auxiliary_targets_are_scaled_the_same_way_with_and_without_a_pretrained
     assert 5.0 < float(stats[0]["motion_mean"][0]) < 40.0  # highway speeds, not the export's
 
 
-def test_evaluation_seeds_are_fixed_and_disjoint_from_training_seeds():
-    train = {episode_seed(seed, 0, i) for seed in range(3) for i in range(200)}
-    evals = eval_seeds(0, 10)
-    assert evals == eval_seeds(0, 10) and len(set(evals)) == 10
-    assert all(s >= 1 << 30 for s in evals) and all(s < 1 << 30 for s in train)
-    assert not train & set(evals)
-
-
 @pytest.mark.parametrize("mode", ["frozen", "warmup"])
 def test_frozen_and_warmup_regimes(tmp_path, mode):
     export = tmp_path / "encoder.pt"
@@ -238,6 +276,20 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     assert "batch_size" in error_line(capsys)
     assert main([*TINY, "--encoder", str(export), "--out", out, "--resume"]) == 2
     assert "--encoder" in error_line(capsys)
+
+
+def test_the_encoder_lr_has_one_source(tmp_path, capsys):
+    # sac.encoder_lr was always overridden by the top-level encoder_lr; it is gone from SAC.
+    config = load_config(FinetuneConfig, CONFIG, ["--encoder_lr", "0.00003", *TINY[2:-1]])
+    agent = build_agent(build_encoder("none", config)[0], config, pretrained=False)
+    assert agent.encoder_opt.param_groups[0]["lr"] == 3e-5
+    default = load_config(FinetuneConfig, CONFIG, TINY[2:-1])
+    for pretrained, lr in ((False, 1e-3), (True, 1e-4)):
+        agent = build_agent(build_encoder("none", default)[0], default, pretrained)
+        assert agent.encoder_opt.param_groups[0]["lr"] == lr
+    args = [*TINY, "--sac.encoder_lr", "1e-4", "--encoder", "none", "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    assert "sac: unknown field 'encoder_lr'" in error_line(capsys)
 
 
 class FlakyCarla:

@@ -67,7 +67,7 @@ def test_training_writes_checkpoints_logs_and_export(ann_dataset: Path, tmp_path
     metadata = load_encoder_metadata(out / "encoder.pt")
     assert metadata["global_step"] == 2
     assert len(metadata["motion_mean"]) == len(metadata["motion_std"]) == 6
-    torch.testing.assert_close(torch.tensor(metadata["motion_mean"]), module.motion_mean)
+    assert metadata["motion_mean"] == pytest.approx(module.hparams.motion_mean)
     assert metadata["dataset"]["manifest_sha256"] and metadata["holdout_every"] == 4
     assert metadata["config"]["encoder"]["num_filters"] == 8
 

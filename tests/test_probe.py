@@ -12,6 +12,7 @@ from torch import nn
 
 from pipeline.pretrain.probe import main, run_probe
 from semore.encoder import SemoreEncoder, save_encoder
+from semore.probe import episode_bootstrap_r2, r2_score
 from tests import conftest
 
 FRAME_STACK = 3
@@ -163,3 +164,22 @@ def test_probe_reads_the_encoder_of_a_fine_tuning_run(tmp_path: Path, raw_datase
     assert metadata["finetune_step"] == 8 and metadata["encoder_source"] == "none"
     result = run_probe(encoder, raw_dataset, holdout_every=4)
     assert result["repr_dim"] == 50 and set(result["r2_interval"]) == set(result["r2"])
+
+
+def test_the_bootstrap_resamples_whole_episodes():
+    # Half the episodes are predicted exactly, half badly: resampling episodes moves R² far
+    # more than resampling rows would (each row its own "episode").
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(200, generator=g, dtype=torch.float64)
+    episodes = torch.arange(200) // 20
+    noise = 2.0 * torch.randn(200, generator=g, dtype=torch.float64)
+    predicted = torch.where(episodes < 5, target, target + noise)
+    low, high = episode_bootstrap_r2(target, predicted, episodes)
+    row_low, row_high = episode_bootstrap_r2(target, predicted, torch.arange(200))
+    r2 = float(r2_score(target, predicted)[0])
+    assert low < r2 < high and row_low < r2 < row_high
+    assert high - low > 1.5 * (row_high - row_low)
+    assert episode_bootstrap_r2(target, predicted, episodes) == [low, high]  # seeded
+    assert episode_bootstrap_r2(target, target, episodes) == [1.0, 1.0]
+    single = episode_bootstrap_r2(target, predicted, torch.zeros(200, dtype=torch.long), reps=20)
+    assert single == pytest.approx([r2, r2])

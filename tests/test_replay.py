@@ -162,6 +162,16 @@ def test_nstep_returns_and_discounts():
     assert len(buf) == 5 + 4 + 1
 
 
+def test_discount_zero_keeps_one_reward_and_cuts_the_bootstrap():
+    buf = ReplayBuffer(100, (H, W, 3), K, action_dim=2, discount=0.0, nstep=3)
+    add_episode(buf, 1, 5, terminal=False)  # truncated: would bootstrap at any other discount
+    _, rows = sample_all(buf)
+    for row in rows:
+        episode, step = decode(row["obs"])[-1]
+        assert row["reward"] == row["reward1"] == 100.0 * episode + step + 1
+        assert row["discount"] == 0.0
+
+
 def test_frame_stack_matches_buffer():
     rng = np.random.default_rng(3)
     episode_frames = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(6)]

@@ -142,6 +142,51 @@ def test_an_update_encodes_next_obs_once_and_a_frozen_one_with_features_not_at_a
     assert same(params(frozen.encoder), encoder_before)
 
 
+class FixedTargets(nn.Module):
+    """Target critic stand-in with known Q values (q1, q2), whatever (h, action)."""
+
+    def __init__(self, q1: list[float], q2: list[float]) -> None:
+        super().__init__()
+        self.q1, self.q2 = torch.tensor(q1), torch.tensor(q2)
+
+    def forward(self, h, action):
+        return self.q1, self.q2
+
+
+def fixed_policy(log_prob: list[float]):
+    def sample(h):
+        return torch.zeros(len(log_prob), A), torch.tensor(log_prob)
+
+    return sample
+
+
+def test_td_target_with_known_numbers():
+    agent = make_agent(init_temperature=0.1)
+    agent.target_critic = FixedTargets([5.0, 1.0, 7.0], [3.0, 4.0, 2.0])
+    agent.actor.sample = fixed_policy([-1.0, 2.0, 0.5])
+    reward = torch.tensor([1.0, 2.0, 0.5])
+    # 3-step transitions at gamma 0.9: gamma^3 kept, except the second, which hit a terminal.
+    discount = torch.tensor([0.9**3, 0.0, 0.9**3])
+    target = agent.td_target(reward, discount, torch.zeros(3, agent.repr_dim))
+    # V = min(q1, q2) - alpha * log pi = [3 + 0.1, 1 - 0.2, 2 - 0.05]
+    expected = [1.0 + 0.729 * 3.1, 2.0, 0.5 + 0.729 * 1.95]
+    torch.testing.assert_close(target, torch.tensor(expected))
+
+
+def test_discount_zero_cuts_the_bootstrap_end_to_end():
+    # gamma 0 in the buffer: the critic regresses the one-step reward, whatever Q says next.
+    agent = make_agent(init_temperature=0.1)
+    agent.target_critic = FixedTargets([1e6] * 4, [2e6] * 4)
+    buf = ReplayBuffer(50, (H, W, 3), K, action_dim=A, discount=0.0, nstep=3)
+    buf.add_first(np.zeros((H, W, 3), np.uint8))
+    for t in range(6):
+        buf.add(np.zeros(A, np.float32), float(t + 1), np.zeros((H, W, 3), np.uint8), False)
+    batch = buf.sample(4, np.random.default_rng(0))
+    metrics = agent.update(batch, step=1)
+    assert metrics["target_q"] == pytest.approx(float(batch["reward1"].mean()))
+    assert torch.equal(batch["discount"], torch.zeros(4))
+
+
 def test_act_shape_and_range():
     agent = make_agent()
     obs = np.random.default_rng(0).integers(0, 256, (3 * K, H, W), dtype=np.uint8)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pipeline import config
 from pipeline.config import resumable
 from pipeline.data import manifest as mf
+from pipeline.launch.config import LauncherConfig
 
 CAPTIONERS = ("scene", "vlm")
 TEXT_ENCODERS = ("open_clip", "sentence-transformers")
@@ -119,6 +120,8 @@ class AnnotateConfig:
     sentence_transformers: SentenceTransformersConfig = field(
         default_factory=SentenceTransformersConfig
     )
+    # --launcher slurm's resources per task (one task per --num-workers slice).
+    launcher: LauncherConfig = resumable(default_factory=LauncherConfig)
 
     def __post_init__(self) -> None:
         for name in ("keyframe_stride", "motion_gap_steps", "encode_batch_size", "workers"):

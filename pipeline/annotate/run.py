@@ -34,8 +34,10 @@ from pipeline.data import dataset, schema
 from pipeline.data import manifest as mf
 from pipeline.data.shards import list_shards, remove_stale_tmp
 from pipeline.errors import SemoreError
+from pipeline.launch import cli as launch_cli
 
 log = logging.getLogger(__name__)
+MODULE = "pipeline.annotate.run"  # what a launched task runs (``python -m``)
 
 
 def ann_name(raw_name: str) -> str:
@@ -111,6 +113,17 @@ def plan(
         if ann_path.name not in done or not ann_path.is_file():
             todo.append((raw_path, ann_path))
     return todo
+
+
+def pending_slices(cfg: AnnotateConfig, root: Path, num_workers: int) -> list[int]:
+    """Slices (``--worker-index`` values) with raw shards that lack an ann shard, for a
+    launcher; every slice while the raw data is still short of its episodes (collect tasks
+    may be running: an annotate task started after them sees every shard)."""
+    manifest = mf.read_manifest(root)
+    raw = mf.section(manifest, "raw", root)
+    if raw.get("totals", {}).get("num_episodes", 0) < raw.get("config", {}).get("episodes", 0):
+        return list(range(num_workers))
+    return [i for i in range(num_workers) if plan(root, manifest, cfg, i, num_workers)]
 
 
 def annotate(
@@ -272,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip bad raw samples/shards (listed in the manifest) instead of stopping",
     )
+    launch_cli.add_launcher_args(parser)
     return parser
 
 
@@ -283,8 +297,16 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
         "workers": args.workers,
     }
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-    worker_index, num_workers = cli.node_slice(args.worker_index, args.num_workers)
-    manifest = annotate(cfg, args.data, worker_index, num_workers, args.skip_bad, not args.quiet)
+    if args.launcher == "slurm":  # one task per slice; its tasks run this command locally
+        pending = pending_slices(cfg, args.data, cli.node_slice(0, args.num_workers)[1])
+        if not launch_cli.launch_slices(args, cfg.launcher, MODULE, args.data, pending):
+            return
+        manifest = mf.read_manifest(args.data)
+    else:
+        worker_index, num_workers = cli.node_slice(args.worker_index, args.num_workers)
+        manifest = annotate(
+            cfg, args.data, worker_index, num_workers, args.skip_bad, not args.quiet
+        )
     section = manifest.get("ann", {})
     totals = section.get("totals", {})
     lookups = totals.get("caption_lookups", 0)
@@ -297,7 +319,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_cli(build_parser(), argv, _run)
+    return launch_cli.run_cli(build_parser(), argv, _run)
 
 
 if __name__ == "__main__":

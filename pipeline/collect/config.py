@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pipeline.config import content_dict, resumable
 from pipeline.data import manifest as mf
 from pipeline.data import schema
+from pipeline.launch.config import LauncherConfig
 from pipeline.sim.configs import EnvConfig, PolicyConfig
 
 
@@ -29,6 +30,8 @@ class CollectConfig(EnvConfig):
     # Simulator processes on this machine (one simulator each).
     workers: int = resumable(default=1)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # --launcher slurm's resources per task (one task per --num-workers slice).
+    launcher: LauncherConfig = resumable(default_factory=LauncherConfig)
 
     def __post_init__(self) -> None:
         schema.check_run_name(self.run)

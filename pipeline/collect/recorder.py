@@ -13,13 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.data import dataset, schema
 from pipeline.data.shards import AtomicShardWriter, decode_member, encode_members, iter_shard
 from pipeline.errors import SemoreError
 from pipeline.sim.base import DrivingEnv, SimulatorConnectionError
 from pipeline.sim.policies import CollectionPolicy
+from pipeline.sim.seeding import collect_episode_seed, collect_policy_rng
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +32,6 @@ class Episode:
     distance_m: float
     collisions: int
     expert_steps: int
-
-
-def episode_seed(seed: int, episode: int) -> int:
-    """A 31-bit seed for episode ``episode``, independent of how episodes are scheduled."""
-    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0] >> 1)
 
 
 def block_episodes(block: int, episodes_per_shard: int, num_episodes: int) -> list[int]:
@@ -60,9 +54,9 @@ def record_episode(
     Sample ``t`` holds the observation and state at ``t``, the action taken at ``t`` and
     the reward that action earned; the episode flags say how the episode ended after it.
     """
-    ep_seed = episode_seed(seed, episode)
+    ep_seed = collect_episode_seed(seed, episode)
     frames, state = env.reset(ep_seed)
-    policy.start_episode(np.random.default_rng([seed, episode, 1]))
+    policy.start_episode(collect_policy_rng(seed, episode))
     samples: list[tuple[str, dict[str, bytes]]] = []
     episode_return = distance_m = 0.0
     collisions = expert_steps = 0

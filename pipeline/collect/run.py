@@ -21,11 +21,13 @@ from pipeline.data import dataset, schema
 from pipeline.data import manifest as mf
 from pipeline.data.shards import list_shards, remove_stale_tmp
 from pipeline.errors import SemoreError
+from pipeline.launch import cli as launch_cli
 from pipeline.sim import backend_spec, make_env
 from pipeline.sim.configs import BACKENDS
 from pipeline.sim.policies import CollectionPolicy
 
 log = logging.getLogger(__name__)
+MODULE = "pipeline.collect.run"  # what a launched task runs (``python -m``)
 tqdm_module.tqdm.monitor_interval = 0  # no monitor thread: worker processes are forked
 
 
@@ -48,6 +50,19 @@ def plan_blocks(
         if not wanted <= have:
             todo.append(block)
     return todo
+
+
+def pending_slices(cfg: CollectConfig, out: Path, num_workers: int) -> list[int]:
+    """Slices (``--worker-index`` values) with episodes ``out`` lacks, for a launcher.
+
+    A new ``out`` gets its manifest here, so a folder that cannot hold the dataset fails
+    before anything is submitted; shards on disk are reconciled by the tasks themselves.
+    """
+    manifest = mf.read_manifest(out, required=False)
+    if manifest is None or manifest.get("raw", {}).get("config_hash") != content_hash(cfg):
+        manifest = prepare_output(cfg, out)  # or its one-line error for another config
+    recorded = manifest["raw"]["shards"]
+    return [i for i in range(num_workers) if plan_blocks(cfg, recorded, i, num_workers)]
 
 
 def prepare_output(
@@ -265,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--backend", choices=BACKENDS, help="simulator backend")
     cli.add_slice_args(parser, "episode blocks (shards)")
+    launch_cli.add_launcher_args(parser)
     return parser
 
 
@@ -279,8 +295,15 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     if args.policy is not None:
         cfg = replace(cfg, policy=replace(cfg.policy, name=args.policy))
-    worker_index, num_workers = cli.node_slice(args.worker_index, args.num_workers)
-    manifest = collect(cfg, args.out, worker_index, num_workers)
+    if args.launcher == "slurm":  # one task per slice; its tasks run this command locally
+        num_workers = cli.node_slice(0, args.num_workers)[1]
+        pending = pending_slices(cfg, args.out, num_workers)
+        if not launch_cli.launch_slices(args, cfg.launcher, MODULE, args.out, pending):
+            return
+        manifest = mf.read_manifest(args.out)
+    else:
+        worker_index, num_workers = cli.node_slice(args.worker_index, args.num_workers)
+        manifest = collect(cfg, args.out, worker_index, num_workers)
     totals = manifest["raw"].get("totals", {})
     print(
         f"{args.out}: {totals.get('num_episodes', 0)} episodes, {totals.get('num_samples', 0)} samples "
@@ -289,7 +312,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_cli(build_parser(), argv, _run)
+    return launch_cli.run_cli(build_parser(), argv, _run)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 ``config`` holds the typed study config (arms, seeds, budget), ``stats`` the aggregate
 statistics (IQM, stratified bootstrap intervals, performance profiles, steps to a threshold),
-``report`` the results folder (table, curves, per-run CSVs, commands), ``run`` the command
-line that runs (or prints) one ``semore-finetune`` job per arm and seed.
+``jobs`` the planned jobs (one pretraining job per study encoder, one ``semore-finetune``
+job per arm and seed) and the local runner, ``report`` the results folder (table, curves,
+per-run CSVs, commands), ``run`` the command line that runs (or prints) the jobs.
 """

@@ -1,4 +1,5 @@
-"""The results folder of a study: table.md, curves.png, per-run CSVs, the exact commands.
+"""The results folder of a study: table.md (opened by sentences that say what the numbers
+show), curves.png, per-run CSVs, results.json, the exact commands.
 
 Scores are expert-normalised returns, (R - R_random) / (R_expert - R_random), with the
 expert's and uniform-random returns measured on the same fixed evaluation episodes.
@@ -6,185 +7,168 @@ expert's and uniform-random returns measured on the same fixed evaluation episod
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
-from pipeline.compare import stats
+from pipeline.compare import estimates, stats
+from pipeline.compare.analysis import Analysis, analyse
 from pipeline.compare.config import CompareConfig
+from pipeline.compare.jobs import threads_per_job
+from pipeline.compare.plots import plot_curves
+from pipeline.compare.records import RUNS_DIR, RunRecord, final_means
+from pipeline.compare.writing import commands_script, verdicts, write
 from pipeline.config import to_dict
-from pipeline.files import atomic_write
-from pipeline.finetune.eval import read_metrics
-from pipeline.finetune.loop import METRICS_NAME, SUMMARY_NAME
-from pipeline.finetune.reference import REFERENCE_NAME
-
-if TYPE_CHECKING:
-    from pipeline.compare.run import Job
-
-SCORE = "normalized_return"
 
 
-def eval_scores(job: Job, max_step: int) -> dict[int, float]:
-    """Step -> expert-normalised evaluation return of one run, up to ``max_step`` (a longer
-    study may have continued the run in the same folder)."""
-    rows = read_metrics(job.out / METRICS_NAME)
-    return {
-        int(r["step"]): float(r[SCORE])
-        for r in rows
-        if r["phase"] == "eval" and r.get(SCORE) and int(r["step"]) <= max_step
-    }
+def _cell(estimate: estimates.Estimate, i: int) -> str:
+    value, low, high = estimate.at(i)
+    return f"{value:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def score_matrix(jobs: list[Job], max_step: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Evaluated steps up to ``max_step`` common to all runs, and per arm (runs, steps) scores."""
-    per_run = {job: eval_scores(job, max_step) for job in jobs}
-    steps = sorted(set.intersection(*(set(s) for s in per_run.values())))
-    arms: dict[str, list[list[float]]] = {}
-    for job, scores in per_run.items():
-        arms.setdefault(job.arm, []).append([scores[s] for s in steps])
-    return np.asarray(steps), {arm: np.asarray(rows) for arm, rows in arms.items()}
+def _score_table(cfg: CompareConfig, a: Analysis, records: list[RunRecord]) -> list[str]:
+    """IQM per report step, P(> reference) at the last, behaviour, learner and cost per arm."""
+    last, ref = a.report_steps[-1], cfg.reference_arm
+    head = ["arm", "runs", *(f"step {s}" for s in a.report_steps), f"P(> {ref}) at {last}",
+            "mean abs steer", "distance (m)", "learner", "CPU-min / run"]  # fmt: skip
+    align = ["---", *["---:"] * (len(head) - 3), "---", "---:"]  # arm and learner are words
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    for arm, matrix in a.scores.items():
+        poi = _cell(a.improvement[arm], -1) if arm in a.improvement else "(reference)"
+        steer = final_means(records, arm, last, "mean_abs_steer")
+        dist = final_means(records, arm, last, "distance_m")
+        cpu, measured = a.cpu_min[arm]
+        cells = [arm, str(len(matrix)), *(_cell(a.curves[arm], a.column(s)) for s in a.report_steps),
+                 poi, "n/a" if steer is None else f"{steer:.2f}",
+                 "n/a" if dist is None else f"{dist:.0f}", a.learner.note(arm) or "same",
+                 f"{cpu:.1f}" if measured else f"~{cpu:.1f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
-def _wall_time_s(job: Job, max_step: int) -> float:
-    """The run's wall time when it reached ``max_step``: the summary's, unless the run went on."""
-    summary = json.loads((job.out / SUMMARY_NAME).read_text())
-    if summary.get("step", max_step) <= max_step:
-        return float(summary["wall_time_s"])
-    rows = read_metrics(job.out / METRICS_NAME)
-    return max(float(r["wall_time_s"]) for r in rows if int(r["step"]) <= max_step)
+def _improvement_table(cfg: CompareConfig, a: Analysis) -> list[str]:
+    if not a.improvement:
+        return []
+    lines = [f"Probability of improvement over {cfg.reference_arm}, P(a run of the arm scores "
+             "higher than a run of the reference) [95% interval]:", "",
+             "| arm | " + " | ".join(f"step {s}" for s in a.report_steps) + " |",
+             "|---|" + "---:|" * len(a.report_steps)]  # fmt: skip
+    for arm, est in a.improvement.items():
+        cells = [_cell(est, i) for i in range(len(a.report_steps))]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
-def _rows_up_to(job: Job, max_step: int) -> str:
-    """The run's metrics.csv without the rows after ``max_step``."""
-    lines = (job.out / METRICS_NAME).read_text().splitlines(keepends=True)
-    header, rows = lines[0], csv.DictReader(lines)
-    kept = [line for line, row in zip(lines[1:], rows, strict=True) if int(row["step"]) <= max_step]
-    return header + "".join(kept)
+def _steps_to_reach(cfg: CompareConfig, a: Analysis) -> list[str]:
+    ref = cfg.reference_arm
+    if len(a.scores) == 1:
+        return []
+    target = float(a.curves[ref].value[-1])
+    lines = [f"Steps to reach {ref}'s final IQM ({target:.2f}):", ""]
+    for arm in a.scores:
+        if arm == ref:
+            continue
+        # After step 0: an untrained actor that happens to steer straight can score
+        # ~0.5 before any update (seen in the study), which is luck, not learning.
+        reached = stats.steps_to_reach(a.steps, a.curves[arm].value, target, after=0)
+        lines.append(f"- {arm}: " + (f"not reached by step {int(a.steps[-1])}" if reached is None
+                     else f"step {int(reached)} ({reached / a.steps[-1]:.2f}x the budget)"))  # fmt: skip
+    return [*lines, ""]
 
 
-def _at_or_before(steps: np.ndarray, wanted: int) -> int:
-    eligible = steps[steps <= wanted]
-    return int(eligible[-1]) if len(eligible) else int(steps[0])
+def _footer(cfg: CompareConfig, records: list[RunRecord], a: Analysis, label: str) -> list[str]:
+    saved = [r.reference for r in records if r.reference]
+    distinct = {(r["expert_return"], r["random_return"]) for r in saved}
+    lines = []
+    if saved:
+        lines += [f"Reference returns on the evaluation episodes: expert "
+                  f"{saved[0]['expert_return']:.1f}, uniform random {saved[0]['random_return']:.1f} "
+                  f"({len(distinct)} distinct value(s) across runs; 1 means every run saw the same "
+                  "task).", ""]  # fmt: skip
+    estimated = [arm for arm, (_, measured) in a.cpu_min.items() if not measured]
+    if estimated:
+        lines += [f"CPU-min / run marked ~ is wall time x {threads_per_job(cfg.jobs, len(records))}"
+                  " thread(s) per run (the runner gives each of its jobs an equal share of the "
+                  "cores); the others are the runs' measured CPU time.", ""]  # fmt: skip
+    return lines + [
+        "Reproduce: the commands in commands.sh (one semore-finetune per run), or "
+        f"semore-compare --config {label} --out OUT; the study config is study.yaml."
+    ]
+
+
+def table_markdown(cfg: CompareConfig, a: Analysis, records: list[RunRecord], label: str) -> str:
+    """table.md: what it shows in words, then the tables."""
+    seeds = sorted({r.seed for r in records})
+    lines = ["# Fine-tuning study: expert-normalised evaluation return", "", "## What it shows", "",
+             *verdicts(cfg, a), "", "## Scores", "",
+             f"IQM over runs with its 95% stratified bootstrap interval ({cfg.bootstrap_reps} "
+             "resamples, rliable); 0 = uniform random actions, 1 = the built-in expert, on "
+             f"{cfg.num_eval_episodes} fixed evaluation episodes disjoint from training episodes. "
+             f"Seeds: {', '.join(map(str, seeds))}. Mean abs steer and distance per evaluation "
+             "episode at the last step; learner: the arm's settings where arms differ.", "",
+             *_score_table(cfg, a, records), "", *_improvement_table(cfg, a),
+             *_steps_to_reach(cfg, a), *_footer(cfg, records, a, label)]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _results_json(cfg: CompareConfig, a: Analysis, records: list[RunRecord]) -> str:
+    def curve(est: estimates.Estimate) -> list[dict]:
+        return [dict(zip(("iqm", "iqm_low", "iqm_high"), est.at(i), strict=True))
+                for i in range(len(est.value))]  # fmt: skip
+
+    arms = {}
+    for arm, matrix in a.scores.items():
+        mine = [r for r in records if r.arm == arm]
+        arms[arm] = {
+            "seeds": [r.seed for r in mine], "scores": matrix.tolist(), "curve": curve(a.curves[arm]),
+            "wall_time_s": float(np.mean([r.wall_time_s for r in mine])),
+            "cpu_min_per_run": a.cpu_min[arm][0], "cpu_measured": a.cpu_min[arm][1],
+            "cpu_s_per_seed": {str(r.seed): r.cpu_s for r in mine if r.cpu_s is not None},
+            "learner": a.learner.values[arm],
+        }  # fmt: skip
+        if arm in a.improvement:
+            arms[arm]["improvement"] = dict(zip(map(str, a.report_steps), curve(a.improvement[arm]),
+                                                strict=True))  # fmt: skip
+        arms[arm]["profile"] = curve(a.profiles[arm])
+    reference = next((r.reference for r in records if r.reference), None)
+    results = {"steps": a.steps.tolist(), "report_steps": a.report_steps,
+               "bootstrap_reps": cfg.bootstrap_reps, "profile_taus": estimates.PROFILE_TAUS.tolist(),
+               "learner_differs_in": a.learner.differing, "arms": arms,
+               "reference": reference and {k: reference[k] for k in
+                                           ("expert_return", "random_return", "eval_seeds")}}  # fmt: skip
+    return json.dumps(results, indent=1) + "\n"
 
 
 def write_report(
     cfg: CompareConfig,
-    jobs: list[Job],
+    records: list[RunRecord],
     folder: Path,
-    config_arg: str,
+    label: str,
     setup_commands: list[str] = (),
     study: Path | None = None,
 ) -> Path:
-    """Write the results folder for the finished ``jobs``; returns its path.
+    """Write the results folder for the finished runs ``records``; returns its path.
 
-    ``setup_commands`` (the dataset and encoder commands) head ``commands.sh``; with the
-    ``study`` folder, the dataset's provenance and each study encoder's config are copied too.
+    ``label`` names the study config as a user types it (a preset name, or ``study.yaml``).
+    ``setup_commands`` (the dataset and encoder commands) head ``commands.sh``, which is
+    written when the runs were planned here; with the ``study`` folder, the dataset's
+    provenance and each study encoder's config are copied too.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    steps, scores = score_matrix(jobs, cfg.num_train_steps)
-    curves = {arm: [stats.interval_estimate(m[:, i : i + 1]) for i in range(len(steps))]
-              for arm, m in scores.items()}  # fmt: skip
-    iqm = {arm: np.array([c["iqm"] for c in cs]) for arm, cs in curves.items()}
-
-    lines = [
-        "# Fine-tuning study: expert-normalised evaluation return",
-        "",
-        f"IQM over runs with its 95% stratified bootstrap interval (2000 resamples); 0 = uniform "
-        f"random actions, 1 = the built-in expert, on {cfg.num_eval_episodes} fixed evaluation "
-        f"episodes disjoint from training episodes. Seeds: {', '.join(map(str, cfg.seeds))}.",
-        "",
-    ]
-    report_steps = sorted({_at_or_before(steps, s) for s in cfg.steps_to_report()})
-    header = (
-        "| arm | runs | " + " | ".join(f"step {s}" for s in report_steps) + " | wall time / run |"
-    )
-    lines += [header, "|---|---:|" + "---:|" * len(report_steps) + "---:|"]
-    wall = {}
-    for arm, matrix in scores.items():
-        cells = []
-        for s in report_steps:
-            c = curves[arm][int(np.flatnonzero(steps == s)[0])]
-            cells.append(f"{c['iqm']:.2f} [{c['iqm_low']:.2f}, {c['iqm_high']:.2f}]")
-        times = [_wall_time_s(j, cfg.num_train_steps) for j in jobs if j.arm == arm]
-        wall[arm] = float(np.mean(times))
-        lines.append(
-            f"| {arm} | {len(matrix)} | " + " | ".join(cells) + f" | {wall[arm] / 60:.1f} min |"
-        )
-
-    ref = cfg.reference_arm
-    if ref in iqm:
-        target = float(iqm[ref][-1])
-        ref_final = curves[ref][-1]
-        lines += ["", f"Steps to reach the `{ref}` arm's final IQM ({target:.2f}):", ""]
-        for arm in scores:
-            if arm == ref:
-                continue
-            # After step 0: an untrained actor that happens to steer straight can score
-            # ~0.5 before any update (seen in the study), which is luck, not learning.
-            reached = stats.steps_to_reach(steps, iqm[arm], target, after=0)
-            if reached is None:
-                lines.append(f"- `{arm}`: not reached by step {int(steps[-1])}")
-                continue
-            i = int(np.flatnonzero(steps == reached)[0])
-            here, there = curves[arm][i], curves[ref][i]
-            apart = not stats.intervals_overlap(
-                (here["iqm_low"], here["iqm_high"]), (there["iqm_low"], there["iqm_high"])
-            )
-            lines.append(
-                f"- `{arm}`: step {int(reached)} ({reached / steps[-1]:.2f}x the budget); at that "
-                f"step its interval {'does not overlap' if apart else 'overlaps'} `{ref}`'s"
-            )
-        lines.append(
-            f"\n`{ref}` final: {ref_final['iqm']:.2f} [{ref_final['iqm_low']:.2f}, "
-            f"{ref_final['iqm_high']:.2f}]"
-        )
-    saved = [json.loads((j.out / REFERENCE_NAME).read_text()) for j in jobs
-             if (j.out / REFERENCE_NAME).is_file()]  # fmt: skip
-    distinct = {(r["expert_return"], r["random_return"]) for r in saved}
-    expert = saved[0]
-    lines += [
-        "",
-        f"Reference returns on the evaluation episodes: expert {expert['expert_return']:.1f}, "
-        f"uniform random {expert['random_return']:.1f} ({len(distinct)} distinct value(s) "
-        "across runs; 1 means every run saw the same task).",
-        "",
-        "Reproduce: the commands in `commands.sh` (one `semore-finetune` per run), or "
-        f"`semore-compare --config {config_arg} --out OUT`; the study config is `study.yaml`.",
-    ]
-    _write(folder / "table.md", "\n".join(lines) + "\n")
-
-    _plot_iqm(curves, folder / "curves.png", scores, steps)
-
-    runs_dir = folder / "runs"
-    runs_dir.mkdir(exist_ok=True)
-    for job in jobs:
-        _write(runs_dir / f"{job.arm}-seed{job.seed}.csv", _rows_up_to(job, cfg.num_train_steps))
-    _write(
-        folder / "commands.sh",
-        "#!/usr/bin/env bash\n# The study's dataset and encoders, then one semore-finetune run per "
-        "line (paths relative to where semore-compare ran).\n"
-        + "".join(line + "\n" for line in setup_commands)
-        + "".join(shlex.join(["semore-finetune", *job.argv]) + "\n" for job in jobs),
-    )
+    a = analyse(cfg, records)
+    write(folder / "table.md", table_markdown(cfg, a, records, label))
+    plot_curves(a, folder / "curves.png")
+    (folder / RUNS_DIR).mkdir(exist_ok=True)
+    for rec in records:
+        write(folder / RUNS_DIR / f"{rec.arm}-seed{rec.seed}.csv", rec.csv_text)
     if study is not None:
+        write(folder / "commands.sh", commands_script(setup_commands, records, study))
         _write_provenance(study, folder)
-    _write(folder / "study.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    results = {
-        "steps": steps.tolist(),
-        "arms": {
-            arm: {"scores": scores[arm].tolist(), "curve": curves[arm], "wall_time_s": wall[arm]}
-            for arm in scores
-        },  # fmt: skip
-        "reference": {k: expert[k] for k in ("expert_return", "random_return", "eval_seeds")},
-    }
-    _write(folder / "results.json", json.dumps(results, indent=1) + "\n")
+    write(folder / "study.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write(folder / "results.json", _results_json(cfg, a, records))
     return folder
 
 
@@ -197,50 +181,10 @@ def _write_provenance(study: Path, folder: Path) -> None:
         dataset = {
             "manifest_sha256": hashlib.sha256(manifest_file.read_bytes()).hexdigest(),
             "format_version": manifest.get("format_version"),
-            **{
-                part: {k: manifest[part].get(k) for k in keep}
-                for part in ("raw", "ann")
-                if part in manifest
-            },  # fmt: skip
-        }
-        _write(folder / "dataset.json", json.dumps(dataset, indent=1) + "\n")
+            **{part: {k: manifest[part].get(k) for k in keep}
+               for part in ("raw", "ann") if part in manifest},
+        }  # fmt: skip
+        write(folder / "dataset.json", json.dumps(dataset, indent=1) + "\n")
     for config in sorted((study / "encoders").glob("*/config.yaml")):
         (folder / "encoders").mkdir(exist_ok=True)
-        _write(folder / "encoders" / f"{config.parent.name}.yaml", config.read_bytes())
-
-
-def _write(path: Path, content: str | bytes) -> None:
-    """Write ``content`` unless the file already holds it (a rerun changes no file)."""
-    data = content.encode() if isinstance(content, str) else content
-    if not (path.is_file() and path.read_bytes() == data):
-        atomic_write(path, data)
-
-
-def _plot_iqm(curves: dict[str, list[dict]], path: Path, scores: dict, steps: np.ndarray) -> None:
-    """IQM curves with 95% bands (left) and the final performance profiles (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, prof) = plt.subplots(1, 2, figsize=(11, 4))
-    for arm, curve in curves.items():
-        ax.plot(steps, [c["iqm"] for c in curve], "o-", label=arm)
-        ax.fill_between(
-            steps, [c["iqm_low"] for c in curve], [c["iqm_high"] for c in curve], alpha=0.2
-        )
-        taus = np.linspace(-0.2, 1.2, 57)
-        prof.plot(taus, stats.performance_profile(scores[arm][:, -1], taus), label=arm)
-    ax.axhline(1.0, color="k", ls="--", lw=0.8, label="expert")
-    ax.axhline(0.0, color="gray", ls=":", lw=0.8, label="uniform random")
-    ax.set(xlabel="agent step", ylabel="IQM expert-normalised return", title="sample efficiency")
-    prof.set(xlabel="normalised return τ", ylabel="fraction of runs > τ",
-             title=f"performance profile at step {int(steps[-1])}")  # fmt: skip
-    for a in (ax, prof):
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    _write(path, buffer.getvalue())
+        write(folder / "encoders" / f"{config.parent.name}.yaml", config.read_bytes())

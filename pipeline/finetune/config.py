@@ -23,6 +23,41 @@ class FabricConfig:
     devices: int = 1
 
 
+@dataclass
+class GuideConfig:
+    """How strongly and how often the pretraining terms guide the encoder in ``guided`` mode."""
+
+    # Scale of the pretraining loss (its own term weights, as pretrained) next to the critic
+    # loss, in one backward pass. 1: each term counts as in pretraining (O(1) after the
+    # standardisation) against a critic loss of the same order (SGI keeps its SPR term at 5).
+    # 0 is exactly encoder_mode finetune: no guide batch is read, no RNG is drawn.
+    weight: float = 1.0
+    # A guide batch every `every` critic updates. A guide batch costs an encoder pass of
+    # `batch_size` frames from the pixels (~100 ms at 32 on one CPU thread, twice a cached-token
+    # update): every 2nd update keeps a guided arm on cached tokens (encoder_trainable_from
+    # projection) at ~2.7x a frozen arm per agent step, against 3.7x at 1 (rl_update.py).
+    every: int = 2
+    # 32 frame stacks: InfoNCE needs some negatives per batch, and at 32 the guide's encoder
+    # pass is a quarter of a batch-128 update's.
+    batch_size: int = 32
+    # The pretraining optimiser's rate (pretrain optim.lr) for the heads and temperatures.
+    heads_lr: float = 3e-4
+    # The guide dataset: null = the one the export records; a folder or hf://datasets/ORG/NAME
+    # [@REVISION] to point elsewhere (needed with --encoder none, or an export without a record).
+    data: str | None = None
+    # Shuffle buffer over frame stacks, as pretraining's: decorrelates consecutive steps.
+    shuffle_buffer: int = 256
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ValueError(f"guide.weight is {self.weight}: expected >= 0 (0 = finetune)")
+        for name in ("every", "batch_size", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"guide.{name} is {getattr(self, name)}: expected an int >= 1")
+        if self.heads_lr <= 0:
+            raise ValueError(f"guide.heads_lr is {self.heads_lr}: expected > 0")
+
+
 SCRATCH_ENCODER_LR = 1e-3  # DrQ's rate for an encoder learned from scratch
 PRETRAINED_ENCODER_LR = 1e-4  # 10x lower: keep what pretraining learned while the critic is new
 
@@ -54,7 +89,10 @@ class FinetuneConfig:
     replay_capacity: int = 100_000
     # 1-step TD targets as in SAC-AE / DrQ; 3 (DrQ-v2) propagates the reward faster.
     nstep: int = 1
-    # 10 evaluations per default run: enough points for a learning curve.
+    # 10 evaluations per default run: enough points for a learning curve. Evaluation has its
+    # own simulator and random streams where the backend can host two (highway), so this does
+    # not change training; on CARLA (one ego per server) it borrows the training simulator and
+    # ends the training episode in flight at every evaluation.
     eval_every_steps: int = 10_000
     # DrQ / DBC report means over 10 episodes.
     num_eval_episodes: int = 10
@@ -64,9 +102,20 @@ class FinetuneConfig:
     # What RL may do to the encoder. "finetune": end to end from the first update, as in the
     # paper; "frozen": never changes (its features are computed once per stored observation and
     # updates touch only the heads, as in R3M / VIP / PVR); "warmup": frozen for the first
-    # `warmup_updates` updates, so the critic is no longer random when encoder gradients start.
-    encoder_mode: Literal["frozen", "finetune", "warmup"] = "finetune"
+    # `warmup_updates` updates, so the critic is no longer random when encoder gradients start;
+    # "guided": end to end while the pretraining terms stay on (see `guide`).
+    encoder_mode: Literal["frozen", "finetune", "warmup", "guided"] = "finetune"
     warmup_updates: int = 1000
+    # The first layer a trained encoder trains. "trunk": all of it, from the pixels (the paper).
+    # "interaction": the conv trunks stay as they are and their 8x8 token grids are cached per
+    # stored frame (float16), so updates train the interaction, stream projections and fusion;
+    # "projection": the interaction stays too (its output is cached). The trunks' passes are
+    # ~90% of an end-to-end update and lower layers transfer (PiSCO). Per agent step at batch
+    # 128 and 2 updates per step, against a frozen arm: trunk 32x, interaction 4.6x, projection
+    # 1.7x (benchmarks/results/rl_update/). Frozen mode ignores it (it caches h itself).
+    encoder_trainable_from: Literal["trunk", "interaction", "projection"] = "trunk"
+    # encoder_mode guided: weight, cadence and batch of the pretraining terms, and their dataset.
+    guide: GuideConfig = field(default_factory=GuideConfig)
     # The encoder's learning rate when it trains. None: 1e-3 (the DrQ rate) for --encoder none,
     # 1e-4 for a pretrained export, whose features a random critic's early gradients would
     # otherwise overwrite within a few hundred updates.
@@ -80,7 +129,7 @@ class FinetuneConfig:
     # Seeds the networks, replay sampling and the training episodes.
     seed: int = 0
     # Seeds the evaluation episodes, the same for every training seed and every evaluation,
-    # and drawn from a range disjoint from training episode seeds (see loop.episode_seed).
+    # and drawn from a range disjoint from training episode seeds (see pipeline.sim.seeding).
     eval_seed: int = 0
     # Single device, full precision: exact and resumable bit for bit. Where to compute may
     # change on a resume.
@@ -110,6 +159,11 @@ class FinetuneConfig:
             raise ValueError(
                 f"fabric.devices is {self.fabric.devices}: expected 1 (run seeds as separate processes)"
             )
+
+    @property
+    def caches_tokens(self) -> bool:
+        """Whether the replay stores frozen lower layers' tokens (``encoder_trainable_from``)."""
+        return self.encoder_trainable_from != "trunk" and self.encoder_mode != "frozen"
 
     def resolved_encoder_lr(self, pretrained: bool) -> float:
         """``encoder_lr``, or its default for a pretrained or a fresh encoder."""

@@ -1,15 +1,19 @@
-"""Evaluation episodes, the metrics CSV and the learning-curve plot of ``semore-finetune``."""
+"""Episodes of ``semore-finetune`` outside its training loop (evaluation episodes in random
+streams of their own, the replay of an open training episode on resume), the metrics CSV and
+the learning-curve plot."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pipeline.files import atomic_save, atomic_write
 from pipeline.sim.driver import AgentStep, Driver, EpisodeLost
@@ -116,6 +120,35 @@ def run_episode(
                     return stats.summary()
         except EpisodeLost:
             continue
+
+
+def replay_episode(
+    driver: Driver, seed: int, actions: Iterable[np.ndarray]
+) -> tuple[AgentStep, EpisodeStats]:
+    """Re-run the start of an episode: reset with ``seed``, apply ``actions`` in order; the
+    latest step and the episode's sums so far (a deterministic simulator lands where it was)."""
+    current = driver.reset(seed)
+    stats = EpisodeStats()
+    for action in actions:
+        current = driver.step(action)
+        stats.add(current)
+    return current, stats
+
+
+@contextlib.contextmanager
+def own_random_streams(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block on torch and numpy global generators seeded with ``seed``, and give the
+    caller's generators back untouched afterwards: what the block draws changes nothing
+    outside it."""
+    numpy_state = np.random.get_state()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed % (1 << 32))
+            yield
+    finally:
+        np.random.set_state(numpy_state)
 
 
 def evaluate(

@@ -24,10 +24,9 @@ from pipeline.finetune.config import FinetuneConfig
 from pipeline.sim import backend_spec, make_env
 from pipeline.sim.base import ACTION_DIM
 from pipeline.sim.driver import AgentStep, Driver
+from pipeline.sim.seeding import SEED_RANGE
 
 ENV_ID = "semore/Highway-v0"
-# Seeds a reset without one draws, from the training-seed range (see loop.episode_seed).
-_SEED_RANGE = 1 << 30
 
 
 class SemoreDrivingEnv(gym.Env):
@@ -55,7 +54,8 @@ class SemoreDrivingEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        episode_seed = seed if seed is not None else int(self.np_random.integers(_SEED_RANGE))
+        # Without a seed, one from the training-seed range.
+        episode_seed = seed if seed is not None else int(self.np_random.integers(SEED_RANGE))
         self._last = self._driver.reset(episode_seed)
         return self._last.obs, {"episode_seed": episode_seed}
 

@@ -8,14 +8,23 @@ updates the agent every ``update_every`` steps once the seed steps are done, and
 training episode (with the means of the update metrics since the previous row) and one
 "eval" row per evaluation (means over its episodes).
 
-Evaluation runs in the training simulator (CARLA has one ego per server), so the training
-episode in flight ends there as a time-limit truncation and a new one starts after it.
-A resumed run starts at a checkpoint, i.e. right after an evaluation, in exactly that
-state, so it continues as the uninterrupted run would have.
+Training does not depend on how often the run evaluates. Evaluation drives its own
+simulator (``eval_driver``) on fixed evaluation seeds, with the deterministic policy, inside
+its own torch / numpy random streams (seeded by the run seed and the step), so the training
+episode in flight, the training generators and with them every train row are the same
+whatever ``eval_every_steps`` is. CARLA has one ego per server: there evaluation borrows the
+training simulator (``eval_driver`` None), and the training episode in flight ends at each
+evaluation as a time-limit truncation, so there the cadence does change the training episodes.
+
+A resumed run starts at a checkpoint, written right after an evaluation, in exactly that
+state, so it continues as the uninterrupted run would have. A training episode open at the
+checkpoint is stored as its index and actions so far, and re-run on the (deterministic)
+training simulator when the run resumes; the replayed sums must match the saved ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -33,10 +42,14 @@ from pipeline.finetune.eval import (
     EpisodeStats,
     MetricsLog,
     evaluate,
+    own_random_streams,
     plot_learning_curve,
     read_metrics,
+    replay_episode,
 )
+from pipeline.finetune.features import acting_features, stored_features
 from pipeline.sim.driver import AgentStep, Driver, EpisodeLost
+from pipeline.sim.seeding import eval_seeds, eval_torch_seed, loop_rng, train_episode_seed
 from semore.replay import ReplayBuffer
 from semore.sac import SACAgent
 
@@ -49,28 +62,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "semore-finetune"
-CHECKPOINT_VERSION = 2  # 2: encoder regimes, no target encoder, replay features
+# 2: encoder regimes, no target encoder, replay features; 3: the open training episode and
+# the update metrics since the last train row (evaluation no longer ends the episode).
+CHECKPOINT_VERSION = 3
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 METRICS_NAME = "metrics.csv"
 CURVE_NAME = "learning_curve.png"
 SUMMARY_NAME = "summary.json"
-# Stream ids of SeedSequence: training episodes, evaluation episodes, the loop's numpy RNG.
-_TRAIN, _EVAL, _LOOP = 0, 1, 2
-# Episode seeds of each stream lie in their own range, so evaluation episodes never repeat a
-# training episode: training seeds in [0, 2^30), evaluation seeds in [2^30, 2^31).
-_SEED_RANGE = 1 << 30
-
-
-def episode_seed(seed: int, stream: int, index: int) -> int:
-    """A 31-bit simulator seed of episode ``index`` of ``stream`` (independent of scheduling)."""
-    draw = int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
-    return stream * _SEED_RANGE + draw % _SEED_RANGE
-
-
-def eval_seeds(eval_seed: int, num_episodes: int) -> list[int]:
-    """The evaluation episodes' seeds: the same for every training seed and every evaluation."""
-    return [episode_seed(eval_seed, _EVAL, i) for i in range(num_episodes)]
 
 
 class OnlineTrainer:
@@ -85,16 +84,19 @@ class OnlineTrainer:
         out: Path,
         fabric: Fabric,
         run_info: dict,
+        eval_driver: Driver | None = None,
     ) -> None:
         self.cfg = cfg
         self.agent = agent
         self.driver = driver
+        # None: evaluation borrows the training simulator (backends with one ego per server).
+        self.eval_driver = eval_driver
         self.replay = replay
         self.out = Path(out)
         self.fabric = fabric
         self.run_info = run_info  # encoder source and config, stored with checkpoints
         self.ckpt_dir = self.out / CHECKPOINT_DIR
-        self.rng = np.random.default_rng([cfg.seed, _LOOP])
+        self.rng = loop_rng(cfg.seed)
         self.step = 0
         self.episode = 0  # training episodes started
         self.num_updates = 0
@@ -103,6 +105,7 @@ class OnlineTrainer:
         self.wall_time_s = 0.0  # accumulated over resumes
         self.current: AgentStep | None = None  # latest step of the open training episode
         self._features: np.ndarray | None = None  # the frozen encoder's features of current.obs
+        self._actions: list[np.ndarray] = []  # of the open training episode, for a resume
         self.reference: ReferenceScores | None = None  # expert / random returns, if known
         self.metrics: MetricsLog | None = None
         self._ep = EpisodeStats()  # sums over the open episode
@@ -132,6 +135,9 @@ class OnlineTrainer:
             "wall_time_s": self._wall_time(),
             "rng": rng,
             "replay_file": replay_name,
+            "open_episode": self._open_episode(),
+            "update_sums": dict(self._update_sums),
+            "update_count": dict(self._update_count),
             "config": to_dict(self.cfg),
             **self.run_info,
         }
@@ -159,6 +165,38 @@ class OnlineTrainer:
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        self._update_sums.update(checkpoint["update_sums"])
+        self._update_count.update(checkpoint["update_count"])
+        if checkpoint["open_episode"] is not None:
+            self._resume_episode(checkpoint["open_episode"])
+
+    def _open_episode(self) -> dict | None:
+        """What re-creates the open training episode on resume (None when none is open)."""
+        if self.current is None:
+            return None
+        actions = np.stack(self._actions) if self._actions else np.zeros((0, self.agent.action_dim))
+        features = self._features
+        return {
+            "index": self.episode - 1,
+            "actions": torch.as_tensor(actions, dtype=torch.float32),
+            "features": None if features is None else torch.as_tensor(features),
+            "stats": dataclasses.asdict(self._ep),
+        }
+
+    def _resume_episode(self, saved: dict) -> None:
+        """Re-run the open training episode of a checkpoint up to where it was saved."""
+        self._actions = list(saved["actions"].numpy())
+        seed = train_episode_seed(self.cfg.seed, saved["index"])
+        self.current, self._ep = replay_episode(self.driver, seed, self._actions)
+        if dataclasses.asdict(self._ep) != saved["stats"]:
+            got, want = self._ep.episode_return, saved["stats"]["episode_return"]
+            raise SemoreError(
+                f"{self.ckpt_dir / LAST_CHECKPOINT}: re-running training episode "
+                f"{saved['index']} ({len(self._actions)} steps) gave return {got!r}: expected "
+                f"{want!r} and the same sums (a deterministic simulator, as highway-env is)"
+            )
+        features = saved["features"]
+        self._features = None if features is None else features.numpy()
 
     # ------------------------------------------------------------------ logging
     def _wall_time(self) -> float:
@@ -173,11 +211,12 @@ class OnlineTrainer:
 
     # ------------------------------------------------------------------ episodes
     def _start_episode(self) -> None:
-        self.current = self.driver.reset(episode_seed(self.cfg.seed, _TRAIN, self.episode))
+        self.current = self.driver.reset(train_episode_seed(self.cfg.seed, self.episode))
         self._features = self._cached_features(self.current)
         self.replay.add_first(self.current.frame, self.current.motion, self._features)
         self.episode += 1
         self._ep = EpisodeStats()
+        self._actions = []
 
     # ------------------------------------------------------------------ encoder regime
     @property
@@ -188,9 +227,10 @@ class OnlineTrainer:
 
     def _cached_features(self, step: AgentStep) -> np.ndarray | None:
         """The frozen encoder's features of ``step.obs``, computed once and stored with it."""
-        if self.replay.feature_dim == 0 or not self.encoder_frozen:
+        tokens = self.replay.feature_key == "tokens"  # frozen lower layers: in every phase
+        if self.replay.feature_dim == 0 or not (self.encoder_frozen or tokens):
             return None
-        return self.agent.features(step.obs)
+        return stored_features(self.agent, self.replay.feature_key, step.obs)
 
     def _end_episode(self) -> None:
         """Log the open episode (if any) as a train row; the next step starts a new one."""
@@ -211,7 +251,8 @@ class OnlineTrainer:
             return self.rng.uniform(-1.0, 1.0, self.agent.action_dim).astype(np.float32)
         # Acting stays in float32: one small forward pass gains nothing from autocast.
         if self._features is not None:  # already encoded for the replay buffer
-            return self.agent.act_on_features(self._features, sample=True)
+            h = acting_features(self.agent, self.replay.feature_key, self._features)
+            return self.agent.act_on_features(h, sample=True)
         return self.agent.act(self.current.obs, sample=True)
 
     def _update(self) -> None:
@@ -222,7 +263,8 @@ class OnlineTrainer:
             self.agent.set_encoder_trainable(not frozen)
             if not frozen:
                 log.info("update %d: the encoder starts training", self.num_updates)
-        batch = self.replay.sample(self.cfg.batch_size, self.rng, features=frozen)
+        cached = frozen or self.replay.feature_key == "tokens"
+        batch = self.replay.sample(self.cfg.batch_size, self.rng, features=cached)
         with self.fabric.autocast():
             # The update counter (not the env step) drives actor/target schedules, so
             # actor_update_every keeps its meaning whatever update_every is.
@@ -233,13 +275,17 @@ class OnlineTrainer:
             self._update_count[key] += 1
 
     def _evaluate(self) -> dict:
-        self._end_episode()  # evaluation borrows the training simulator
+        driver = self.eval_driver
+        if driver is None:
+            self._end_episode()  # evaluation borrows the training simulator
+            driver = self.driver
         seeds = eval_seeds(self.cfg.eval_seed, self.cfg.num_eval_episodes)
 
         def policy(obs: np.ndarray) -> np.ndarray:
             return self.agent.act(obs, sample=False)
 
-        result = evaluate(self.driver, policy, seeds)
+        with own_random_streams(eval_torch_seed(self.cfg.seed, self.step), self.agent.device):
+            result = evaluate(driver, policy, seeds)
         if self.reference is not None:
             result["normalized_return"] = self.reference.normalize(result["episode_return"])
         self.last_eval_step = self.step
@@ -291,6 +337,7 @@ class OnlineTrainer:
                 self._end_episode()  # the lost step is not counted; its episode ends here
                 continue
             self._features = self._cached_features(result)
+            self._actions.append(action)
             self.replay.add(
                 action,
                 result.reward,

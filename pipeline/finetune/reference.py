@@ -24,10 +24,10 @@ from pipeline.errors import SemoreError
 from pipeline.files import atomic_write
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.eval import evaluate
-from pipeline.finetune.loop import eval_seeds
 from pipeline.sim import backend_spec, make_env
 from pipeline.sim.base import ACTION_DIM
 from pipeline.sim.driver import Driver
+from pipeline.sim.seeding import eval_seeds, reference_rng
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def compute_reference(cfg: FinetuneConfig, driver: Driver) -> ReferenceScores:
     """Run the expert and uniform random actions on the evaluation episodes of ``cfg``."""
     seeds = eval_seeds(cfg.eval_seed, cfg.num_eval_episodes)
     expert = evaluate(driver, lambda obs: None, seeds)  # None: the backend's expert drives
-    rng = np.random.default_rng([cfg.eval_seed, len(seeds)])
+    rng = reference_rng(cfg.eval_seed, len(seeds))
 
     def uniform(obs: np.ndarray) -> np.ndarray:
         return rng.uniform(-1.0, 1.0, ACTION_DIM).astype(np.float32)

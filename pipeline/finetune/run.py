@@ -32,6 +32,8 @@ from pipeline.config import (
 )
 from pipeline.errors import SemoreError
 from pipeline.finetune.config import FinetuneConfig
+from pipeline.finetune.features import replay_features
+from pipeline.finetune.guide import build_guide
 from pipeline.finetune.loop import (
     CHECKPOINT_DIR,
     CHECKPOINT_FORMAT,
@@ -43,13 +45,7 @@ from pipeline.finetune.reference import REFERENCE_NAME, reference_for
 from pipeline.sim import backend_spec, make_env
 from pipeline.sim.base import ACTION_DIM
 from pipeline.sim.driver import MOTION_DIM, Driver
-from semore.encoder import (
-    EncoderArch,
-    EncoderConfig,
-    SemoreEncoder,
-    load_encoder,
-    load_encoder_metadata,
-)
+from semore.encoder import EncoderArch, EncoderConfig, SemoreEncoder, load_encoder, load_export
 from semore.replay import ReplayBuffer
 from semore.sac import SACAgent
 
@@ -78,8 +74,7 @@ def build_encoder(
             f"--encoder {path} not found: expected an encoder export (RUN/encoder.pt) or 'none'"
         )
     try:
-        encoder = load_encoder(path)
-        metadata = load_encoder_metadata(path)
+        encoder, metadata = load_export(path)
     except ValueError as err:
         raise SemoreError(f"--encoder {path}: {err}") from None
     enc_cfg = encoder.config
@@ -99,14 +94,23 @@ def build_encoder(
 def build_agent(encoder: SemoreEncoder, cfg: FinetuneConfig, pretrained: bool) -> SACAgent:
     """SAC around ``encoder`` at the regime's encoder learning rate; a motion head only when
     the motion auxiliary loss is on. The encoder starts frozen unless ``encoder_mode`` is
-    "finetune" (the loop unfreezes a "warmup" one)."""
+    "finetune" or "guided" (the loop unfreezes a "warmup" one); the layers below
+    ``encoder_trainable_from`` never train."""
     motion_dim = MOTION_DIM if cfg.sac.motion_aux_weight > 0 else 0
-    sac = replace(cfg.sac, encoder_lr=cfg.resolved_encoder_lr(pretrained))
     # Channels-last convolutions: ~10% faster updates and feature passes on this CPU
     # (benchmarks/rl_update.py); the weights' values are unchanged.
     encoder = encoder.to(memory_format=torch.channels_last)
-    trainable = cfg.encoder_mode == "finetune"
-    return SACAgent(encoder, ACTION_DIM, sac, motion_dim=motion_dim, encoder_trainable=trainable)
+    if cfg.caches_tokens:
+        encoder.freeze_below(cfg.encoder_trainable_from)
+    trainable = cfg.encoder_mode in ("finetune", "guided")
+    return SACAgent(
+        encoder,
+        ACTION_DIM,
+        cfg.sac,
+        motion_dim=motion_dim,
+        encoder_trainable=trainable,
+        encoder_lr=cfg.resolved_encoder_lr(pretrained),
+    )
 
 
 def _check_resume(cfg: FinetuneConfig, checkpoint: dict, path: Path, source: str) -> None:
@@ -189,26 +193,32 @@ def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = Fa
         motion_dim=MOTION_DIM if with_motion else 0,
         discount=cfg.sac.discount,
         nstep=cfg.nstep,
-        # A frozen (or warming-up) encoder's features are stored once per observation.
-        feature_dim=agent.repr_dim if cfg.encoder_mode != "finetune" else 0,
+        **replay_features(cfg, agent),
     )
-    env = make_env(cfg.env)
+    if cfg.encoder_mode == "guided" and cfg.guide.weight > 0:  # weight 0: exactly finetune
+        agent.guide = build_guide(agent, cfg, None if source == "none" else Path(source), metadata)
+    envs = [make_env(cfg.env)]
     try:
-        if tuple(env.image_shape) != spec.image_shape:
+        if tuple(envs[0].image_shape) != spec.image_shape:
             raise SemoreError(
-                f"env.{cfg.env.backend} renders {env.image_shape} frames: expected {spec.image_shape}"
+                f"env.{cfg.env.backend} renders {envs[0].image_shape} frames: expected {spec.image_shape}"
             )
-        driver = Driver(env, cfg.repeat, cfg.frame_stack, spec.max_retries, with_motion)
+        driver = Driver(envs[0], cfg.repeat, cfg.frame_stack, spec.max_retries, with_motion)
+        eval_driver = None  # evaluation borrows the training simulator (see BackendSpec)
+        if spec.separate_eval_env:
+            envs.append(make_env(cfg.env))
+            eval_driver = Driver(envs[1], cfg.repeat, cfg.frame_stack, spec.max_retries)
         run_info = {"encoder_source": source, "encoder_config": asdict(enc_cfg)}
-        trainer = OnlineTrainer(cfg, agent, driver, replay, out, fabric, run_info)
+        trainer = OnlineTrainer(cfg, agent, driver, replay, out, fabric, run_info, eval_driver)
         if cfg.measure_reference:
-            trainer.reference = reference_for(cfg, driver, out / REFERENCE_NAME)
+            trainer.reference = reference_for(cfg, eval_driver or driver, out / REFERENCE_NAME)
         if checkpoint is not None:
             trainer.load(checkpoint)
             log.info("resuming %s at step %d", out, trainer.step)
         summary = trainer.train()
     finally:
-        env.close()
+        for env in envs:
+            env.close()
         for logger in fabric.loggers:
             logger.finalize("success")
     return summary

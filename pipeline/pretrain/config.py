@@ -54,7 +54,7 @@ class LossSection:
     # CLIP's initial temperature; it is learned from there.
     temperature: float = 0.07
     # What the alignment projections and the motion head read: "h", the fused representation
-    # RL uses, so every term shapes it (DESIGN.md); "streams" (z_sem / z_mot, the paper's
+    # RL uses, so every term shapes the features the agent reads; "streams" (z_sem / z_mot, the paper's
     # wiring) left h shaped by the reward head alone, effective rank 3.5 of 50.
     heads_read: Literal["h", "streams"] = "h"
 

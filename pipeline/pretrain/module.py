@@ -17,8 +17,9 @@ class SemorePretrainModule(L.LightningModule):
     """SemorePretrainModel + SemorePretrainLoss, with DrQ random shifts on training batches.
 
     Every loss term is logged on its own under ``train/`` (per step) and ``val/`` (per
-    validation run). The motion and reward mean/std the targets were standardised with
-    are buffers, so they travel with every checkpoint.
+    validation run). The motion and reward mean/std the datamodule standardised the targets
+    with are hyper-parameters only (saved with every checkpoint; the export's metadata is
+    where consumers read them): the batches arrive standardised.
     """
 
     def __init__(
@@ -54,15 +55,18 @@ class SemorePretrainModule(L.LightningModule):
             sem_weight, mot_weight, motion_reg_weight, reward_weight, temperature, state_weight
         )
         self.augment = RandomShift(aug_pad)
-        self.register_buffer("motion_mean", torch.tensor(motion_mean, dtype=torch.float32))
-        self.register_buffer("motion_std", torch.tensor(motion_std, dtype=torch.float32))
-        self.register_buffer("reward_stats", torch.tensor([reward_mean, reward_std]))
 
     @property
     def encoder(self) -> SemoreEncoder:
         return self.model.encoder
 
-    def _step(self, batch: dict[str, Tensor], prefix: str) -> Tensor:
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints written before the statistics left the state dict still hold them there.
+        for legacy in ("motion_mean", "motion_std", "reward_stats"):
+            checkpoint["state_dict"].pop(legacy, None)
+
+    def _step(self, batch: dict[str, Tensor], prefix: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of ``batch``, and the model's outputs on it."""
         obs = batch["obs"]  # (B, 3K, H, W) uint8
         if prefix == "train":
             obs = self.augment(obs)  # float, same 0..255 range
@@ -75,15 +79,16 @@ class SemorePretrainModule(L.LightningModule):
         terms_only = {f"{prefix}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
         self.log_dict(terms_only, **log_kwargs)
         self.log(f"{prefix}/loss", terms["loss"].detach(), prog_bar=True, **log_kwargs)
-        return terms["loss"]
+        return terms["loss"], outputs
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-        # How many of h's dimensions carry information (rank collapse shows here first).
-        h = self.encoder(batch["obs"])  # (B, repr_dim)
+        _, outputs = self._step(batch, "val")
+        # How many of h's dimensions carry information (rank collapse shows here first); h of
+        # the unaugmented validation batch, from the same forward pass as the loss.
+        h = outputs["h"]  # (B, repr_dim)
         self.log("val/h_effective_rank", effective_rank(h), on_epoch=True,
                  batch_size=h.shape[0], sync_dist=True)  # fmt: skip
 

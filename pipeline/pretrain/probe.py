@@ -22,7 +22,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -32,8 +31,8 @@ from pipeline.data.source import iter_pairs, read_dataset_info, shard_urls
 from pipeline.data.windows import Collate, EpisodeSplit, iter_windows
 from pipeline.errors import SemoreError
 from pipeline.files import atomic_write
-from semore.encoder import EncoderConfig, SemoreEncoder, load_encoder, load_encoder_metadata
-from semore.probe import RidgeProbe, select_alpha
+from semore.encoder import EncoderConfig, SemoreEncoder, load_export
+from semore.probe import RidgeProbe, episode_bootstrap_r2, select_alpha
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +45,6 @@ PROBE_TARGETS = (
     ("heading", "heading_rad"),
     ("reward", "reward"),
 )
-# Bootstrap resamples of the held-out episodes behind each R² interval.
-BOOTSTRAP_REPS = 1000
 # Same default as pretraining's data.holdout_every, so a random-encoder baseline is
 # scored on the same episodes as a pretrained one.
 DEFAULT_HOLDOUT_EVERY = 4
@@ -172,27 +169,6 @@ def run_probe(
     }
 
 
-def episode_bootstrap_r2(
-    target: torch.Tensor,
-    predicted: torch.Tensor,
-    episodes: torch.Tensor,
-    reps: int = BOOTSTRAP_REPS,
-    seed: int = 0,
-) -> list[float]:
-    """95% percentile interval of held-out R² when whole episodes are resampled."""
-    ids = sorted(set(episodes.tolist()))
-    rows = [torch.nonzero(episodes == e).flatten() for e in ids]
-    generator = np.random.default_rng(seed)
-    values = []
-    for _ in range(reps):
-        picked = torch.cat([rows[i] for i in generator.integers(0, len(ids), len(ids))])
-        y, p = target[picked], predicted[picked]
-        total = ((y - y.mean()) ** 2).sum()
-        values.append(float(1 - ((y - p) ** 2).sum() / total) if total > 0 else float("nan"))
-    low, high = np.nanpercentile(values, [2.5, 97.5])
-    return [float(low), float(high)]
-
-
 def summary_line(result: dict) -> str:
     scores = " ".join(
         f"{name}={'n/a' if value is None else f'{value:.2f}'}"
@@ -261,7 +237,7 @@ def load_probe_encoder(spec: str, data_dir: str | Path, frame_stack: int) -> tup
         path = path / "checkpoints" / "last.pt"
     if path.suffix == ".pt" and path.name == "last.pt":
         return finetuned_encoder(path)
-    return load_encoder(spec), load_encoder_metadata(spec)
+    return load_export(spec)
 
 
 def finetuned_encoder(checkpoint_path: Path) -> tuple[nn.Module, dict]:

@@ -36,6 +36,15 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 ENCODER_EXPORT = "encoder.pt"
 CONFIG_NAME = "config.yaml"  # the resolved config of the latest invocation
+# The loss settings guided fine-tuning rebuilds SemorePretrainLoss with (export["heads"]).
+HEAD_LOSS_FIELDS = (
+    "sem_weight",
+    "mot_weight",
+    "motion_reg_weight",
+    "reward_weight",
+    "temperature",
+    "state_weight",
+)
 
 
 def prepare_run(cfg: PretrainConfig, out: Path, resume: bool) -> Path | None:
@@ -172,10 +181,41 @@ def build_trainer(cfg: PretrainConfig, out: Path, quiet: bool = False) -> L.Trai
     )
 
 
+def dataset_record(dm: SemoreDataModule) -> dict:
+    """Which dataset the encoder saw, so guided fine-tuning finds it by default: the folder as an
+    absolute path (or the hf:// URL with its revision) and the manifest's hash."""
+    record = dm.info.dataset_id()
+    if isinstance(dm.info.root, Path):
+        record["path"] = str(dm.info.root.resolve())
+    return record
+
+
+def pretrain_heads(module: SemorePretrainModule) -> dict:
+    """The heads and loss temperatures with what rebuilds them (the export's ``heads``)."""
+    hp = module.hparams
+    model = module.model
+    return {
+        "model": {
+            "text_dim": model.text_dim,
+            "motion_dim": model.motion_dim,
+            "action_dim": model.action_dim,
+            "heads_read": model.heads_read,
+            "state_dim": hp.state_dim if hp.state_weight > 0 else 0,
+        },
+        "loss": {name: hp[name] for name in HEAD_LOSS_FIELDS},
+        "state_dict": {
+            key: value.detach().cpu()
+            for key, value in model.state_dict().items()
+            if not key.startswith("encoder.")
+        },
+        "loss_state_dict": {k: v.detach().cpu() for k, v in module.loss.state_dict().items()},
+    }
+
+
 def export_metadata(cfg: PretrainConfig, dm: SemoreDataModule, global_step: int) -> dict:
     stats = dm.stats
     return {
-        "dataset": dm.info.dataset_id(),
+        "dataset": dataset_record(dm),
         "motion_targets": [list(t) for t in dm.info.motion_targets],
         "motion_mean": stats.motion_mean.tolist(),
         "motion_std": stats.motion_std.tolist(),
@@ -223,7 +263,8 @@ def pretrain(
     if not trainer.is_global_zero:
         return None
     export = out / ENCODER_EXPORT
-    save_encoder(export, module.encoder, export_metadata(cfg, dm, trainer.global_step))
+    metadata = export_metadata(cfg, dm, trainer.global_step)
+    save_encoder(export, module.encoder, metadata, heads=pretrain_heads(module))
     log.info("exported the encoder at step %d to %s", trainer.global_step, export)
     return export
 

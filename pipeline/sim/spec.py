@@ -26,6 +26,10 @@ class BackendSpec:
     default_action_repeat: int
     # Reconnect-and-rerun attempts after a lost server; 0 where nothing can be lost.
     max_retries: int
+    # Whether one process can run a second, independent simulator for evaluation, so that
+    # evaluating never touches the training episode (highway-env: yes; CARLA: one ego per
+    # server, so evaluation borrows the training simulator and ends its episode).
+    separate_eval_env: bool
 
 
 # The card's "limitations" line per backend; readable from a manifest without a config.
@@ -48,6 +52,7 @@ def backend_spec(env: EnvConfig) -> BackendSpec:
             image_shape=(hw.image_height, hw.image_width),
             default_action_repeat=1,
             max_retries=0,
+            separate_eval_env=True,
         )
     if env.backend == "carla":
         ca = env.carla
@@ -58,6 +63,7 @@ def backend_spec(env: EnvConfig) -> BackendSpec:
             image_shape=(ca.image_height, ca.image_width * len(ca.camera_yaws_deg)),
             default_action_repeat=4,
             max_retries=ca.max_retries,
+            separate_eval_env=False,
         )
     raise SemoreError(f"unknown backend {env.backend!r}: expected one of {', '.join(BACKENDS)}")
 

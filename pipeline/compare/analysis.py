@@ -1,0 +1,68 @@
+"""Every number a study report shows, computed once from its finished runs: IQM curves,
+probabilities of improvement over the reference arm, performance profiles (all rliable's),
+the arms' learner settings and their cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.compare import estimates
+from pipeline.compare.config import CompareConfig
+from pipeline.compare.jobs import threads_per_job
+from pipeline.compare.learner import LearnerCheck, check_learner
+from pipeline.compare.records import RunRecord, score_matrix
+from pipeline.errors import SemoreError
+
+
+@dataclass
+class Analysis:
+    """Every number a report shows, computed once."""
+
+    steps: np.ndarray  # evaluated steps common to all runs
+    scores: dict[str, np.ndarray]  # arm -> (runs, steps)
+    curves: dict[str, estimates.Estimate]  # arm -> IQM per step
+    report_steps: list[int]  # the table's steps (each an evaluated step)
+    improvement: dict[str, estimates.Estimate]  # arm -> P(arm > reference) per report step
+    profiles: dict[str, estimates.Estimate]  # arm -> profile over PROFILE_TAUS, final step
+    learner: LearnerCheck
+    cpu_min: dict[str, tuple[float, bool]]  # arm -> (CPU-minutes per run, measured?)
+
+    def column(self, step: int) -> int:
+        return int(np.flatnonzero(self.steps == step)[0])
+
+
+def _at_or_before(steps: np.ndarray, wanted: int) -> int:
+    eligible = steps[steps <= wanted]
+    return int(eligible[-1]) if len(eligible) else int(steps[0])
+
+
+def _cpu_minutes(cfg: CompareConfig, records: list[RunRecord]) -> dict[str, tuple[float, bool]]:
+    """Mean CPU-minutes per run of each arm: measured CPU time where the runner recorded it,
+    else wall time x the threads the local runner gives each run."""
+    threads = threads_per_job(cfg.jobs, len(records))
+    out: dict[str, list] = {}
+    for rec in records:
+        measured = rec.cpu_s is not None
+        seconds = rec.cpu_s if measured else rec.wall_time_s * threads
+        out.setdefault(rec.arm, []).append((seconds / 60, measured))
+    return {arm: (float(np.mean([m for m, _ in v])), all(ok for _, ok in v))
+            for arm, v in out.items()}  # fmt: skip
+
+
+def analyse(cfg: CompareConfig, records: list[RunRecord]) -> Analysis:
+    """The report's statistics (rliable's, ``cfg.bootstrap_reps`` resamples each)."""
+    steps, scores = score_matrix(records)
+    if cfg.reference_arm not in scores:
+        raise SemoreError(f"reference arm {cfg.reference_arm} has no finished run: expected "
+                          f"at least one (finished: {', '.join(scores)})")  # fmt: skip
+    report_steps = sorted({_at_or_before(steps, s) for s in cfg.steps_to_report()})
+    columns = [int(np.flatnonzero(steps == s)[0]) for s in report_steps]
+    reps = cfg.bootstrap_reps
+    return Analysis(
+        steps, scores, estimates.iqm_curves(scores, reps), report_steps,
+        estimates.improvement(scores, cfg.reference_arm, columns, reps),
+        estimates.profiles({arm: m[:, -1] for arm, m in scores.items()}, reps),
+        check_learner(cfg), _cpu_minutes(cfg, records),
+    )  # fmt: skip

@@ -1,0 +1,175 @@
+"""The jobs of a study and the local runner: one ``Job`` per pretraining encoder and per
+(arm, seed) fine-tuning run, planned from the study config; ``run_jobs`` runs them as
+subprocesses on this machine (a cluster launcher takes the same ``Job`` list)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.compare.config import ENCODER_REF, CompareConfig
+from pipeline.config import load_config, override_flags
+from pipeline.errors import SemoreError
+from pipeline.files import atomic_write
+from pipeline.finetune.loop import SUMMARY_NAME
+from pipeline.finetune.run import baseline_encoder_flags
+from pipeline.pretrain.config import PretrainConfig
+from pipeline.pretrain.run import ENCODER_EXPORT
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_MODULE = "pipeline.pretrain.run"
+FINETUNE_MODULE = "pipeline.finetune.run"
+
+
+@dataclass(eq=False)  # hashed by identity: jobs key per-run results
+class Job:
+    arm: str  # the arm, or the encoder a pretraining job makes
+    seed: int
+    out: Path
+    argv: list[str]  # the stage's arguments
+    module: str = FINETUNE_MODULE
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.argv]
+
+    @property
+    def script_command(self) -> list[str]:
+        """The same job as its console script, for a cluster's job array."""
+        script = "semore-pretrain" if self.module == PRETRAIN_MODULE else "semore-finetune"
+        return [script, *self.argv]
+
+    def finished(self, num_train_steps: int) -> bool:
+        if self.module == PRETRAIN_MODULE:
+            return (self.out / ENCODER_EXPORT).is_file()
+        path = self.out / SUMMARY_NAME
+        return path.is_file() and json.loads(path.read_text()).get("step", 0) >= num_train_steps
+
+
+def encoder_path(cfg: CompareConfig, ref: str, out: Path) -> str:
+    """An arm's encoder reference as a path ("encoders.NAME", "pretrained"), else as given."""
+    if ref.startswith(ENCODER_REF):
+        return str(out / "encoders" / ref[len(ENCODER_REF) :] / ENCODER_EXPORT)
+    return cfg.pretrained if ref == "pretrained" else ref
+
+
+def dataset_commands(cfg: CompareConfig, out: Path) -> list[tuple[object, list[str]]]:
+    """(main, argv) of the collect and annotate stages that build the study's dataset."""
+    from pipeline.annotate.run import main as annotate_main
+    from pipeline.collect.run import main as collect_main
+
+    data, ds = str(out / "data"), cfg.dataset
+    return [
+        (collect_main, ["--config", ds.collect, "--out", data, *override_flags(ds.collect_overrides)]),
+        (annotate_main, ["--config", ds.annotate, "--data", data, *override_flags(ds.annotate_overrides)]),
+    ]  # fmt: skip
+
+
+def architecture_flags(cfg: CompareConfig, ref: str) -> list[str]:
+    """``--encoder.*`` flags that rebuild the architecture of ``ref`` (a study encoder's
+    pretrain config, known before it is trained, or an export)."""
+    if not ref.startswith(ENCODER_REF):
+        return baseline_encoder_flags(encoder_path(cfg, ref, Path()))
+    enc = cfg.encoders[ref[len(ENCODER_REF) :]]
+    pretrain_cfg = load_config(PretrainConfig, enc.config, enc.overrides, stage="pretrain")
+    return override_flags({"encoder": asdict(pretrain_cfg.encoder)})
+
+
+def pretrain_jobs(cfg: CompareConfig, out: Path) -> list[Job]:
+    """One pretraining job per study encoder, on the study's dataset."""
+    jobs = []
+    for name, enc in cfg.encoders.items():
+        run_dir = out / "encoders" / name
+        resume = ["--resume"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else []
+        argv = ["--config", enc.config, "--data", str(out / "data"), "--out", str(run_dir),
+                *override_flags(enc.overrides), *resume, "--quiet"]  # fmt: skip
+        jobs.append(Job(name, 0, run_dir, argv, module=PRETRAIN_MODULE))
+    return jobs
+
+
+def plan_jobs(cfg: CompareConfig, out: Path) -> list[Job]:
+    """One job per (arm, seed), in seed-major order so partial results cover every arm."""
+    jobs = []
+    for seed in cfg.seeds:
+        for name, arm in cfg.arms.items():
+            encoder = [encoder_path(cfg, arm.encoder, out)]
+            own = arm.encoder.startswith(ENCODER_REF)  # made by the study, maybe not yet
+            if arm.encoder != "none" and not own and not Path(encoder[0]).is_file():
+                raise SemoreError(
+                    f"arm {name}: encoder {encoder[0]} not found: expected an export "
+                    "(RUN/encoder.pt), encoders.NAME, pretrained or none"
+                )
+            if arm.encoder == "none" and arm.architecture_from:
+                encoder += architecture_flags(cfg, arm.architecture_from)
+            run_dir = out / "runs" / name / f"seed{seed}"
+            argv = [
+                "--config", cfg.finetune, "--encoder", *encoder, "--out", str(run_dir),
+                "--seed", str(seed), "--num-train-steps", str(cfg.num_train_steps),
+                "--eval_every_steps", str(cfg.eval_every_steps),
+                "--num_eval_episodes", str(cfg.num_eval_episodes),
+                *override_flags(cfg.overrides), *override_flags(arm.overrides),
+                "--resume", "--quiet",
+            ]  # fmt: skip
+            jobs.append(Job(name, seed, run_dir, argv))
+    return jobs
+
+
+def threads_per_job(num_jobs: int, num_todo: int) -> int:
+    """Cores per job when ``num_jobs`` of ``num_todo`` jobs run at once: a batch smaller than
+    ``num_jobs`` (one pretraining job, say) shares every core among the jobs it has, and no
+    more than that, because oversubscribed OpenMP threads stall."""
+    return max(1, (os.cpu_count() or 1) // max(1, min(num_jobs, num_todo)))
+
+
+def cost_path(job: Job) -> Path:
+    """``RUN.cost.json`` beside the run folder: the CPU time its processes used, in all."""
+    return job.out.with_suffix(".cost.json")
+
+
+def _add_cost(job: Job, cpu_s: float, wall_s: float, threads: int) -> None:
+    """Add one process's CPU and wall seconds to the job's totals (a resume adds to them)."""
+    path = cost_path(job)
+    total = json.loads(path.read_text()) if path.is_file() else {"cpu_s": 0.0, "wall_s": 0.0}
+    total = {"cpu_s": total["cpu_s"] + cpu_s, "wall_s": total["wall_s"] + wall_s,
+             "threads": threads}  # fmt: skip
+    atomic_write(path, json.dumps(total, indent=1) + "\n")
+
+
+def _run_job(job: Job, threads: int) -> tuple[Job, int, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env.setdefault("SDL_VIDEODRIVER", "offscreen")
+    job.out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with open(job.out.with_suffix(".log"), "a") as handle:
+        proc = subprocess.Popen(job.command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        # wait4: this child's own CPU time (user + system), even with other jobs running.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+    seconds = time.monotonic() - start
+    _add_cost(job, usage.ru_utime + usage.ru_stime, seconds, threads)
+    return job, code, seconds
+
+
+def run_jobs(jobs: list[Job], num_jobs: int) -> list[str]:
+    """Run ``jobs`` ``num_jobs`` at a time; returns a line per failed job."""
+    threads = threads_per_job(num_jobs, len(jobs))
+    log.info("%d runs, %d at a time, %d thread(s) each", len(jobs), num_jobs, threads)
+    failures = []
+    with ThreadPoolExecutor(num_jobs) as pool:
+        for done, (job, code, seconds) in enumerate(
+            pool.map(lambda j: _run_job(j, threads), jobs), start=1
+        ):
+            status = "done" if code == 0 else f"FAILED (exit {code}, see {job.out}.log)"
+            log.info("[%d/%d] %s seed %d %s in %.0f s",
+                     done, len(jobs), job.arm, job.seed, status, seconds)  # fmt: skip
+            if code != 0:
+                failures.append(f"{job.arm} seed {job.seed} (exit {code}, see {job.out}.log)")
+    return failures

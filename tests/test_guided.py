@@ -1,0 +1,136 @@
+"""``encoder_mode: guided``: the pretraining terms on guide batches of the pretraining dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.finetune.config import FinetuneConfig
+from pipeline.finetune.eval import read_metrics
+from pipeline.finetune.guide import build_guide
+from pipeline.finetune.run import build_agent, main
+from pipeline.pretrain.run import main as pretrain_main
+from semore.encoder import load_encoder, load_encoder_metadata, load_pretrain_heads
+from tests.conftest import write_synthetic_raw
+from tests.synthetic_ann import write_synthetic_ann
+from tests.test_finetune import (
+    CONFIG,
+    TINY,
+    error_line,
+    load_ckpt,
+    make_export,
+    one_thread,  # noqa: F401  (autouse)
+)
+from tests.test_pretrain import CONFIG as PRETRAIN_CONFIG
+from tests.test_pretrain import TINY as PRETRAIN_TINY
+
+GUIDE = ["--guide.batch_size", "4", "--guide.shuffle_buffer", "8", "--guide.every", "1"]
+TERMS = ("guide_loss", "guide_sem_nce", "guide_mot_nce", "guide_motion_reg", "guide_reward_mse")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-step pretraining export (8 filters, 32x32) of a tiny annotated dataset."""
+    root = tmp_path_factory.mktemp("guided")
+    data = write_synthetic_ann(write_synthetic_raw(root / "data"), embedding_dim=16)
+    out = root / "pretrain"
+    args = ["--config", str(PRETRAIN_CONFIG), "--data", str(data), "--out", str(out)]
+    assert pretrain_main([*args, "--trainer.max_steps", "2", *PRETRAIN_TINY]) == 0
+    return out / "encoder.pt"
+
+
+def run(export: Path, out: Path, *extra: str) -> int:
+    args = [*TINY, "--encoder", str(export), "--out", str(out), "--num-train-steps", "20"]
+    return main([*args, *GUIDE, *extra])
+
+
+def test_export_carries_heads_and_the_dataset_it_was_pretrained_on(pretrained):
+    heads = load_pretrain_heads(pretrained)
+    assert heads["model"]["text_dim"] == 16 and heads["model"]["heads_read"] == "h"
+    assert any(key.startswith("sem_proj.") for key in heads["state_dict"])
+    assert not any(key.startswith("encoder.") for key in heads["state_dict"])
+    dataset = load_encoder_metadata(pretrained)["dataset"]
+    assert Path(dataset["path"]).is_absolute() and (Path(dataset["path"]) / "ann").is_dir()
+    assert dataset["manifest_sha256"]
+    assert load_encoder(pretrained).config.num_filters == 8  # loads as any export
+
+
+def test_guided_weight_zero_is_finetune_bit_for_bit(pretrained, tmp_path):
+    assert run(pretrained, tmp_path / "finetune", "--encoder_mode", "finetune") == 0
+    zero = ["--encoder_mode", "guided", "--guide.weight", "0"]
+    assert run(pretrained, tmp_path / "zero", *zero) == 0
+    a, b = load_ckpt(tmp_path / "finetune"), load_ckpt(tmp_path / "zero")
+    assert a["num_updates"] == b["num_updates"] == 5
+    assert a["agent"]["agent"].keys() == b["agent"]["agent"].keys()
+    assert all(torch.equal(v, b["agent"]["agent"][k]) for k, v in a["agent"]["agent"].items())
+
+
+def test_guided_run_logs_the_guide_terms_and_resumes(pretrained, tmp_path):
+    out = tmp_path / "guided"
+    assert run(pretrained, out, "--encoder_mode", "guided", "--guide.every", "2") == 0
+    train = [r for r in read_metrics(out / "metrics.csv") if r["phase"] == "train"]
+    for term in TERMS:
+        assert any(r.get(term, "") != "" for r in train), term
+    ckpt = load_ckpt(out)
+    assert int(ckpt["agent"]["agent"]["guide.num_drawn"]) == 3  # updates 0, 2, 4 of 5
+    assert "guide" in ckpt["agent"]["optimizers"]
+    resume = [*TINY, "--encoder", str(pretrained), "--out", str(out), "--resume",
+              *GUIDE, "--encoder_mode", "guided", "--guide.every", "2"]  # fmt: skip
+    assert main([*resume, "--num-train-steps", "24"]) == 0
+    assert int(load_ckpt(out)["agent"]["agent"]["guide.num_drawn"]) == 4  # and update 6 of 7
+
+
+def tiny_cfg(*extra: str) -> FinetuneConfig:
+    overrides = ["--env.highway.image_height", "32", "--env.highway.image_width", "32",
+                 "--sac.hidden_dim", "32", "--encoder_mode", "guided", *GUIDE, *extra]  # fmt: skip
+    return load_config(FinetuneConfig, str(CONFIG), overrides, stage="finetune")
+
+
+def test_the_guide_term_falls_over_guided_updates(pretrained):
+    torch.manual_seed(0)
+    cfg = tiny_cfg("--guide.batch_size", "8")
+    agent = build_agent(load_encoder(pretrained), cfg, pretrained=True)
+    agent.guide = build_guide(agent, cfg, pretrained, load_encoder_metadata(pretrained))
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "obs": torch.randint(0, 256, (8, 9, 32, 32), generator=g, dtype=torch.uint8),
+        "next_obs": torch.randint(0, 256, (8, 9, 32, 32), generator=g, dtype=torch.uint8),
+        "action": torch.rand(8, 2, generator=g) * 2 - 1,
+        "reward": torch.rand(8, generator=g),
+        "discount": torch.full((8,), 0.99),
+    }
+    losses = [agent.update(batch, step)["guide_loss"] for step in range(40)]
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
+
+
+def test_missing_or_incompatible_guide_dataset_is_a_one_line_error(pretrained, tmp_path, capsys):
+    guided = ["--encoder_mode", "guided"]
+    missing = tmp_path / "nowhere"
+    assert run(pretrained, tmp_path / "a", *guided, "--guide.data", str(missing)) == 2
+    line = error_line(capsys)
+    assert "guide dataset" in line and str(missing) in line
+
+    other = write_synthetic_ann(write_synthetic_raw(tmp_path / "other"), embedding_dim=8)
+    assert run(pretrained, tmp_path / "b", *guided, "--guide.data", str(other)) == 2
+    line = error_line(capsys)
+    assert "embedding dim 8: expected 16" in line
+
+    bare = tmp_path / "bare.pt"  # an export without heads or a dataset record
+    make_export(bare)
+    assert run(bare, tmp_path / "c", *guided) == 2
+    assert "records no pretraining dataset" in error_line(capsys)
+
+
+def test_guided_on_cached_tokens_keeps_the_lower_layers(pretrained, tmp_path):
+    out = tmp_path / "cached"
+    args = ["--encoder_mode", "guided", "--encoder_trainable_from", "projection"]
+    assert run(pretrained, out, *args) == 0
+    agent = load_ckpt(out)["agent"]["agent"]
+    start = load_encoder(pretrained).state_dict()
+    for key, value in start.items():
+        lower = key.startswith(("sem_trunk.", "mot_trunk.", "interaction."))
+        assert torch.equal(agent[f"encoder.{key}"], value) == lower, key
