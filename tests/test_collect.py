@@ -83,7 +83,9 @@ def fake_env(monkeypatch):
 
 def run(out: Path, *extra: str) -> int:
     """semore-collect on the quickstart preset, with 4 episodes per shard unless overridden."""
-    argv = ["--config", str(CONFIG), "--out", str(out), "--quiet", "--episodes_per_shard", "4"]
+    # The fake simulator has no expert to perturb (the quickstart's mixed expert is perturbed).
+    argv = ["--config", str(CONFIG), "--out", str(out), "--quiet", "--episodes_per_shard", "4",
+            "--policy.perturb_expert", "false"]  # fmt: skip
     return main([*argv, *extra])
 
 

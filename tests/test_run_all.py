@@ -63,7 +63,7 @@ def test_whole_pipeline_writes_a_report_and_resumes(tmp_path, monkeypatch, capsy
     assert manifest["ann"]["totals"]["num_samples"] == manifest["raw"]["totals"]["num_samples"]
     encoder = out / "pretrain" / "encoder.pt"
     assert encoder.is_file()
-    for label in ("pretrained", "random", "rl-trained"):
+    for label in ("pretrained", "random"):
         probe = json.loads((out / f"probe_{label}.json").read_text())
         assert set(probe["r2"]) == {
             "speed",
@@ -73,11 +73,11 @@ def test_whole_pipeline_writes_a_report_and_resumes(tmp_path, monkeypatch, capsy
             "heading",
             "reward",
         }
-    for label in ("pretrained", "random", "rl-trained"):
+    for label in ("pretrained", "random"):
         probe = json.loads((out / f"probe_{label}.json").read_text())
         assert set(probe["r2_interval"]) == set(probe["r2"])
     runs = out / "compare" / "runs"
-    for arm in ("semore_frozen", "scratch", "random_frozen"):
+    for arm in ("semore_frozen", "random_frozen"):
         for seed in (0, 1):
             summary = json.loads((runs / arm / f"seed{seed}" / "summary.json").read_text())
             assert summary["step"] == 12
@@ -89,7 +89,8 @@ def test_whole_pipeline_writes_a_report_and_resumes(tmp_path, monkeypatch, capsy
     # 2 episodes x 3 example frames, the contact sheet, the study's curves
     assert page.count("data:image/png;base64,") == 2 * 3 + 2
     assert "semantic:" in page and "motion:" in page  # captions beside the frames
-    assert "RL-trained (scratch)" in page and "95% interval" in page
+    assert "95% interval" in page and "RL-trained" not in page  # frozen arms: RL changed no encoder
+    assert not (out / "probe_rl-trained.json").exists()
     assert "| semore_frozen |" not in page and "<td>semore_frozen</td>" in page
     assert (out / "contact_sheet.png").is_file()
 
