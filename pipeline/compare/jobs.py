@@ -20,6 +20,7 @@ from pipeline.errors import SemoreError
 from pipeline.files import atomic_write
 from pipeline.finetune.loop import SUMMARY_NAME
 from pipeline.finetune.run import baseline_encoder_flags
+from pipeline.launch.submit import task_env
 from pipeline.pretrain.config import PretrainConfig
 from pipeline.pretrain.run import ENCODER_EXPORT
 
@@ -144,8 +145,7 @@ def _add_cost(job: Job, cpu_s: float, wall_s: float, threads: int) -> None:
 
 
 def _run_job(job: Job, threads: int) -> tuple[Job, int, float]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    env.setdefault("SDL_VIDEODRIVER", "offscreen")
+    env = task_env(threads)
     job.out.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with open(job.out.with_suffix(".log"), "a") as handle:

@@ -23,6 +23,15 @@ from pipeline.launch.config import LauncherConfig
 log = logging.getLogger(__name__)
 
 
+def task_env(threads: int) -> dict[str, str]:
+    """The environment of a stage's subprocess, here or on a node: ``threads`` OpenMP / MKL
+    threads (oversubscribed threads stall, and thread counts change the numbers), and
+    highway-env's headless renderer unless one is set."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env.setdefault("SDL_VIDEODRIVER", "offscreen")
+    return env
+
+
 class TaskFailed(SemoreError):
     """A task's command exited non-zero (raised on the node, so SLURM marks the job failed)."""
 
@@ -39,9 +48,7 @@ class Task:
     requeue_flags: list[str] = field(default_factory=list)
 
     def __call__(self) -> str:
-        threads = str(self.threads)
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        env.setdefault("SDL_VIDEODRIVER", "offscreen")
+        env = task_env(self.threads)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "a") as handle:
             code = subprocess.run(
