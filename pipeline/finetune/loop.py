@@ -227,8 +227,8 @@ class OnlineTrainer:
 
     def _cached_features(self, step: AgentStep) -> np.ndarray | None:
         """The frozen encoder's features of ``step.obs``, computed once and stored with it."""
-        tokens = self.replay.feature_key == "tokens"  # frozen lower layers: in every phase
-        if self.replay.feature_dim == 0 or not (self.encoder_frozen or tokens):
+        # Frozen lower layers' tokens are stored in every phase; h only while frozen.
+        if self.replay.feature_dim == 0 or not (self.encoder_frozen or self.cfg.caches_tokens):
             return None
         return stored_features(self.agent, self.replay.feature_key, step.obs)
 
@@ -263,7 +263,7 @@ class OnlineTrainer:
             self.agent.set_encoder_trainable(not frozen)
             if not frozen:
                 log.info("update %d: the encoder starts training", self.num_updates)
-        cached = frozen or self.replay.feature_key == "tokens"
+        cached = frozen or self.cfg.caches_tokens
         batch = self.replay.sample(self.cfg.batch_size, self.rng, features=cached)
         with self.fabric.autocast():
             # The update counter (not the env step) drives actor/target schedules, so
