@@ -204,6 +204,13 @@ def first_difference(before: dict, now: dict) -> tuple[str, Any, Any] | None:
     return None
 
 
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -248,9 +255,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise SemoreError(f"{where} is {value!r}: expected an integer")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # YAML 1.1 reads 3e-5 (no dot) as a string; accept any string Python reads as a number.
+        number = _float_or_none(value) if isinstance(value, str) else value
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise SemoreError(f"{where} is {value!r}: expected a number")
-        return float(value)
+        return float(number)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise SemoreError(f"{where} is {value!r}: expected a string")

@@ -127,6 +127,11 @@ class SACConfig:
     target_update_every: int = 2
     # SAC-AE: a low start keeps early exploration from drowning the (small) driving reward.
     init_temperature: float = 0.1
+    # SAC's entropy target is -1 nat per action dimension. On highway the policy saturates the
+    # throttle, where tanh squashing leaves almost no entropy, so holding -1 per dimension
+    # forces the remaining entropy into the steering: agents weave (benchmarks/studies/
+    # tune_entropy.yaml measures lower targets).
+    target_entropy_per_dim: float = -1.0
     # DrQ: +-4 px shifts for 84 px frames (not applied to cached frozen features).
     aug_pad: int = 4
     # 0 disables the online auxiliary heads (plain SAC); > 0 keeps h reward-/motion-predictive.
@@ -184,7 +189,7 @@ class SACAgent(nn.Module):
         self.cfg = cfg
         self.action_dim = action_dim
         self.repr_dim = repr_dim
-        self.target_entropy = -float(action_dim)
+        self.target_entropy = cfg.target_entropy_per_dim * float(action_dim)
 
         self.encoder = encoder
         self.critic = Critic(repr_dim, action_dim, cfg.hidden_dim)

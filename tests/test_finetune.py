@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.errors import SemoreError
 from pipeline.finetune import run as finetune_mod
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.eval import read_metrics
@@ -280,9 +281,13 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
 
 def test_the_encoder_lr_has_one_source(tmp_path, capsys):
     # sac.encoder_lr was always overridden by the top-level encoder_lr; it is gone from SAC.
-    config = load_config(FinetuneConfig, CONFIG, ["--encoder_lr", "0.00003", *TINY[2:-1]])
-    agent = build_agent(build_encoder("none", config)[0], config, pretrained=False)
-    assert agent.encoder_opt.param_groups[0]["lr"] == 3e-5
+    # "3e-5" is a string to YAML 1.1 (no dot); numbers are read from it all the same.
+    for text in ("0.00003", "3e-5"):
+        config = load_config(FinetuneConfig, CONFIG, ["--encoder_lr", text, *TINY[2:-1]])
+        agent = build_agent(build_encoder("none", config)[0], config, pretrained=False)
+        assert agent.encoder_opt.param_groups[0]["lr"] == 3e-5
+    with pytest.raises(SemoreError, match="encoder_lr is 'fast': expected a number"):
+        load_config(FinetuneConfig, CONFIG, ["--encoder_lr", "fast", *TINY[2:-1]])
     default = load_config(FinetuneConfig, CONFIG, TINY[2:-1])
     for pretrained, lr in ((False, 1e-3), (True, 1e-4)):
         agent = build_agent(build_encoder("none", default)[0], default, pretrained)
