@@ -236,6 +236,20 @@ def test_temperature_positive_and_learned():
     assert agent.alpha.item() != pytest.approx(0.1, abs=1e-7)
 
 
+def test_entropy_target_scales_with_the_action_dims_and_moves_the_temperature():
+    assert make_agent().target_entropy == -float(A)  # SAC's default, -1 per dimension
+    h = torch.randn(16, make_agent().repr_dim)
+    alphas = {}
+    for per_dim in (-50.0, 5.0):  # far below / far above any entropy the policy has
+        agent = make_agent(target_entropy_per_dim=per_dim)
+        assert agent.target_entropy == per_dim * A
+        for _ in range(3):
+            agent.update_actor(h)
+        alphas[per_dim] = agent.alpha.item()
+    # A low target lets the temperature fall; an unreachable one drives it up.
+    assert alphas[-50.0] < 0.1 < alphas[5.0]
+
+
 def test_actor_gradients_do_not_reach_encoder_but_critic_gradients_do():
     agent = make_agent()
     batch = make_batch()
