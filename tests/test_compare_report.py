@@ -30,8 +30,10 @@ def _csv(scores: list[float], with_score: bool = True) -> str:
     return out.getvalue()
 
 
-def results_folder(tmp_path: Path, unmatched_ok: list[str] = (), with_score: bool = True) -> Path:
-    """Two arms x 5 seeds, frozen 0.5 above scratch at every step; frozen uses batch 128."""
+def results_folder(
+    tmp_path: Path, unmatched_ok: list[str] = (), with_score: bool = True, num_seeds: int = 5
+) -> Path:
+    """Two arms x num_seeds seeds, frozen 0.5 above scratch at every step; frozen uses batch 128."""
     folder = tmp_path / "results"
     (folder / "runs").mkdir(parents=True)
     study = {
@@ -41,7 +43,7 @@ def results_folder(tmp_path: Path, unmatched_ok: list[str] = (), with_score: boo
         "num_train_steps": 2000, "eval_every_steps": 1000, "unmatched_ok": list(unmatched_ok),
     }  # fmt: skip
     (folder / "study.yaml").write_text(yaml.safe_dump(study))
-    for seed in range(5):
+    for seed in range(num_seeds):
         base = [0.0, 0.1 + 0.02 * seed, 0.2 + 0.02 * seed]
         for arm, lift in (("scratch", 0.0), ("frozen", 0.5)):
             scores = [s + lift for s in base]
@@ -73,6 +75,14 @@ def test_report_from_results_says_what_it_shows_and_flags_unmatched_arms(tmp_pat
     verdicts, tables = _study_sections(table)
     assert verdicts.startswith("<ul>") and "<li>At step 2000, frozen" in verdicts
     assert "<table>" in tables and "|---" not in tables and "`" not in verdicts + tables
+
+
+def test_a_verdict_from_too_few_runs_says_so(tmp_path):
+    folder = results_folder(tmp_path, num_seeds=2)
+    assert main(["--from-results", str(folder), "--bootstrap_reps", "100", "--quiet"]) == 0
+    verdict = (folder / "table.md").read_text().split("## What it shows\n\n")[1].splitlines()[0]
+    assert "from 2 run(s) per arm at the fewest, too few for the interval" in verdict
+    assert "likely better" not in verdict
 
 
 def test_arms_unmatched_on_purpose_are_not_flagged(tmp_path):

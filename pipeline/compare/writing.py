@@ -15,6 +15,8 @@ from pipeline.files import atomic_write
 
 # IQM differences smaller than this print as 0.00: no arm is "ahead" by a rounding error.
 TIE = 0.005
+# Below 3 runs an arm's bootstrap resamples one or two numbers: its interval is no evidence.
+MIN_RUNS_FOR_INTERVAL = 3
 
 
 def write(path: Path, content: str | bytes) -> None:
@@ -24,7 +26,9 @@ def write(path: Path, content: str | bytes) -> None:
         atomic_write(path, data)
 
 
-def _reading(low: float, high: float) -> str:
+def _reading(low: float, high: float, num_runs: int) -> str:
+    if num_runs < MIN_RUNS_FOR_INTERVAL:
+        return f"from {num_runs} run(s) per arm at the fewest, too few for the interval to say anything"
     if low > 0.5:
         return "an interval above 0.5: its runs are likely better"
     if high < 0.5:
@@ -40,11 +44,12 @@ def _verdict(ref: str, arm: str, a: Analysis) -> str:
     where = "ties with" if abs(diff) < TIE else "is ahead of" if diff > 0 else "is behind"
     by = "" if abs(diff) < TIE else f" by {abs(diff):.2f} IQM"
     poi, low, high = a.improvement[arm].at(-1)
+    fewest = min(len(a.scores[arm]), len(a.scores[ref]))
     ahead = [s for i, s in enumerate(a.report_steps)
              if a.curves[arm].value[a.column(s)] - a.curves[ref].value[a.column(s)] >= TIE]  # fmt: skip
     return (f"At step {step}, {arm} {where} {ref}{by} ({mine:.2f} against {theirs:.2f}); the "
             f"probability that a {arm} run beats a {ref} run is {poi:.2f} [{low:.2f}, "
-            f"{high:.2f}], {_reading(low, high)}. Ahead at {len(ahead)} of "
+            f"{high:.2f}], {_reading(low, high, fewest)}. Ahead at {len(ahead)} of "
             f"{len(a.report_steps)} report steps"
             + (f" ({', '.join(map(str, ahead))})." if ahead else "."))  # fmt: skip
 
