@@ -36,5 +36,9 @@ def test_the_matched_study_holds_the_five_regimes_on_five_seeds():
                      "semore_guided": "guided", "scratch": "finetune",
                      "random_frozen": "frozen"}  # fmt: skip
     assert cfg.arms["scratch"].encoder == "none" and cfg.reference_arm == "scratch"
+    # scratch trains the layers finetune and guided train: the arms differ in the weights alone.
+    trained = {name: cfg.arms[name].overrides["encoder_trainable_from"]
+               for name in ("semore_finetune", "semore_guided", "scratch")}  # fmt: skip
+    assert set(trained.values()) == {"projection"}
     assert len(cfg.seeds) >= 5 and cfg.num_eval_episodes == 10 and cfg.num_train_steps == 10_000
     assert check_learner(cfg).differing == []

@@ -115,9 +115,10 @@ def test_bad_study_is_a_one_line_error(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "missing.pt not found" in err
 
 
-def test_study_builds_its_dataset_and_encoders_first(tmp_path, capsys):
+def dataset_study() -> dict:
+    """A tiny study with its own dataset and one pretrained encoder."""
     small = {"highway": {"image_height": 32, "image_width": 32, "max_episode_steps": 6}}
-    study = {
+    return {
         "dataset": {
             "collect": "quickstart",
             "collect_overrides": {"episodes": 4, "episodes_per_shard": 2, **small},
@@ -146,6 +147,10 @@ def test_study_builds_its_dataset_and_encoders_first(tmp_path, capsys):
         "num_eval_episodes": 1,
         "bootstrap_reps": 200,
     }
+
+
+def test_study_builds_its_dataset_and_encoders_first(tmp_path, capsys):
+    study = dataset_study()
     config, out = tmp_path / "study.yaml", tmp_path / "out"
     config.write_text(yaml.safe_dump(study))
     assert main(["--config", str(config), "--out", str(out)]) == 0
@@ -168,3 +173,5 @@ def test_study_builds_its_dataset_and_encoders_first(tmp_path, capsys):
     assert len(dataset["manifest_sha256"]) == 64 and dataset["raw"]["totals"]["num_episodes"] == 4
     tiny = yaml.safe_load((report / "encoders" / "tiny.yaml").read_text())
     assert tiny["encoder"]["num_filters"] == 8
+    kept = (report / "encoders" / "tiny.pt").read_bytes()  # the study goes on from here
+    assert kept == (out / "encoders" / "tiny" / "encoder.pt").read_bytes()

@@ -43,7 +43,7 @@ def _read(path: Path) -> str:
     return path.read_bytes().decode()
 
 
-def _rows_up_to(path: Path, max_step: int) -> str:
+def rows_up_to(path: Path, max_step: int) -> str:
     """A metrics.csv without the rows after ``max_step`` (a longer study may have continued
     the run in the same folder)."""
     lines = _read(path).splitlines(keepends=True)
@@ -58,7 +58,7 @@ def _last_wall_time(csv_text: str) -> float:
 
 def from_job(job: Job, max_step: int) -> RunRecord:
     """The finished fine-tuning ``job``'s record, up to ``max_step``."""
-    text = _rows_up_to(job.out / METRICS_NAME, max_step)
+    text = rows_up_to(job.out / METRICS_NAME, max_step)
     summary = json.loads((job.out / SUMMARY_NAME).read_text())
     total_wall = float(summary["wall_time_s"])
     wall = total_wall if summary.get("step", max_step) <= max_step else _last_wall_time(text)

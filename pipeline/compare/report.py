@@ -16,6 +16,7 @@ import yaml
 
 from pipeline.compare import estimates, stats
 from pipeline.compare.analysis import Analysis, analyse
+from pipeline.compare.carry import save_encoders
 from pipeline.compare.config import CompareConfig
 from pipeline.compare.jobs import threads_per_job
 from pipeline.compare.plots import plot_curves
@@ -173,7 +174,8 @@ def write_report(
 
 
 def _write_provenance(study: Path, folder: Path) -> None:
-    """``dataset.json`` (manifest hash, configs, totals) and ``encoders/NAME.yaml``."""
+    """``dataset.json`` (manifest hash, configs, totals), ``encoders/NAME.yaml`` and each
+    study encoder's export ``encoders/NAME.pt`` (so the study can go on from this folder)."""
     manifest_file = study / "data" / "manifest.json"
     if manifest_file.is_file():
         manifest = json.loads(manifest_file.read_text())
@@ -188,3 +190,4 @@ def _write_provenance(study: Path, folder: Path) -> None:
     for config in sorted((study / "encoders").glob("*/config.yaml")):
         (folder / "encoders").mkdir(exist_ok=True)
         write(folder / "encoders" / f"{config.parent.name}.yaml", config.read_bytes())
+    save_encoders(study, folder)

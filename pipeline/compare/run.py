@@ -9,7 +9,10 @@ A rerun skips what is finished and resumes what was interrupted. ``--print-comma
 one command per unfinished job instead, stage by stage (hand each stage to a cluster's job
 array), and a later ``semore-compare --report-only`` aggregates whatever has finished.
 ``semore-compare --from-results DIR`` rebuilds a results folder's report from the run CSVs and
-``study.yaml`` it keeps, when the run folders are gone.
+``study.yaml`` it keeps, when the run folders are gone. A study that spans sessions goes on
+from its committed results folder: rerun with the same ``--report`` on a fresh checkout and it
+restores the study's encoders from it, checks the rebuilt dataset against it, and runs only
+what it does not hold (``pipeline.compare.carry``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import shlex
 from pathlib import Path
 
 from pipeline import cli
+from pipeline.compare.carry import carried_records, check_dataset, check_study, restore_encoders
 from pipeline.compare.config import CompareConfig
 from pipeline.compare.jobs import dataset_commands, plan_jobs, pretrain_jobs, run_jobs
 from pipeline.compare.records import from_job, from_results
@@ -58,14 +62,17 @@ def _dataset_lines(cfg: CompareConfig, out: Path) -> list[str]:
             for main_fn, argv in dataset_commands(cfg, out)]  # fmt: skip
 
 
-def _print_commands(cfg: CompareConfig, out: Path) -> None:
+def _print_commands(cfg: CompareConfig, out: Path, report: Path | None) -> None:
     """One line per unfinished job, stage by stage (each stage needs the one before)."""
+    restore_encoders(cfg, out, report)  # a kept encoder is copied, not pretrained again
     stages = []
     if cfg.dataset is not None:
         stages.append(("dataset", _dataset_lines(cfg, out)))
     pending = [j for j in pretrain_jobs(cfg, out) if not j.finished(0)]
     stages.append(("encoders", [shlex.join(j.script_command) for j in pending]))
     runs = [j for j in plan_jobs(cfg, out) if not j.finished(cfg.num_train_steps)]
+    kept = carried_records(cfg, report, runs)
+    runs = [j for j in runs if j not in kept]
     stages.append(("fine-tuning runs", [shlex.join(j.script_command) for j in runs]))
     for name, lines in stages:
         if lines:
@@ -107,33 +114,40 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.config is None or args.out is None:
         raise SemoreError("--config and --out are required (unless --from-results DIR)")
     cfg = load_config(CompareConfig, args.config, overrides, stage="compare")
+    report_dir = args.report or args.out / "report"
+    carry = args.report  # only a named results folder carries a study on (see carry.py)
+    check_study(cfg, carry)  # before anything is built for runs it cannot keep
     if args.print_commands:
-        _print_commands(cfg, args.out)
+        _print_commands(cfg, args.out, carry)
         return
     if args.launcher == "slurm" and not args.report_only:
-        if launch_study(cfg, args.out, args.argv, args.wait):
-            print(f"{args.out}: study finished; results in {args.report or args.out / 'report'}")
+        if launch_study(cfg, args.out, args.argv, args.wait, carry):
+            print(f"{args.out}: study finished; results in {report_dir}")
         return
     num_jobs = args.jobs or cfg.jobs
     if not args.report_only:
+        restore_encoders(cfg, args.out, carry)
         build_inputs(cfg, args.out, num_jobs)
+    check_dataset(args.out, carry)  # also in a cluster's report task, after its dataset
     jobs = plan_jobs(cfg, args.out)
-    todo = [job for job in jobs if not job.finished(cfg.num_train_steps)]
+    unfinished = [job for job in jobs if not job.finished(cfg.num_train_steps)]
+    kept = carried_records(cfg, carry, unfinished)
+    todo = [job for job in unfinished if job not in kept]
     if todo and not args.report_only:
         failures = run_jobs(todo, num_jobs)
         if failures:
             raise SemoreError(f"{len(failures)} run(s) failed: {'; '.join(failures)}")
-    finished = [job for job in jobs if job.finished(cfg.num_train_steps)]
+    finished = [job for job in jobs if job in kept or job.finished(cfg.num_train_steps)]
     if not finished:
         raise SemoreError(f"no finished runs in {args.out / 'runs'}: expected at least one")
     # The commands as a new user would type them (no --resume: that is this rerun's business).
     setup = [[a for a in j.script_command if a != "--resume"] for j in pretrain_jobs(cfg, args.out)]
     if cfg.dataset is not None:
         setup = [shlex.split(line) for line in _dataset_lines(cfg, args.out)] + setup
-    records = [from_job(job, cfg.num_train_steps) for job in finished]
-    report = write_report(cfg, records, args.report or args.out / "report",
-                          config_label(args.config), setup, args.out)  # fmt: skip
-    print(f"{args.out}: {len(finished)}/{len(jobs)} runs finished; results in {report}")
+    records = [kept.get(job) or from_job(job, cfg.num_train_steps) for job in finished]
+    report = write_report(cfg, records, report_dir, config_label(args.config), setup, args.out)
+    note = f" ({len(kept)} kept from {report_dir})" if kept else ""
+    print(f"{args.out}: {len(finished)}/{len(jobs)} runs finished{note}; results in {report}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pipeline.compare.carry import carried_records, restore_encoders
 from pipeline.compare.config import CompareConfig
 from pipeline.compare.jobs import PRETRAIN_MODULE, Job, dataset_commands, plan_jobs, pretrain_jobs
 from pipeline.config import load_config
@@ -45,24 +46,32 @@ def dataset_stages(cfg: CompareConfig, out: Path, threads: int) -> list[Stage]:
     return stages
 
 
-def study_stages(cfg: CompareConfig, out: Path, argv: list[str]) -> list[Stage]:
+def study_stages(
+    cfg: CompareConfig, out: Path, argv: list[str], carry: Path | None = None
+) -> list[Stage]:
     """Every unfinished stage of the study in dependency order, the report last.
 
     ``argv`` is the submitting ``semore-compare`` command line; the report task re-runs it with
-    ``--report-only`` once the runs have finished.
+    ``--report-only`` once the runs have finished. Encoders and finished runs that the results
+    folder ``carry`` keeps are restored and left out (``pipeline.compare.carry``).
     """
     threads = cfg.launcher.cpus_per_task
     stages = dataset_stages(cfg, out, threads)
+    restore_encoders(cfg, out, carry)
     encoders = [j for j in pretrain_jobs(cfg, out) if not j.finished(0)]
     stages.append(Stage("encoders", [job_task(j, threads) for j in encoders]))
     runs = [j for j in plan_jobs(cfg, out) if not j.finished(cfg.num_train_steps)]
+    kept = carried_records(cfg, carry, runs)
+    runs = [j for j in runs if j not in kept]
     stages.append(Stage("fine-tuning runs", [job_task(j, threads) for j in runs]))
     report = [sys.executable, "-m", COMPARE_MODULE, *task_argv(argv), "--report-only"]
     stages.append(Stage("report", [Task("report", report, out / LOGS_DIR / "report.log", threads)]))
     return stages
 
 
-def launch_study(cfg: CompareConfig, out: Path, argv: list[str], wait: bool) -> bool:
+def launch_study(
+    cfg: CompareConfig, out: Path, argv: list[str], wait: bool, carry: Path | None = None
+) -> bool:
     """Submit the study's unfinished stages; True once they have finished (``wait``)."""
-    launch(study_stages(cfg, out, argv), cfg.launcher, out / LOGS_DIR / SUBMITIT_DIR, wait)
+    launch(study_stages(cfg, out, argv, carry), cfg.launcher, out / LOGS_DIR / SUBMITIT_DIR, wait)
     return wait or cfg.launcher.cluster == "local"
