@@ -1,7 +1,7 @@
 """SAC update cost and fine-tuning throughput, measured side by side in one run.
 
     python benchmarks/rl_update.py [--batch-size 128] [--repeats 5] [--steps 300]
-        [--before-rev 8a63b5e] [--config quickstart] [--compile]
+        [--before-rev 8a63b5e] [--config quickstart] [--compile] [--no-loop]
 
 1. Where an end-to-end update's time goes (channels-last + bf16, as the presets run it):
    DrQ shifts, the encoder's forward of ``obs`` (with gradient) and of ``next_obs``, its
@@ -10,9 +10,10 @@
    round-robin across variants (robust to other load on the machine): the agent of
    ``--before-rev`` (its ``semore/sac.py`` loaded from git: target encoder, two next_obs
    passes), today's end-to-end update in fp32 / channels-last / bf16, the cheap end-to-end
-   update on cached trunk tokens (``encoder_trainable_from: tokens``), the same guided (a guide
-   batch of 32 frame stacks every update, from memory: PNG decoding is not timed), and the
-   frozen-encoder update on cached features.
+   update on cached trunk tokens (``encoder_trainable_from``), the same guided (a guide batch
+   of 32 frame stacks every update, from memory: PNG decoding is not timed; as frames, and as
+   the frozen trunk's tokens, ``guide.cache_tokens``), and the frozen-encoder update on cached
+   features.
 3. Cost per agent step of each arm on one matched learner (``--batch-size``, 2 updates per
    step as the frozen arms run): the simulator step, what the arm encodes per stored frame,
    and its updates; ratios against the frozen arm.
@@ -59,11 +60,13 @@ from semore.trunk_cache import cached_tokens, features_of_tokens, tokens_to_cach
 BEFORE = "before (target encoder, 3 encoder passes)"
 E2E = "end to end, channels-last + bf16 autocast"
 GUIDED = "guided, channels-last + bf16"
-# encoder_trainable_from: (end-to-end variant, guided variant)
+# encoder_trainable_from: (end-to-end variant, guided on guide frames, on guide tokens)
 CACHED = {
-    "interaction": ("from interaction, trunk tokens cached", "guided from interaction, cached"),
-    "projection": ("from projection, tokens cached", "guided from projection, cached"),
-}
+    "interaction": ("from interaction, trunk tokens cached", "guided from interaction, cached",
+                    "guided from interaction, guide tokens too"),
+    "projection": ("from projection, tokens cached", "guided from projection, cached",
+                   "guided from projection, guide tokens too"),
+}  # fmt: skip
 FROZEN = "frozen (cached features, + bf16)"
 SHIFTS = "DrQ shifts of obs and next_obs"
 CRITIC = "critic step incl. encoder backward"
@@ -164,8 +167,9 @@ def token_batch_of(batch: dict, encoder: SemoreEncoder) -> dict[str, torch.Tenso
     return out
 
 
-def attach_synthetic_guide(agent: SACAgent, batch_size: int) -> None:
-    """A guide on one fixed in-memory batch (CLIP-sized embeddings), so only compute is timed."""
+def attach_synthetic_guide(agent: SACAgent, batch_size: int, tokens: bool = False) -> None:
+    """A guide on one fixed in-memory batch (CLIP-sized embeddings), so only compute is timed;
+    ``tokens``: its frames as the frozen trunk's tokens (``guide.cache_tokens``)."""
     g = torch.Generator().manual_seed(1)
     motion_dim = len(schema.MOTION_TARGETS)
     emb = torch.nn.functional.normalize(torch.randn(2, batch_size, 512, generator=g), dim=-1)
@@ -176,6 +180,9 @@ def attach_synthetic_guide(agent: SACAgent, batch_size: int) -> None:
         "motion": torch.randn(batch_size, motion_dim, generator=g),
         "reward": torch.randn(batch_size, generator=g),
     }  # fmt: skip
+    if tokens:
+        obs = guide_batch.pop("obs").float()
+        guide_batch["obs_tokens"] = tokens_to_cache(agent.encoder, obs).flatten(1).half()
     model = SemorePretrainModel(agent.encoder, 512, motion_dim, 2)
     agent.guide = PretrainGuide(model, SemorePretrainLoss(), lambda drawn: repeat(guide_batch),
                                 1.0, 1, 3e-4, 4)  # fmt: skip
@@ -196,11 +203,14 @@ def update_variants(args) -> dict[str, tuple]:
         E2E: (cl, frames, True),
         GUIDED: (guided, frames, True),
     }
-    for point, (plain, with_guide) in CACHED.items():
-        agents = [SACAgent(make_encoder(trainable_from=point), 2, SACConfig()) for _ in range(2)]
+    for point, names in CACHED.items():
+        agents = [SACAgent(make_encoder(trainable_from=point), 2, SACConfig()) for _ in range(3)]
         attach_synthetic_guide(agents[1], args.guide_batch_size)
+        attach_synthetic_guide(agents[2], args.guide_batch_size, tokens=True)
         batch = token_batch_of(frames, agents[0].encoder)
-        variants.update({plain: (agents[0], batch, True), with_guide: (agents[1], batch, True)})
+        variants.update(
+            {name: (agent, batch, True) for name, agent in zip(names, agents, strict=True)}
+        )
     variants = {
         **variants,
         FROZEN: (SACAgent(make_encoder(), 2, SACConfig(), encoder_trainable=False), features, True),
@@ -320,9 +330,9 @@ def print_arm_costs(times: dict, frame: dict, env_s: float, updates: int) -> Non
         E2E: (frame["h"], E2E, None),
         GUIDED: (frame["h"], GUIDED, E2E),
     }
-    for point, (plain, with_guide) in CACHED.items():
+    for point, (plain, *guided) in CACHED.items():
         arms[plain] = (frame[point], plain, None)
-        arms[with_guide] = (frame[point], with_guide, plain)
+        arms.update({name: (frame[point], name, plain) for name in guided})
     cost = {name: env_s + enc + updates * times[v] for name, (enc, v, _) in arms.items()}
     print(f"\ncost per agent step on one learner ({updates} updates per step; simulator "
           f"{1000 * env_s:.1f} ms, h of a frame {1000 * frame['h']:.1f} ms):")  # fmt: skip
@@ -370,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compile", action="store_true", help="also time torch.compile of the encoder"
     )
+    parser.add_argument("--no-loop", action="store_true", help="skip the loop's steps/s (4.)")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print_profile(args.batch_size, args.repeats)
@@ -388,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     print_arm_costs(times, per_frame_costs(args.repeats), 1.0 / bare, args.updates_per_step)
     if args.compile:
         print_compile(cfg, args)
+    if args.no_loop:
+        return 0
     matched = {"batch_size": args.batch_size, "update_every": 1,
                "updates_per_step": args.updates_per_step}  # fmt: skip
     print(f"\nagent steps/s ({args.config} preset on the matched learner: batch "

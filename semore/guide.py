@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from semore.augment import RandomShift
 from semore.heads import SemorePretrainModel
 from semore.losses import SemorePretrainLoss
+from semore.trunk_cache import encode_tokens
 
 GUIDE_PREFIX = "guide_"  # update metrics of the guide terms: guide_loss, guide_sem_nce, ...
 
@@ -27,7 +28,8 @@ class PretrainGuide(nn.Module):
     """The pretraining model (the agent's encoder + heads) and loss, on batches of ``batches``.
 
     ``batches(num_drawn)`` opens the batch stream (dicts as the pretraining Collate makes them:
-    obs, action, emb_sem, emb_mot, motion, reward) after ``num_drawn`` batches already drawn, so
+    obs, action, emb_sem, emb_mot, motion, reward; or with "obs_tokens", the flat tokens of a
+    frozen trunk, instead of obs: see :mod:`semore.trunk_cache`) after ``num_drawn`` batches already drawn, so
     a resumed run continues with a stream of its own instead of repeating the first batches.
     Registered on the agent (``SACAgent.guide``), its heads, temperatures and counters travel
     with the agent's checkpoints.
@@ -78,7 +80,12 @@ class PretrainGuide(nn.Module):
         batch = {key: value.to(device) for key, value in next(self._stream).items()}
         self.num_drawn += 1
         self.opt.zero_grad(set_to_none=True)
-        outputs = self.model(self.aug(batch["obs"].float()), batch["action"].float())
+        action = batch["action"].float()
+        if "obs_tokens" in batch:  # a frozen trunk's tokens, unshifted like the RL batches'
+            encoded = encode_tokens(self.model.encoder, batch["obs_tokens"])
+            outputs = self.model.heads(encoded, action)
+        else:
+            outputs = self.model(self.aug(batch["obs"].float()), action)
         terms = self.loss(outputs, batch)
         self.metrics = {f"{GUIDE_PREFIX}{key}": value.item() for key, value in terms.items()}
         return self.scale * terms["loss"]

@@ -63,7 +63,12 @@ class SemorePretrainModel(nn.Module):
                 head.apply(orthogonal_init)
 
     def forward(self, obs: Tensor, action: Tensor) -> dict[str, Tensor]:
-        out = self.encoder.encode(obs)
+        return self.heads(self.encoder.encode(obs), action)
+
+    def heads(self, out: dict[str, Tensor], action: Tensor) -> dict[str, Tensor]:
+        """The head outputs added to the encoder's ``out`` ({"h", "z_sem"?, "z_mot"?}), from
+        frames (:meth:`forward`) or from cached tokens (``semore.trunk_cache.encode_tokens``)."""
+        out = dict(out)
         h = out["h"]  # (B, repr_dim)
         on_h = self.heads_read == "h"
         if self.sem_proj is not None:

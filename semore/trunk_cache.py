@@ -80,12 +80,18 @@ def cached_tokens(encoder: SemoreEncoder, obs: np.ndarray, device: torch.device)
     return tokens[0].float().flatten().cpu().numpy().astype(TOKEN_DTYPE)
 
 
-def h_from_tokens(encoder: SemoreEncoder, flat: Tensor) -> Tensor:
-    """h (B, repr_dim) from cached flat tokens (B, S*N*C): the layers above the cache."""
-    tokens = flat.float().unflatten(1, token_shape(encoder))
+def encode_tokens(encoder: SemoreEncoder, flat: Tensor) -> dict[str, Tensor]:
+    """{"h", "z_sem"?, "z_mot"?} from cached flat tokens (B, S*N*C): the layers above the
+    cache, as :meth:`SemoreEncoder.encode` gives them from frames."""
+    tokens = flat.float().unflatten(1, token_shape(encoder))  # (B, S, N, C)
     if _cache_point(encoder) == "interaction":
         tokens = _interact_fp32(encoder, tokens)
-    return encoder.project(tokens)["h"]
+    return encoder.project(tokens)
+
+
+def h_from_tokens(encoder: SemoreEncoder, flat: Tensor) -> Tensor:
+    """h (B, repr_dim) from cached flat tokens (B, S*N*C): the layers above the cache."""
+    return encode_tokens(encoder, flat)["h"]
 
 
 @torch.no_grad()

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.data import schema
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.eval import read_metrics
-from pipeline.finetune.guide import build_guide
+from pipeline.finetune.guide import build_guide, export_stats, guide_batches, token_table
 from pipeline.finetune.run import build_agent, main
 from pipeline.pretrain.run import main as pretrain_main
 from semore.encoder import load_encoder, load_encoder_metadata, load_pretrain_heads
+from semore.trunk_cache import h_from_tokens, token_dim
 from tests.conftest import write_synthetic_raw
 from tests.synthetic_ann import write_synthetic_ann
 from tests.test_finetune import (
@@ -134,3 +136,45 @@ def test_guided_on_cached_tokens_keeps_the_lower_layers(pretrained, tmp_path):
     for key, value in start.items():
         lower = key.startswith(("sem_trunk.", "mot_trunk.", "interaction."))
         assert torch.equal(agent[f"encoder.{key}"], value) == lower, key
+
+
+def test_a_frozen_trunk_guides_from_its_tokens_computed_once(pretrained):
+    """Guide rows on a frozen trunk are its tokens of the guide dataset's training frames,
+    and give the heads what the frames give them (float16 tokens, no shift)."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg("--encoder_trainable_from", "projection", "--guide.batch_size", "8")
+    encoder = load_encoder(pretrained)
+    agent = build_agent(encoder, cfg, pretrained=True)
+    assert agent.encoder.frozen_below == "projection"
+    metadata = load_encoder_metadata(pretrained)
+    guide = build_guide(agent, cfg, pretrained, metadata)
+    batch = next(guide._open(0))
+    assert "obs" not in batch and batch["obs_tokens"].dtype == torch.float16
+    assert batch["obs_tokens"].shape == (8, token_dim(agent.encoder))
+    # The same frames read as pixels: every drawn row is one of them, with its targets.
+    data = metadata["dataset"]["path"]
+    hw = (32, 32)
+    stats = export_stats(metadata, len(schema.CAPTION_STATE_FIELDS))
+    frames = next(guide_batches(data, cfg.frame_stack, hw, 4, stats, cfg.guide, seed=0))
+    table = token_table(agent.encoder, data, cfg.frame_stack, hw, 4, stats, agent.device)
+    for row in range(4):
+        match = (table["episode"] == frames["episode"][row]) & (
+            table["step"] == frames["step"][row]
+        )
+        (index,) = torch.nonzero(match)[0]
+        with torch.no_grad():
+            expected = agent.encoder.encode(frames["obs"][row : row + 1].float())["h"]
+            got = h_from_tokens(agent.encoder, table["obs_tokens"][index : index + 1])
+        torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(table["motion"][index], frames["motion"][row])
+    # Two streams with the same seed draw the same rows; the guide term falls on them.
+    again = next(guide._open(0))
+    assert torch.equal(again["obs_tokens"], batch["obs_tokens"])
+    agent.guide = guide
+    replay = {
+        "obs_tokens": table["obs_tokens"][:8], "next_obs_tokens": table["obs_tokens"][8:16],
+        "action": torch.rand(8, 2) * 2 - 1, "reward": torch.rand(8),
+        "discount": torch.full((8,), 0.99),
+    }  # fmt: skip
+    losses = [agent.update(replay, step)["guide_loss"] for step in range(40)]
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses

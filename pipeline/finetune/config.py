@@ -47,6 +47,12 @@ class GuideConfig:
     data: str | None = None
     # Shuffle buffer over frame stacks, as pretraining's: decorrelates consecutive steps.
     shuffle_buffer: int = 256
+    # With a frozen trunk (encoder_trainable_from interaction/projection) its tokens of a guide
+    # frame never change, so they are computed once for the whole guide dataset at the start
+    # (8 KB per frame for the default encoder: 72 MB for the study's 8953) and guide batches
+    # are drawn from that table: the trunk pass (~100 ms per guide batch, above) is skipped. Like the
+    # RL batches on cached tokens, they then go without DrQ's pixel shift. false: frames.
+    cache_tokens: bool = True
 
     def __post_init__(self) -> None:
         if self.weight < 0:

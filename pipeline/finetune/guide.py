@@ -5,12 +5,16 @@ The dataset is the one the export records (``metadata["dataset"]["path"]``: a fo
 ``pipeline.data`` exactly as pretraining reads it (shard pairs, frame stacks rebuilt within
 episodes, the training episodes only, so the probe's held-out episodes stay unseen), and its
 targets are standardised with the export's statistics, the scaling the heads were trained on.
+When the agent's trunk is frozen (``encoder_trainable_from``) and ``guide.cache_tokens`` is on,
+those frame stacks are read and tokenised once at the start and guide batches are rows of that
+table: the tokens of a frozen trunk never change, so the per-batch trunk pass was wasted work.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,11 +32,14 @@ from semore.guide import PretrainGuide
 from semore.heads import SemorePretrainModel
 from semore.losses import SemorePretrainLoss
 from semore.sac import SACAgent
+from semore.trunk_cache import tokens_to_cache
 
 if TYPE_CHECKING:
     from pipeline.finetune.config import FinetuneConfig, GuideConfig
 
 log = logging.getLogger(__name__)
+
+_TABLE_CHUNK = 256  # frame stacks per trunk pass while tokenising the guide dataset
 
 
 def export_stats(metadata: dict, state_dim: int) -> TrainStats:
@@ -67,6 +74,44 @@ def guide_batches(
         wds.batched(cfg.batch_size, collation_fn=Collate(stats), partial=False),
     )
     return iter(pipeline)
+
+
+def token_table(
+    encoder: SemoreEncoder, data: str, frame_stack: int, image_hw: tuple[int, int],
+    holdout_every: int, stats: TrainStats, device: torch.device,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Every training frame stack of ``data`` as a guide batch row, its pixels replaced by the
+    frozen trunk's flat tokens ("obs_tokens", float16): one pass, in shard order."""
+    urls = shard_urls(data, with_ann=True)
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList([raw for raw, _ in urls]),
+        ShardPairReader(dict(urls), frame_stack, EpisodeSplit(holdout_every, "train"), image_hw),
+        wds.batched(_TABLE_CHUNK, collation_fn=Collate(stats), partial=True),
+    )
+    was_training, parts = encoder.training, []
+    encoder.train(False)
+    try:
+        for batch in pipeline:
+            tokens = tokens_to_cache(encoder, batch.pop("obs").to(device))  # (B, S, N, C)
+            batch["obs_tokens"] = tokens.flatten(1).to(torch.float16).cpu()  # (B, S*N*C)
+            parts.append(batch)
+    finally:
+        encoder.train(was_training)
+    if not parts:
+        raise SemoreError(f"guide dataset {data} has no training frame stacks: expected some")
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
+def table_batches(
+    table: dict[str, torch.Tensor], batch_size: int, seed: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """An endless, seeded stream of ``batch_size`` rows of ``table``, drawn without
+    replacement within a batch (InfoNCE's negatives are the other rows)."""
+    rng = np.random.default_rng(seed)
+    num_rows = len(table["obs_tokens"])
+    while True:
+        rows = torch.from_numpy(rng.choice(num_rows, size=batch_size, replace=False))
+        yield {key: value[rows] for key, value in table.items()}
 
 
 def _check_dataset(info: DatasetInfo, where: str, encoder: SemoreEncoder, heads: dict) -> None:
@@ -134,14 +179,38 @@ def build_guide(
     else:  # --encoder none: standardise with the dataset's own training statistics
         stats = train_stats(shard_urls(data, with_ann=True), EpisodeSplit(_holdout(metadata)))
     hw = (info.image_height, info.image_width)
+    table = None
+    if cfg.guide.cache_tokens and getattr(agent.encoder, "frozen_below", None) is not None:
+        table = _cached_table(agent, data, cfg, hw, _holdout(metadata), stats)
 
     def open_stream(num_drawn: int) -> Iterator[dict[str, torch.Tensor]]:
         seed = int(np.random.SeedSequence([cfg.seed, num_drawn]).generate_state(1)[0])
+        if table is not None:
+            return table_batches(table, cfg.guide.batch_size, seed)
         return guide_batches(data, cfg.frame_stack, hw, _holdout(metadata), stats, cfg.guide, seed)
 
     guide = PretrainGuide(model, loss, open_stream, cfg.guide.weight, cfg.guide.every,
                           cfg.guide.heads_lr, cfg.sac.aug_pad)  # fmt: skip
     return guide.to(agent.device)
+
+
+def _cached_table(
+    agent: SACAgent, data: str, cfg: FinetuneConfig, hw: tuple[int, int], holdout_every: int,
+    stats: TrainStats,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    start_s = time.perf_counter()
+    table = token_table(agent.encoder, data, cfg.frame_stack, hw, holdout_every, stats,
+                        agent.device)  # fmt: skip
+    num_rows = len(table["obs_tokens"])
+    if num_rows < cfg.guide.batch_size:
+        raise SemoreError(
+            f"guide dataset {data} has {num_rows} training frame stacks: expected at least "
+            f"guide.batch_size ({cfg.guide.batch_size})"
+        )
+    size_mb = sum(value.nbytes for value in table.values()) / 2**20
+    log.info("guide: %d frame stacks of %s tokenised once (%.0f MB, %.1f s)", num_rows, data,
+             size_mb, time.perf_counter() - start_s)  # fmt: skip
+    return table
 
 
 def _load_heads(
