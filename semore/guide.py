@@ -22,6 +22,10 @@ from semore.losses import SemorePretrainLoss
 from semore.trunk_cache import encode_tokens
 
 GUIDE_PREFIX = "guide_"  # update metrics of the guide terms: guide_loss, guide_sem_nce, ...
+# A batch holding this key (any value) comes from the agent's own replayed frames rather than
+# the dataset: its terms are logged apart, as guide_replay_loss, ..., so both can be read.
+FROM_REPLAY = "from_replay"
+REPLAY_PREFIX = f"{GUIDE_PREFIX}replay_"
 
 
 class PretrainGuide(nn.Module):
@@ -29,7 +33,8 @@ class PretrainGuide(nn.Module):
 
     ``batches(num_drawn)`` opens the batch stream (dicts as the pretraining Collate makes them:
     obs, action, emb_sem, emb_mot, motion, reward; or with "obs_tokens", the flat tokens of a
-    frozen trunk, instead of obs: see :mod:`semore.trunk_cache`) after ``num_drawn`` batches already drawn, so
+    frozen trunk, instead of obs: see :mod:`semore.trunk_cache`; and :data:`FROM_REPLAY` in a
+    batch of replayed frames) after ``num_drawn`` batches already drawn, so
     a resumed run continues with a stream of its own instead of repeating the first batches.
     Registered on the agent (``SACAgent.guide``), its heads, temperatures and counters travel
     with the agent's checkpoints.
@@ -77,7 +82,9 @@ class PretrainGuide(nn.Module):
         if self._stream is None:
             self._stream = self._open(int(self.num_drawn))
         device = self.num_calls.device
-        batch = {key: value.to(device) for key, value in next(self._stream).items()}
+        batch = dict(next(self._stream))
+        prefix = REPLAY_PREFIX if batch.pop(FROM_REPLAY, None) is not None else GUIDE_PREFIX
+        batch = {key: value.to(device) for key, value in batch.items()}
         self.num_drawn += 1
         self.opt.zero_grad(set_to_none=True)
         action = batch["action"].float()
@@ -87,7 +94,7 @@ class PretrainGuide(nn.Module):
         else:
             outputs = self.model(self.aug(batch["obs"].float()), action)
         terms = self.loss(outputs, batch)
-        self.metrics = {f"{GUIDE_PREFIX}{key}": value.item() for key, value in terms.items()}
+        self.metrics = {f"{prefix}{key}": value.item() for key, value in terms.items()}
         return self.scale * terms["loss"]
 
     def step(self) -> None:

@@ -28,6 +28,12 @@ def stack_frames(frames: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(chw.reshape(*lead, k * channels, height, width))
 
 
+def _annotation_arrays(capacity: int, dims: dict[str, int]) -> dict[str, np.ndarray]:
+    if any(dim < 1 for dim in dims.values()):
+        raise ValueError(f"ReplayBuffer annotation_dims={dims}; expected positive sizes")
+    return {name: np.zeros((capacity, dim), np.float32) for name, dim in dims.items()}
+
+
 class ReplayBuffer:
     """Ring buffer of frames with episode boundaries; samples stacked n-step transitions.
 
@@ -50,6 +56,7 @@ class ReplayBuffer:
         feature_dim: int = 0,
         feature_dtype: type = np.float32,
         feature_key: str = "h",
+        annotation_dims: dict[str, int] | None = None,
     ) -> None:
         if len(frame_shape) != 3 or frame_shape[2] != 3:
             raise ValueError(f"ReplayBuffer frame_shape={frame_shape}; expected (H, W, 3)")
@@ -88,12 +95,21 @@ class ReplayBuffer:
         self._motion = np.zeros((capacity, motion_dim), np.float32)  # targets at the frame's time
         # A frozen encoder's features of the stack that ends at the frame (feature_dim > 0).
         self._features = np.zeros((capacity, feature_dim), feature_dtype)
+        # Named float32 vectors per frame that the caller computes when it stores the frame
+        # (guided fine-tuning: caption embeddings and motion targets of the frame's step),
+        # returned by sample_annotated(); none by default.
+        self.annotation_dims = {str(k): int(v) for k, v in (annotation_dims or {}).items()}
+        self._annotations = _annotation_arrays(capacity, self.annotation_dims)
         self._num_added = 0  # frames ever added
         self._can_add = False  # an episode is open and has not terminated
 
     # ----------------------------------------------------------------------------- writing
     def _write(
-        self, frame: np.ndarray, motion: np.ndarray | None, features: np.ndarray | None = None
+        self,
+        frame: np.ndarray,
+        motion: np.ndarray | None,
+        features: np.ndarray | None = None,
+        annotations: dict[str, np.ndarray] | None = None,
     ) -> int:
         if frame.shape != self.frame_shape or frame.dtype != np.uint8:
             raise ValueError(
@@ -115,19 +131,33 @@ class ReplayBuffer:
                     f"({self.feature_dim},) with feature_dim > 0"
                 )
             self._features[slot] = features
+        self._write_annotations(slot, annotations)
         self._frames[slot] = frame
         self._num_added += 1
         return slot
+
+    def _write_annotations(self, slot: int, annotations: dict[str, np.ndarray] | None) -> None:
+        if not self._annotations and not annotations:
+            return
+        shapes = {k: np.shape(v) for k, v in (annotations or {}).items()}
+        expected = {k: (dim,) for k, dim in self.annotation_dims.items()}
+        if shapes != expected:
+            raise ValueError(
+                f"ReplayBuffer annotations {shapes}; expected {expected} (annotation_dims)"
+            )
+        for name, value in annotations.items():
+            self._annotations[name][slot] = value
 
     def add_first(
         self,
         frame: np.ndarray,
         motion: np.ndarray | None = None,
         features: np.ndarray | None = None,
+        annotations: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Start a new episode with its first frame (HWC uint8), optionally with the features
-        of its stacked observation."""
-        slot = self._write(frame, motion, features)
+        of its stacked observation and its annotations (see ``annotation_dims``)."""
+        slot = self._write(frame, motion, features, annotations)
         self._episode_start[slot] = self._num_added - 1
         self._terminal[slot] = False
         self._reward[slot] = 0.0
@@ -142,6 +172,7 @@ class ReplayBuffer:
         terminal: bool,
         motion: np.ndarray | None = None,
         features: np.ndarray | None = None,
+        annotations: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Append the step (action, reward) that led to ``next_frame``."""
         if not self._can_add:
@@ -153,7 +184,7 @@ class ReplayBuffer:
                 f"ReplayBuffer action shape {np.shape(action)}; expected ({self.action_dim},)"
             )
         episode_start = self._episode_start[(self._num_added - 1) % self.capacity]
-        slot = self._write(next_frame, motion, features)
+        slot = self._write(next_frame, motion, features, annotations)
         self._episode_start[slot] = episode_start
         self._action[slot] = action
         self._reward[slot] = reward
@@ -222,23 +253,7 @@ class ReplayBuffer:
         "reward1" is the transition's one-step reward. With ``features`` the batch holds the
         stored features ("obs_h", "next_obs_h") instead of frame stacks.
         """
-        # Rejection sampling keeps each draw O(batch) instead of O(capacity).
-        chosen = np.zeros(0, np.int64)
-        for _ in range(_MAX_REJECTION_ROUNDS if self._num_added > 0 else 0):
-            t = generator.integers(self._oldest(), self._num_added, size=_OVERDRAW * batch_size)
-            chosen = np.concatenate([chosen, t[self._transitions(t)["valid"]]])
-            if len(chosen) >= batch_size:
-                break
-        if len(chosen) >= batch_size:
-            t = chosen[:batch_size]
-        else:  # sampleable transitions are rare (tiny buffer): draw from the exact set
-            candidates = self._valid_indices()
-            if len(candidates) == 0:
-                raise ValueError(
-                    "ReplayBuffer.sample() on a buffer with no complete transition; "
-                    "expected at least one episode step after add_first()"
-                )
-            t = generator.choice(candidates, size=batch_size)
+        t = self._draw(batch_size, generator)
         info = self._transitions(t)
         next_t = t + info["steps"]
         batch = {
@@ -256,6 +271,48 @@ class ReplayBuffer:
         if self.motion_dim > 0:
             batch["motion"] = self._motion[t % self.capacity]
         return {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in batch.items()}
+
+    def sample_annotated(
+        self, batch_size: int, generator: np.random.Generator, features: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Uniform batch of single steps as a pretraining batch reads them: the stack ending
+        at frame t ("obs", or the stored features "obs_<key>" with ``features``), the action
+        taken at t and its one-step reward, and t's annotations under their names.
+
+        The same frames as :meth:`sample` may return (those with a next step stored).
+        """
+        if not self._annotations:
+            raise ValueError("ReplayBuffer.sample_annotated() without annotation_dims")
+        t = self._draw(batch_size, generator)
+        slot, nxt = t % self.capacity, (t + 1) % self.capacity
+        batch = {"action": self._action[nxt], "reward": self._reward[nxt]}
+        if features:
+            batch[f"obs_{self.feature_key}"] = self._features[slot]
+        else:
+            batch["obs"] = self._stack(t, self._episode_start[slot])
+        batch.update({name: values[slot] for name, values in self._annotations.items()})
+        return {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in batch.items()}
+
+    def _draw(self, batch_size: int, generator: np.random.Generator) -> np.ndarray:
+        """``batch_size`` sampleable absolute frame indices, uniformly."""
+        # Rejection sampling keeps each draw O(batch) instead of O(capacity).
+        chosen = np.zeros(0, np.int64)
+        for _ in range(_MAX_REJECTION_ROUNDS if self._num_added > 0 else 0):
+            t = generator.integers(self._oldest(), self._num_added, size=_OVERDRAW * batch_size)
+            chosen = np.concatenate([chosen, t[self._transitions(t)["valid"]]])
+            if len(chosen) >= batch_size:
+                break
+        if len(chosen) >= batch_size:
+            t = chosen[:batch_size]
+        else:  # sampleable transitions are rare (tiny buffer): draw from the exact set
+            candidates = self._valid_indices()
+            if len(candidates) == 0:
+                raise ValueError(
+                    "ReplayBuffer.sample() on a buffer with no complete transition; "
+                    "expected at least one episode step after add_first()"
+                )
+            t = generator.choice(candidates, size=batch_size)
+        return t
 
     # ----------------------------------------------------------------------------- checkpoint
     _ARRAYS = ("frames", "action", "reward", "terminal", "episode_start", "motion", "features")
@@ -284,6 +341,7 @@ class ReplayBuffer:
         """
         filled = min(self._num_added, self.capacity)
         state = {name: getattr(self, f"_{name}")[:filled] for name in self._ARRAYS}
+        state.update({f"ann_{k}": v[:filled] for k, v in self._annotations.items()})
         state["num_added"] = np.array(self._num_added, np.int64)
         state["can_add"] = np.array(self._can_add)
         return state
@@ -292,8 +350,14 @@ class ReplayBuffer:
         """Restore a :meth:`state_dict` from a buffer built with the same arguments."""
         num_added = int(state["num_added"])
         filled = min(num_added, self.capacity)
-        for name in self._ARRAYS:
-            target = getattr(self, f"_{name}")
+        targets = {name: getattr(self, f"_{name}") for name in self._ARRAYS}
+        targets.update({f"ann_{k}": v for k, v in self._annotations.items()})
+        for name, target in targets.items():
+            if name not in state:
+                raise ValueError(
+                    f"ReplayBuffer state lacks {name!r}: expected a buffer with the same "
+                    "annotations (annotation_dims)"
+                )
             expected = (filled, *target.shape[1:])
             if np.shape(state[name]) != expected:
                 raise ValueError(

@@ -53,6 +53,14 @@ class GuideConfig:
     # are drawn from that table: the trunk pass (~100 ms per guide batch, above) is skipped. Like the
     # RL batches on cached tokens, they then go without DrQ's pixel shift. false: frames.
     cache_tokens: bool = True
+    # The dataset holds the expert's states; the agent soon drives where it never went. n: every
+    # n-th guide batch is of the agent's own replayed frames instead, each captioned when it
+    # was stored (the scene captioner on the simulator state, embedded by the text encoder the
+    # dataset's manifest records: a VLM-captioned dataset is an error), so the terms also
+    # cover the states RL visits. Costs 2 x 4 bytes x embedding dim per replay slot (300 MB
+    # per 100k slots at MiniLM's 384) and a text-encoder pass per new caption. 0: off, every
+    # guide batch from the dataset.
+    replay_every: int = 0
 
     def __post_init__(self) -> None:
         if self.weight < 0:
@@ -62,6 +70,10 @@ class GuideConfig:
                 raise ValueError(f"guide.{name} is {getattr(self, name)}: expected an int >= 1")
         if self.heads_lr <= 0:
             raise ValueError(f"guide.heads_lr is {self.heads_lr}: expected > 0")
+        if self.replay_every < 0:
+            raise ValueError(
+                f"guide.replay_every is {self.replay_every}: expected 0 (off) or an int >= 1"
+            )
 
 
 SCRATCH_ENCODER_LR = 1e-3  # DrQ's rate for an encoder learned from scratch

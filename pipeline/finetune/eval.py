@@ -123,15 +123,23 @@ def run_episode(
 
 
 def replay_episode(
-    driver: Driver, seed: int, actions: Iterable[np.ndarray]
+    driver: Driver,
+    seed: int,
+    actions: Iterable[np.ndarray],
+    on_step: Callable[[AgentStep, bool], None] | None = None,
 ) -> tuple[AgentStep, EpisodeStats]:
     """Re-run the start of an episode: reset with ``seed``, apply ``actions`` in order; the
-    latest step and the episode's sums so far (a deterministic simulator lands where it was)."""
+    latest step and the episode's sums so far (a deterministic simulator lands where it was).
+    ``on_step(step, first)`` sees every step, the reset one first."""
     current = driver.reset(seed)
+    if on_step is not None:
+        on_step(current, True)
     stats = EpisodeStats()
     for action in actions:
         current = driver.step(action)
         stats.add(current)
+        if on_step is not None:
+            on_step(current, False)
     return current, stats
 
 

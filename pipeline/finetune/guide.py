@@ -8,14 +8,18 @@ targets are standardised with the export's statistics, the scaling the heads wer
 When the agent's trunk is frozen (``encoder_trainable_from``) and ``guide.cache_tokens`` is on,
 those frame stacks are read and tokenised once at the start and guide batches are rows of that
 table: the tokens of a frozen trunk never change, so the per-batch trunk pass was wasted work.
+With ``guide.replay_every`` n, every n-th guide batch is instead a batch of the agent's own
+replayed frames, annotated online when they were stored (:mod:`pipeline.finetune.captions`),
+their targets standardised with the same statistics.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,10 +31,12 @@ from pipeline.data import schema
 from pipeline.data.source import DatasetInfo, read_dataset_info, shard_urls
 from pipeline.data.windows import Collate, EpisodeSplit, ShardPairReader, TrainStats, train_stats
 from pipeline.errors import SemoreError
+from pipeline.finetune.captions import OnlineCaptions, online_captions
 from semore.encoder import SemoreEncoder, load_pretrain_heads
-from semore.guide import PretrainGuide
+from semore.guide import FROM_REPLAY, PretrainGuide
 from semore.heads import SemorePretrainModel
 from semore.losses import SemorePretrainLoss
+from semore.replay import ReplayBuffer
 from semore.sac import SACAgent
 from semore.trunk_cache import tokens_to_cache
 
@@ -40,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _TABLE_CHUNK = 256  # frame stacks per trunk pass while tokenising the guide dataset
+_REPLAY_STREAM = 1  # tells the replay batches' seeds from the dataset streams' ([seed, n])
 
 
 def export_stats(metadata: dict, state_dim: int) -> TrainStats:
@@ -114,6 +121,40 @@ def table_batches(
         yield {key: value[rows] for key, value in table.items()}
 
 
+def replay_guide_batch(
+    replay: ReplayBuffer, batch_size: int, stats: TrainStats, seed: int, tokens: bool
+) -> dict[str, torch.Tensor]:
+    """A pretraining batch of replayed steps (their stored tokens as "obs_tokens" when
+    ``tokens``), targets standardised with ``stats`` as the dataset's, marked FROM_REPLAY."""
+    batch = replay.sample_annotated(batch_size, np.random.default_rng(seed), features=tokens)
+    batch["reward"] = (batch["reward"] - stats.reward_mean) / stats.reward_std
+    mean, std = torch.from_numpy(stats.motion_mean), torch.from_numpy(stats.motion_std)
+    batch["motion"] = (batch["motion"] - mean) / std
+    if tokens:
+        batch["obs_tokens"] = batch.pop(f"obs_{replay.feature_key}")
+    batch[FROM_REPLAY] = torch.ones(())
+    return batch
+
+
+def mixed_batches(
+    dataset: Callable[[int], Iterator[dict[str, torch.Tensor]]],
+    replay: Callable[[int], dict[str, torch.Tensor]],
+    replay_every: int,
+    num_drawn: int,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Guide batches from ``num_drawn`` on: batch k (counted from 0) is ``replay(k)`` when
+    ``(k + 1) % replay_every == 0``, else the next of ``dataset(num_drawn)``, opened on its
+    first use (replay_every 1 never reads the dataset)."""
+    stream = None
+    for k in itertools.count(num_drawn):
+        if (k + 1) % replay_every == 0:
+            yield replay(k)
+            continue
+        if stream is None:
+            stream = dataset(num_drawn)
+        yield next(stream)
+
+
 def _check_dataset(info: DatasetInfo, where: str, encoder: SemoreEncoder, heads: dict) -> None:
     """One-line error when the guide dataset cannot feed this encoder and these heads."""
     cfg = encoder.config
@@ -143,6 +184,17 @@ def _guide_data(cfg: FinetuneConfig, metadata: dict) -> str:
     return recorded
 
 
+def guide_captions(cfg: FinetuneConfig, metadata: dict) -> OnlineCaptions:
+    """The online annotator of replayed frames for ``guide.replay_every``, as the guide
+    dataset was annotated; SemoreError when that cannot be reproduced online."""
+    data = _guide_data(cfg, metadata)
+    try:
+        info = read_dataset_info(data, with_ann=True)
+    except SemoreError as err:
+        raise SemoreError(f"guide dataset: {err}") from None
+    return online_captions(info, cfg.repeat)
+
+
 def _heads_spec(info: DatasetInfo, saved: dict | None) -> dict:
     if saved is not None:
         return saved["model"]
@@ -151,10 +203,12 @@ def _heads_spec(info: DatasetInfo, saved: dict | None) -> dict:
 
 
 def build_guide(
-    agent: SACAgent, cfg: FinetuneConfig, export: Path | None, metadata: dict
-) -> PretrainGuide:
+    agent: SACAgent, cfg: FinetuneConfig, export: Path | None, metadata: dict,
+    replay: ReplayBuffer | None = None,
+) -> PretrainGuide:  # fmt: skip
     """The guide for ``agent`` from the export's heads (fresh heads for an export without, or
-    --encoder none) on the guide dataset; SemoreError naming what does not fit."""
+    --encoder none) on the guide dataset, and on ``replay``'s annotated frames every
+    ``guide.replay_every``-th batch; SemoreError naming what does not fit."""
     data = _guide_data(cfg, metadata)
     try:
         info = read_dataset_info(data, with_ann=True)
@@ -183,11 +237,21 @@ def build_guide(
     if cfg.guide.cache_tokens and getattr(agent.encoder, "frozen_below", None) is not None:
         table = _cached_table(agent, data, cfg, hw, _holdout(metadata), stats)
 
-    def open_stream(num_drawn: int) -> Iterator[dict[str, torch.Tensor]]:
+    def open_dataset(num_drawn: int) -> Iterator[dict[str, torch.Tensor]]:
         seed = int(np.random.SeedSequence([cfg.seed, num_drawn]).generate_state(1)[0])
         if table is not None:
             return table_batches(table, cfg.guide.batch_size, seed)
         return guide_batches(data, cfg.frame_stack, hw, _holdout(metadata), stats, cfg.guide, seed)
+
+    def replay_batch(k: int) -> dict[str, torch.Tensor]:
+        # Seeded by the batch's index alone: a resumed run draws what the uninterrupted did.
+        seed = int(np.random.SeedSequence([cfg.seed, k, _REPLAY_STREAM]).generate_state(1)[0])
+        return replay_guide_batch(replay, cfg.guide.batch_size, stats, seed, cfg.caches_tokens)
+
+    def open_stream(num_drawn: int) -> Iterator[dict[str, torch.Tensor]]:
+        if replay is None or cfg.guide.replay_every == 0:
+            return open_dataset(num_drawn)
+        return mixed_batches(open_dataset, replay_batch, cfg.guide.replay_every, num_drawn)
 
     guide = PretrainGuide(model, loss, open_stream, cfg.guide.weight, cfg.guide.every,
                           cfg.guide.heads_lr, cfg.sac.aug_pad)  # fmt: skip

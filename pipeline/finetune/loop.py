@@ -56,6 +56,7 @@ from semore.sac import SACAgent
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
 
+    from pipeline.finetune.captions import OnlineCaptions
     from pipeline.finetune.config import FinetuneConfig
     from pipeline.finetune.reference import ReferenceScores
 
@@ -85,6 +86,7 @@ class OnlineTrainer:
         fabric: Fabric,
         run_info: dict,
         eval_driver: Driver | None = None,
+        captions: OnlineCaptions | None = None,
     ) -> None:
         self.cfg = cfg
         self.agent = agent
@@ -92,6 +94,8 @@ class OnlineTrainer:
         # None: evaluation borrows the training simulator (backends with one ego per server).
         self.eval_driver = eval_driver
         self.replay = replay
+        # guide.replay_every: annotates each stored step for the guide (None: off).
+        self.captions = captions
         self.out = Path(out)
         self.fabric = fabric
         self.run_info = run_info  # encoder source and config, stored with checkpoints
@@ -187,7 +191,10 @@ class OnlineTrainer:
         """Re-run the open training episode of a checkpoint up to where it was saved."""
         self._actions = list(saved["actions"].numpy())
         seed = train_episode_seed(self.cfg.seed, saved["index"])
-        self.current, self._ep = replay_episode(self.driver, seed, self._actions)
+        # The replay already holds the episode's annotations; re-annotating the steps restores
+        # the online annotator's history (motion gap, carried keyframe) for the next ones.
+        observe = None if self.captions is None else self._annotations
+        self.current, self._ep = replay_episode(self.driver, seed, self._actions, observe)
         if dataclasses.asdict(self._ep) != saved["stats"]:
             got, want = self._ep.episode_return, saved["stats"]["episode_return"]
             raise SemoreError(
@@ -210,10 +217,17 @@ class OnlineTrainer:
         self.fabric.log_dict(numbers, step=self.step)
 
     # ------------------------------------------------------------------ episodes
+    def _annotations(self, step: AgentStep, first: bool) -> dict[str, np.ndarray] | None:
+        """What the replay stores for the guide with ``step`` (None without online captions)."""
+        if self.captions is None:
+            return None
+        return self.captions.start(step.state) if first else self.captions.step(step.state)
+
     def _start_episode(self) -> None:
         self.current = self.driver.reset(train_episode_seed(self.cfg.seed, self.episode))
         self._features = self._cached_features(self.current)
-        self.replay.add_first(self.current.frame, self.current.motion, self._features)
+        annotations = self._annotations(self.current, first=True)
+        self.replay.add_first(self.current.frame, self.current.motion, self._features, annotations)
         self.episode += 1
         self._ep = EpisodeStats()
         self._actions = []
@@ -345,6 +359,7 @@ class OnlineTrainer:
                 result.terminated,
                 result.motion,
                 self._features,
+                annotations=self._annotations(result, first=False),
             )
             self.current = result
             self.step += 1

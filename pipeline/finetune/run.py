@@ -33,7 +33,7 @@ from pipeline.config import (
 from pipeline.errors import SemoreError
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.features import replay_features
-from pipeline.finetune.guide import build_guide
+from pipeline.finetune.guide import build_guide, guide_captions
 from pipeline.finetune.loop import (
     CHECKPOINT_DIR,
     CHECKPOINT_FORMAT,
@@ -113,6 +113,10 @@ def build_agent(encoder: SemoreEncoder, cfg: FinetuneConfig, pretrained: bool) -
     )
 
 
+# Fields added after checkpoints were written whose value here is what those runs did (off).
+ADDED_OFF = {"guide.replay_every": 0}
+
+
 def _check_resume(cfg: FinetuneConfig, checkpoint: dict, path: Path, source: str) -> None:
     """One-line error when --resume would continue a run with another config or encoder."""
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
@@ -124,7 +128,11 @@ def _check_resume(cfg: FinetuneConfig, checkpoint: dict, path: Path, source: str
             f"{path} has format_version {checkpoint.get('format_version')!r}: expected {CHECKPOINT_VERSION}"
         )
 
-    diff = first_difference(content_of(FinetuneConfig, checkpoint["config"]), content_dict(cfg))
+    saved = content_of(FinetuneConfig, checkpoint["config"])
+    for dotted, value in ADDED_OFF.items():  # a run saved before the field trained without it
+        section, name = dotted.split(".")
+        saved.get(section, {}).setdefault(name, value)
+    diff = first_difference(saved, content_dict(cfg))
     if diff is not None:
         key, before, now = diff
         raise SemoreError(
@@ -185,6 +193,8 @@ def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = Fa
     agent = build_agent(encoder, cfg, pretrained=source != "none").to(fabric.device)
     with_motion = cfg.sac.motion_aux_weight > 0
     spec = backend_spec(cfg.env)
+    guided = cfg.encoder_mode == "guided" and cfg.guide.weight > 0  # weight 0: exactly finetune
+    captions = guide_captions(cfg, metadata) if guided and cfg.guide.replay_every else None
     replay = ReplayBuffer(
         cfg.replay_capacity,
         (*spec.image_shape, 3),
@@ -194,9 +204,11 @@ def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = Fa
         discount=cfg.sac.discount,
         nstep=cfg.nstep,
         **replay_features(cfg, agent),
+        annotation_dims=captions.annotation_dims if captions is not None else None,
     )
-    if cfg.encoder_mode == "guided" and cfg.guide.weight > 0:  # weight 0: exactly finetune
-        agent.guide = build_guide(agent, cfg, None if source == "none" else Path(source), metadata)
+    if guided:
+        export = None if source == "none" else Path(source)
+        agent.guide = build_guide(agent, cfg, export, metadata, replay if captions else None)
     envs = [make_env(cfg.env)]
     try:
         if tuple(envs[0].image_shape) != spec.image_shape:
@@ -209,7 +221,9 @@ def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = Fa
             envs.append(make_env(cfg.env))
             eval_driver = Driver(envs[1], cfg.repeat, cfg.frame_stack, spec.max_retries)
         run_info = {"encoder_source": source, "encoder_config": asdict(enc_cfg)}
-        trainer = OnlineTrainer(cfg, agent, driver, replay, out, fabric, run_info, eval_driver)
+        trainer = OnlineTrainer(
+            cfg, agent, driver, replay, out, fabric, run_info, eval_driver, captions
+        )
         if cfg.measure_reference:
             trainer.reference = reference_for(cfg, eval_driver or driver, out / REFERENCE_NAME)
         if checkpoint is not None:

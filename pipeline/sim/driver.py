@@ -49,6 +49,9 @@ class AgentStep:
     collisions: int = 0
     abs_steer: float = 0.0  # mean |steer| over the repeats
     sim_steps: int = 0  # simulator steps taken (fewer than action_repeat at an episode end)
+    # The simulator's privileged state at the newest frame (what the scene captioner reads;
+    # guided fine-tuning captions the replayed frames from it).
+    state: dict | None = None
 
 
 class Driver:
@@ -95,7 +98,8 @@ class Driver:
             except SimulatorConnectionError as err:
                 self._recover(err)
         frame = frames["rgb"]
-        return AgentStep(obs=self._stack.reset(frame), frame=frame, motion=self._motion(state))
+        obs = self._stack.reset(frame)
+        return AgentStep(obs=obs, frame=frame, motion=self._motion(state), state=state)
 
     def step(self, action: np.ndarray | None) -> AgentStep:
         """Apply ``action`` (None: the backend's expert) for ``action_repeat`` simulator steps;
@@ -122,6 +126,7 @@ class Driver:
         out.frame = result.frames["rgb"]
         out.obs = self._stack.step(out.frame)
         out.motion = self._motion(result.state)
+        out.state = result.state
         return out
 
     def close(self) -> None:
