@@ -57,8 +57,16 @@ def replay_state(out: Path) -> dict[str, np.ndarray]:
         return {key: saved[key] for key in saved.files}
 
 
+class TimedCaptioner(SceneCaptioner):
+    """Scene captions whose motion caption also names the earlier step's time: a resumed run
+    that lost the annotator's history of the open episode would caption differently."""
+
+    def motion(self, prev: dict, state: dict) -> str:
+        return f"{super().motion(prev, state)} Since {prev['time_s']:.1f} s."
+
+
 def test_replay_guide_batches_are_logged_and_a_resume_continues_exactly(
-    pretrained, tmp_path, hash_encoder
+    pretrained, tmp_path, hash_encoder, monkeypatch
 ):
     out = tmp_path / "replay"
     assert guided_run(pretrained, out, *REPLAY) == 0
@@ -71,6 +79,7 @@ def test_replay_guide_batches_are_logged_and_a_resume_continues_exactly(
     assert replay_state(out)["ann_emb_sem"].shape[1] == 16
 
     # Every guide batch from the replay: a resumed run is the uninterrupted one, bit for bit.
+    monkeypatch.setattr(captions, "SceneCaptioner", TimedCaptioner)
     every = ["--encoder_mode", "guided", "--guide.replay_every", "1"]
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert guided_run(pretrained, whole, *every, "--num-train-steps", "24") == 0
