@@ -58,8 +58,10 @@ class GuideConfig:
     # was stored (the scene captioner on the simulator state, embedded by the text encoder the
     # dataset's manifest records: a VLM-captioned dataset is an error), so the terms also
     # cover the states RL visits. Costs 2 x 4 bytes x embedding dim per replay slot (300 MB
-    # per 100k slots at MiniLM's 384) and a text-encoder pass per new caption. 0: off, every
-    # guide batch from the dataset.
+    # per 100k slots at MiniLM's 384) and a text-encoder pass per new caption. 0 (off, every
+    # guide batch from the dataset) by default: at 2 on tuning seeds it scored 0.52 against 0.67
+    # (replayed motion targets lie 2-11 dataset stds out and their term dominates the guide loss;
+    # benchmarks/results/tune_learner/).
     replay_every: int = 0
 
     def __post_init__(self) -> None:
