@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.annotate.config import AnnotateConfig
 from pipeline.annotate.scene import SCENE_VERSION, SceneCaptioner
-from pipeline.annotate.text_encoders import TextEncoder, make_text_encoder
+from pipeline.annotate.text_encoders import CachedEncoder, TextEncoder, make_text_encoder
 from pipeline.config import from_dict
 from pipeline.data import schema
 from pipeline.data.source import DatasetInfo
@@ -41,7 +41,6 @@ class OnlineCaptions:
         keyframe_stride: int,
     ) -> None:  # fmt: skip
         self.captioner = captioner
-        self.encoder = encoder
         self.dim = int(encoder.dim)
         self.gap = int(motion_gap_steps)
         self.stride = int(keyframe_stride)
@@ -49,8 +48,7 @@ class OnlineCaptions:
         # repeat: rounded speeds and distances). One text per encoder call: an embedding is
         # then a function of its text alone, not of which captions shared a padded batch, so
         # a resumed run (empty cache) stores the same values as the uninterrupted one.
-        self._cache: dict[str, np.ndarray] = {}
-        self.lookups = self.hits = 0
+        self.encoder = CachedEncoder(encoder)
         self._history: deque[dict] = deque(maxlen=self.gap + 1)  # states, newest last
         self._step = 0  # of the open episode
         self._keyframe: tuple[int, np.ndarray, np.ndarray] | None = None  # step, sem, mot
@@ -60,13 +58,16 @@ class OnlineCaptions:
         """What the replay stores per slot for these annotations (ReplayBuffer argument)."""
         return {EMB_SEM: self.dim, EMB_MOT: self.dim, MOTION: len(schema.MOTION_TARGETS)}
 
+    @property
+    def lookups(self) -> int:
+        return self.encoder.lookups
+
+    @property
+    def hits(self) -> int:
+        return self.encoder.hits
+
     def _embed(self, text: str) -> np.ndarray:
-        self.lookups += 1
-        if text in self._cache:
-            self.hits += 1
-        else:
-            self._cache[text] = self.encoder.encode([text])[0].astype(np.float32)
-        return self._cache[text]
+        return self.encoder.encode([text])[0].astype(np.float32)
 
     def start(self, state: dict | None) -> dict[str, np.ndarray]:
         """The annotations of an episode's first step (the reset state)."""
