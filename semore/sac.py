@@ -141,6 +141,14 @@ class SACConfig:
     # steps, the same way whatever the encoder (see SACAgent.set_target_stats).
     reward_aux_weight: float = 0.0
     motion_aux_weight: float = 0.0
+    # CAPS' temporal smoothness (Mysore et al. 2021) in the actor loss: weight x the squared
+    # distance between the deterministic actions of a batch's obs and next_obs. A policy
+    # driven only by the critic's action gradient goes bang-bang: trained highway agents
+    # alternated full steering and full throttle/brake from step to step (62% sign changes,
+    # mean |steer| 0.37 against the expert's 0.005) although the reward charges |steer|,
+    # because the critic's action gradient (|dQ/da| ~5-16 at Q ~280) drowns that 1-per-step
+    # cost. 0 is plain SAC.
+    action_smoothness_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -154,6 +162,11 @@ class SACConfig:
         for name in ("actor_lr", "critic_lr", "alpha_lr", "init_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sac.{name} is {getattr(self, name)}: expected > 0")
+        if self.action_smoothness_weight < 0:
+            raise ValueError(
+                f"sac.action_smoothness_weight is {self.action_smoothness_weight}: "
+                "expected >= 0 (0 = off)"
+            )
 
 
 class SACAgent(nn.Module):
@@ -342,12 +355,23 @@ class SACAgent(nn.Module):
             self.guide.step()
         return metrics
 
-    def update_actor(self, h: Tensor) -> dict[str, float]:
-        """One step on the actor and the temperature; no gradient reaches the encoder."""
+    def update_actor(self, h: Tensor, next_h: Tensor | None = None) -> dict[str, float]:
+        """One step on the actor and the temperature; no gradient reaches the encoder.
+
+        ``next_h`` (the batch's next observations) is needed when the smoothness term is on."""
         h = h.detach()  # the encoder is shaped by the critic and auxiliary losses only
         action, log_prob = self.actor.sample(h)
         q1, q2 = self.critic(h, action)
         actor_loss = (self.alpha.detach() * log_prob - torch.min(q1, q2)).mean()
+        metrics = {}
+        if self.cfg.action_smoothness_weight > 0:
+            if next_h is None:
+                raise ValueError(
+                    "SACAgent.update_actor needs next_h when action_smoothness_weight > 0"
+                )
+            smoothness = self.action_change(h, next_h.detach())
+            actor_loss = actor_loss + self.cfg.action_smoothness_weight * smoothness
+            metrics["action_change"] = smoothness.item()
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()  # also fills critic grads; update_critic clears them before use
         self.actor_opt.step()
@@ -360,7 +384,14 @@ class SACAgent(nn.Module):
             "actor_loss": actor_loss.item(),
             "alpha_loss": alpha_loss.item(),
             "entropy": -log_prob.mean().item(),
+            **metrics,
         }
+
+    def action_change(self, h: Tensor, next_h: Tensor) -> Tensor:
+        """Mean squared distance () between the deterministic actions at h and next_h (B, repr)."""
+        both = self.actor(torch.cat([h, next_h]))[0]  # (2B, A) pre-tanh means, one pass
+        now, later = torch.tanh(both).chunk(2)
+        return (now - later).pow(2).sum(-1).mean()
 
     def update_targets(self) -> None:
         soft_update(self.target_critic, self.critic, self.cfg.critic_tau)
@@ -398,7 +429,7 @@ class SACAgent(nn.Module):
             batch["motion"].float() if "motion" in batch else None,
         )
         if step % self.cfg.actor_update_every == 0:
-            metrics.update(self.update_actor(h))
+            metrics.update(self.update_actor(h, next_h))
         if step % self.cfg.target_update_every == 0:
             self.update_targets()
         metrics["alpha"] = self.alpha.item()
