@@ -372,3 +372,42 @@ def test_real_semore_encoder_with_replay_buffer():
         metrics = agent.update(buf.sample(4, rng), step=step)
         assert all(math.isfinite(v) for v in metrics.values())
     assert not same(params(encoder), encoder_before)
+
+
+def test_action_change_is_the_squared_distance_of_the_deterministic_actions():
+    agent = make_agent(action_smoothness_weight=1.0)
+    h, next_h = torch.randn(6, agent.repr_dim), torch.randn(6, agent.repr_dim)
+    with torch.no_grad():
+        now = torch.tanh(agent.actor(h)[0])
+        later = torch.tanh(agent.actor(next_h)[0])
+        expected = ((now - later) ** 2).sum(-1).mean()
+        assert agent.action_change(h, next_h).item() == pytest.approx(expected.item(), rel=1e-5)
+        assert agent.action_change(h, h).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_action_smoothness_pulls_consecutive_actions_together_and_zero_is_plain_sac():
+    h, next_h = torch.randn(32, 8), torch.randn(32, 8)
+    change = {}
+    for weight in (0.0, 50.0):
+        agent = make_agent(action_smoothness_weight=weight)
+        for _ in range(30):
+            metrics = agent.update_actor(h, next_h)
+        assert ("action_change" in metrics) == (weight > 0)
+        with torch.no_grad():
+            change[weight] = agent.action_change(h, next_h).item()
+    assert change[50.0] < 0.1 * change[0.0]
+    # Weight 0 does not read next_h at all: the same updates as without it.
+    actors = []
+    for weight, with_next in ((None, False), (0.0, True)):
+        agent = make_agent() if weight is None else make_agent(action_smoothness_weight=weight)
+        for _ in range(3):  # the policy's noise comes from the global stream seeded above
+            agent.update_actor(h, next_h if with_next else None)
+        actors.append(params(agent.actor))
+    assert same(*actors)
+
+
+def test_action_smoothness_needs_next_h_and_a_non_negative_weight():
+    with pytest.raises(ValueError, match="action_smoothness_weight is -1.0: expected >= 0"):
+        SACConfig(action_smoothness_weight=-1.0)
+    with pytest.raises(ValueError, match="needs next_h"):
+        make_agent(action_smoothness_weight=1.0).update_actor(torch.randn(4, 8))
