@@ -9,7 +9,7 @@ from pipeline.compare.config import CompareConfig
 from pipeline.compare.learner import check_learner
 from pipeline.config import load_config, preset_names
 
-MATCHED = ("quick", "matched", "study_quick")
+MATCHED = ("quick", "matched", "matched_smooth", "study_quick")
 
 
 def load(name: str) -> CompareConfig:
@@ -29,8 +29,9 @@ def test_regime_presets_run_every_arm_on_one_learner(name):
     assert check.matched, f"{name} arms differ in {check.differing}"
 
 
-def test_the_matched_study_holds_the_five_regimes_on_five_seeds():
-    cfg = load("matched")
+@pytest.mark.parametrize("name", ["matched", "matched_smooth"])
+def test_the_matched_study_holds_the_five_regimes_on_five_seeds(name):
+    cfg = load(name)
     modes = {name: arm.overrides.get("encoder_mode", "finetune") for name, arm in cfg.arms.items()}
     assert modes == {"semore_frozen": "frozen", "semore_finetune": "finetune",
                      "semore_guided": "guided", "scratch": "finetune",
@@ -42,3 +43,15 @@ def test_the_matched_study_holds_the_five_regimes_on_five_seeds():
     assert set(trained.values()) == {"projection"}
     assert len(cfg.seeds) >= 5 and cfg.num_eval_episodes == 10 and cfg.num_train_steps == 10_000
     assert check_learner(cfg).differing == []
+
+
+def test_matched_smooth_differs_from_matched_in_the_smoothness_term_alone():
+    from pipeline.compare.learner import arm_settings
+
+    plain, smooth = arm_settings(load("matched")), arm_settings(load("matched_smooth"))
+    assert plain.keys() == smooth.keys()
+    for arm in plain:
+        differ = {k for k in plain[arm] if plain[arm][k] != smooth[arm][k]}
+        assert differ == {"sac.action_smoothness_weight"}
+        assert (plain[arm][next(iter(differ))], smooth[arm][next(iter(differ))]) == (0.0, 5.0)
+    assert load("matched").arms == load("matched_smooth").arms

@@ -204,13 +204,17 @@ def test_bad_replay_every_or_a_dataset_that_cannot_be_captioned_online_is_one_li
     assert not (tmp_path / "d" / "checkpoints").exists()
 
 
-def test_a_checkpoint_from_before_replay_every_resumes(pretrained, tmp_path):
+def test_a_checkpoint_from_before_replay_every_and_smoothness_resumes(pretrained, tmp_path):
     out = tmp_path / "old"
     assert guided_run(pretrained, out, "--encoder_mode", "finetune") == 0
     path = out / "checkpoints" / "last.pt"
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    del checkpoint["config"]["guide"]["replay_every"]  # as written before the field existed
+    del checkpoint["config"]["guide"]["replay_every"]  # as written before the fields existed
+    del checkpoint["config"]["sac"]["action_smoothness_weight"]
     torch.save(checkpoint, path)
     resume = [*TINY, "--encoder", str(pretrained), "--out", str(out), "--resume", *GUIDE]
     assert main([*resume, "--encoder_mode", "finetune", "--num-train-steps", "24"]) == 0
     assert load_ckpt(out)["step"] == 24
+    # A field added off is not a wildcard: resuming with the term on is refused.
+    smooth = ["--sac.action_smoothness_weight", "5", "--num-train-steps", "28"]
+    assert main([*resume, "--encoder_mode", "finetune", *smooth]) == 2

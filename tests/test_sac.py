@@ -411,3 +411,14 @@ def test_action_smoothness_needs_next_h_and_a_non_negative_weight():
         SACConfig(action_smoothness_weight=-1.0)
     with pytest.raises(ValueError, match="needs next_h"):
         make_agent(action_smoothness_weight=1.0).update_actor(torch.randn(4, 8))
+
+
+def test_action_smoothness_runs_on_cached_features_through_update():
+    agent = make_agent(encoder_trainable=False, action_smoothness_weight=5.0)
+    batch = make_batch()
+    with torch.no_grad():  # a frozen encoder's features, as the loop caches them
+        batch["obs_h"] = agent.encoder(batch.pop("obs").float())
+        batch["next_obs_h"] = agent.encoder(batch.pop("next_obs").float())
+    expected = agent.action_change(batch["obs_h"], batch["next_obs_h"]).item()
+    metrics = agent.update(batch, step=0)  # step 0: the actor updates (actor_update_every 2)
+    assert metrics["action_change"] == pytest.approx(expected, rel=1e-5)
