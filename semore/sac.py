@@ -149,6 +149,11 @@ class SACConfig:
     # because the critic's action gradient (|dQ/da| ~5-16 at Q ~280) drowns that 1-per-step
     # cost. 0 is plain SAC.
     action_smoothness_weight: float = 0.0
+    # The action dimensions the smoothness term covers; null: all. At 5 on every dimension
+    # some highway runs locked into full throttle at 40 m/s and crashed: a term that also
+    # charges changing the acceleration charges braking for the car ahead. [1] is highway's
+    # steering alone.
+    action_smoothness_dims: list[int] | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -162,6 +167,12 @@ class SACConfig:
         for name in ("actor_lr", "critic_lr", "alpha_lr", "init_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"sac.{name} is {getattr(self, name)}: expected > 0")
+        dims = self.action_smoothness_dims
+        if dims is not None and (not dims or min(dims) < 0 or len(set(dims)) != len(dims)):
+            raise ValueError(
+                f"sac.action_smoothness_dims is {dims}: expected null (all) or distinct "
+                "action indices >= 0"
+            )
         if self.action_smoothness_weight < 0:
             raise ValueError(
                 f"sac.action_smoothness_weight is {self.action_smoothness_weight}: "
@@ -195,6 +206,12 @@ class SACAgent(nn.Module):
         if not isinstance(repr_dim, int) or repr_dim < 1:
             raise ValueError(
                 f"SACAgent encoder {type(encoder).__name__} has repr_dim={repr_dim!r}; expected an int >= 1"
+            )
+        dims = cfg.action_smoothness_dims
+        if dims is not None and max(dims) >= action_dim:
+            raise ValueError(
+                f"SACAgent action_smoothness_dims={dims} with action_dim={action_dim}; "
+                f"expected indices < {action_dim}"
             )
         if cfg.motion_aux_weight > 0 and motion_dim < 1:
             raise ValueError(
@@ -388,10 +405,14 @@ class SACAgent(nn.Module):
         }
 
     def action_change(self, h: Tensor, next_h: Tensor) -> Tensor:
-        """Mean squared distance () between the deterministic actions at h and next_h (B, repr)."""
+        """Mean squared distance () between the deterministic actions at h and next_h (B, repr),
+        over ``action_smoothness_dims``."""
         both = self.actor(torch.cat([h, next_h]))[0]  # (2B, A) pre-tanh means, one pass
         now, later = torch.tanh(both).chunk(2)
-        return (now - later).pow(2).sum(-1).mean()
+        change = (now - later).pow(2)  # (B, A)
+        if self.cfg.action_smoothness_dims is not None:
+            change = change[:, list(self.cfg.action_smoothness_dims)]
+        return change.sum(-1).mean()
 
     def update_targets(self) -> None:
         soft_update(self.target_critic, self.critic, self.cfg.critic_tau)

@@ -211,6 +211,7 @@ def test_a_checkpoint_from_before_replay_every_and_smoothness_resumes(pretrained
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     del checkpoint["config"]["guide"]["replay_every"]  # as written before the fields existed
     del checkpoint["config"]["sac"]["action_smoothness_weight"]
+    del checkpoint["config"]["sac"]["action_smoothness_dims"]
     torch.save(checkpoint, path)
     resume = [*TINY, "--encoder", str(pretrained), "--out", str(out), "--resume", *GUIDE]
     assert main([*resume, "--encoder_mode", "finetune", "--num-train-steps", "24"]) == 0

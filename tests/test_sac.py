@@ -422,3 +422,21 @@ def test_action_smoothness_runs_on_cached_features_through_update():
     expected = agent.action_change(batch["obs_h"], batch["next_obs_h"]).item()
     metrics = agent.update(batch, step=0)  # step 0: the actor updates (actor_update_every 2)
     assert metrics["action_change"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_action_smoothness_covers_only_the_named_dimensions():
+    h, next_h = torch.randn(6, 8), torch.randn(6, 8)
+    every = make_agent(action_smoothness_weight=1.0)
+    steer = make_agent(action_smoothness_weight=1.0, action_smoothness_dims=[1])
+    with torch.no_grad():  # the same weights (same seed): only the dimensions differ
+        change = (torch.tanh(every.actor(h)[0]) - torch.tanh(every.actor(next_h)[0])) ** 2
+        assert every.action_change(h, next_h).item() == pytest.approx(
+            change.sum(-1).mean().item(), rel=1e-5
+        )
+        assert steer.action_change(h, next_h).item() == pytest.approx(
+            change[:, 1].mean().item(), rel=1e-5
+        )
+    with pytest.raises(ValueError, match="action_smoothness_dims is \\[1, 1\\]"):
+        SACConfig(action_smoothness_dims=[1, 1])
+    with pytest.raises(ValueError, match="action_smoothness_dims=\\[2\\] with action_dim=2"):
+        make_agent(action_smoothness_dims=[2])

@@ -114,7 +114,11 @@ def build_agent(encoder: SemoreEncoder, cfg: FinetuneConfig, pretrained: bool) -
 
 
 # Fields added after checkpoints were written whose value here is what those runs did (off).
-ADDED_OFF = {"guide.replay_every": 0, "sac.action_smoothness_weight": 0.0}
+ADDED_OFF = {
+    "guide.replay_every": 0,
+    "sac.action_smoothness_weight": 0.0,
+    "sac.action_smoothness_dims": None,
+}
 
 
 def _check_resume(cfg: FinetuneConfig, checkpoint: dict, path: Path, source: str) -> None:
