@@ -405,8 +405,8 @@ class SACAgent(nn.Module):
         }
 
     def action_change(self, h: Tensor, next_h: Tensor) -> Tensor:
-        """Mean squared distance () between the deterministic actions at h and next_h (B, repr),
-        over ``action_smoothness_dims``."""
+        """The squared distance between the deterministic actions at h and next_h (each
+        (B, repr_dim)) over ``action_smoothness_dims``, summed over them and averaged over B."""
         both = self.actor(torch.cat([h, next_h]))[0]  # (2B, A) pre-tanh means, one pass
         now, later = torch.tanh(both).chunk(2)
         change = (now - later).pow(2)  # (B, A)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.compare.config import CompareConfig
-from pipeline.compare.learner import check_learner
+from pipeline.compare.learner import arm_settings, check_learner
 from pipeline.config import load_config, preset_names
 
 MATCHED = ("quick", "matched", "matched_smooth", "study_quick")
@@ -46,12 +46,10 @@ def test_the_matched_study_holds_the_five_regimes_on_five_seeds(name):
 
 
 def test_matched_smooth_differs_from_matched_in_the_smoothness_term_alone():
-    from pipeline.compare.learner import arm_settings
-
     plain, smooth = arm_settings(load("matched")), arm_settings(load("matched_smooth"))
     assert plain.keys() == smooth.keys()
+    key = "sac.action_smoothness_weight"
     for arm in plain:
-        differ = {k for k in plain[arm] if plain[arm][k] != smooth[arm][k]}
-        assert differ == {"sac.action_smoothness_weight"}
-        assert (plain[arm][next(iter(differ))], smooth[arm][next(iter(differ))]) == (0.0, 5.0)
+        assert {k for k in plain[arm] if plain[arm][k] != smooth[arm][k]} == {key}
+        assert (plain[arm][key], smooth[arm][key]) == (0.0, 5.0)
     assert load("matched").arms == load("matched_smooth").arms
