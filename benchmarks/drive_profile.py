@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,11 @@ def load_run(run: Path) -> tuple[FinetuneConfig, torch.nn.Module]:
     path = run / "checkpoints" / "last.pt"
     if not path.is_file():
         raise SemoreError(f"{path} not found: expected a semore-finetune run folder")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if checkpoint.get("format") != "semore-finetune":
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for foreign or corrupt files
+        raise SemoreError(f"{path} is not readable ({type(err).__name__})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != "semore-finetune":
         raise SemoreError(f"{path} is not a semore-finetune checkpoint")
     cfg = from_dict(FinetuneConfig, checkpoint["config"], where=str(path))
     encoder = SemoreEncoder.from_config(EncoderConfig(**checkpoint["encoder_config"]))
@@ -67,7 +71,9 @@ def load_run(run: Path) -> tuple[FinetuneConfig, torch.nn.Module]:
     return cfg, agent.eval()
 
 
-def drive(driver: Driver, policy, seeds: list[int]) -> list[list[dict]]:
+def drive(
+    driver: Driver, policy: Callable[[np.ndarray], np.ndarray | None], seeds: list[int]
+) -> list[list[dict]]:
     """One episode per seed; per step the privileged state plus the step's distance."""
     episodes = []
     for seed in seeds:

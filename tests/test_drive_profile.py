@@ -45,3 +45,13 @@ def test_a_folder_without_a_checkpoint_is_a_one_line_error(drive_profile, tmp_pa
     assert err == [
         f"error: {tmp_path}/checkpoints/last.pt not found: expected a semore-finetune run folder"
     ]
+
+
+def test_a_corrupt_checkpoint_is_a_one_line_error(drive_profile, tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    assert drive_profile.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"error: {tmp_path}/checkpoints/last.pt is not readable"
+    )
