@@ -106,16 +106,24 @@ class EpisodeStats:
 
 
 def run_episode(
-    driver: Driver, policy: Callable[[np.ndarray], np.ndarray], seed: int
+    driver: Driver,
+    policy: Callable[[np.ndarray], np.ndarray | None],
+    seed: int,
+    on_step: Callable[[AgentStep, bool], None] | None = None,
 ) -> dict[str, float]:
-    """One full episode; re-runs it (same seed) if the simulator is lost mid-way."""
+    """One full episode; re-runs it (same seed) if the simulator is lost mid-way.
+    ``on_step(step, first)`` sees every step, the reset one first (again on a re-run)."""
     while True:
         try:
             current = driver.reset(seed)
+            if on_step is not None:
+                on_step(current, True)
             stats = EpisodeStats()
             while True:
                 current = driver.step(policy(current.obs))
                 stats.add(current)
+                if on_step is not None:
+                    on_step(current, False)
                 if current.terminated or current.truncated:
                     return stats.summary()
         except EpisodeLost:

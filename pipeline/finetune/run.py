@@ -121,9 +121,17 @@ ADDED_OFF = {
 }
 
 
-def _check_resume(cfg: FinetuneConfig, checkpoint: dict, path: Path, source: str) -> None:
-    """One-line error when --resume would continue a run with another config or encoder."""
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+def read_checkpoint(path: Path) -> dict:
+    """The ``semore-finetune`` checkpoint at ``path``; a one-line error when it is unreadable,
+    foreign or of another format version."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for foreign or corrupt files
+        raise SemoreError(
+            f"{path} is not readable ({type(err).__name__}): expected a checkpoint "
+            "written by semore-finetune"
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise SemoreError(
             f"{path} is not a semore-finetune checkpoint: expected {CHECKPOINT_FORMAT!r}"
         )
@@ -131,7 +139,11 @@ def _check_resume(cfg: FinetuneConfig, checkpoint: dict, path: Path, source: str
         raise SemoreError(
             f"{path} has format_version {checkpoint.get('format_version')!r}: expected {CHECKPOINT_VERSION}"
         )
+    return checkpoint
 
+
+def _check_resume(cfg: FinetuneConfig, checkpoint: dict, path: Path, source: str) -> None:
+    """One-line error when --resume would continue a run with another config or encoder."""
     saved = content_of(FinetuneConfig, checkpoint["config"])
     for dotted, value in ADDED_OFF.items():  # a run saved before the field trained without it
         section, name = dotted.split(".")
@@ -171,13 +183,7 @@ def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = Fa
                 f"--out {out} already holds a fine-tuning run ({ckpt_path}): expected --resume "
                 "to continue it, or a new --out"
             )
-        try:
-            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for foreign or corrupt files
-            raise SemoreError(
-                f"{ckpt_path} is not readable ({type(err).__name__}): expected a checkpoint "
-                "written by semore-finetune"
-            ) from None
+        checkpoint = read_checkpoint(ckpt_path)
     elif resume:
         log.info("--resume: no checkpoint in %s yet, starting a new run", out)
 
