@@ -1,27 +1,22 @@
-"""SAC update cost and fine-tuning throughput, measured side by side in one run.
+"""SAC update cost and fine-tuning throughput per arm, measured side by side in one run.
 
-    python benchmarks/rl_update.py [--batch-size 128] [--repeats 5] [--steps 300]
-        [--before-rev 8a63b5e] [--config quickstart] [--compile] [--no-loop]
+    OMP_NUM_THREADS=1 python benchmarks/rl_update.py [--batch-size 128] [--repeats 5]
+        [--updates-per-step 1] [--steps 200] [--config quickstart] [--no-loop]
 
-1. Where an end-to-end update's time goes (channels-last + bf16, as the presets run it):
-   DrQ shifts, the encoder's forward of ``obs`` (with gradient) and of ``next_obs``, its
-   backward, and the heads (critic, actor, temperature) alone.
-2. Update time at ``--batch-size`` on 84x84 frame stacks with the Semore encoder, timed
-   round-robin across variants (robust to other load on the machine): the agent of
-   ``--before-rev`` (its ``semore/sac.py`` loaded from git: target encoder, two next_obs
-   passes), today's end-to-end update in fp32 / channels-last / bf16, the cheap end-to-end
-   update on cached trunk tokens (``encoder_trainable_from``), the same guided (a guide batch
-   of 32 frame stacks every update, from memory: PNG decoding is not timed; as frames, and as
-   the frozen trunk's tokens, ``guide.cache_tokens``), and the frozen-encoder update on cached
-   features.
-3. Cost per agent step of each arm on one matched learner (``--batch-size``, 2 updates per
-   step as the frozen arms run): the simulator step, what the arm encodes per stored frame,
-   and its updates; ratios against the frozen arm.
-4. Agent steps/s of the fine-tuning loop (``semore-finetune``'s own code, seed steps included)
-   on that matched learner, frozen and with cached trunk tokens, against the bare simulator.
-5. With ``--compile``: torch.compile of the encoder in the end-to-end update as the loop runs
-   it (its batch size, channels-last, bf16), the compile time and the updates it needs to pay
-   for itself.
+1. Where an end-to-end update's time goes, for each trunk (channels-last + bf16, as the
+   presets run it): the DrQ shifts, the encoder's forward of ``obs`` (with gradient) and of
+   ``next_obs``, its backward, and the heads (critic, actor, temperature) alone.
+2. Update time at ``--batch-size`` on 84x84 frame stacks, every variant timed round-robin (one
+   update of each per repeat, so load from other processes weighs on all alike): the frozen
+   arm on cached features; Semore end to end from the pixels with the strided trunk (today's
+   default) and with the DrQ trunk it replaced; guided end to end (a guide batch of
+   ``--guide-batch-size`` from memory: PNG decoding is not timed); DrQ-v2's encoder end to
+   end; and the cached-token variants (``encoder_trainable_from``), plain and guided.
+3. Cost per agent step of each arm on one matched learner (``--updates-per-step`` updates per
+   step, the study of record's 1): the simulator step, what the arm encodes per stored frame
+   to act, and its updates; ratios against the frozen arm.
+4. Agent steps/s of ``semore-finetune``'s own loop on that learner, frozen and from the pixels
+   (Semore strided, DrQ-v2), against the bare simulator.
 
 Ratios are what to compare: the machine's speed varies from day to day.
 """
@@ -29,8 +24,6 @@ Ratios are what to compare: the machine's speed varies from day to day.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,44 +43,39 @@ from pipeline.finetune.config import FinetuneConfig  # noqa: E402
 from pipeline.finetune.run import finetune  # noqa: E402
 from pipeline.sim import backend_spec, make_env  # noqa: E402
 from pipeline.sim.driver import Driver  # noqa: E402
-from semore.encoder import EncoderConfig, SemoreEncoder  # noqa: E402
+from semore.baselines import make_encoder  # noqa: E402
+from semore.encoder import EncoderConfig  # noqa: E402
 from semore.guide import PretrainGuide  # noqa: E402
 from semore.heads import SemorePretrainModel  # noqa: E402
 from semore.losses import SemorePretrainLoss  # noqa: E402
 from semore.sac import SACAgent, SACConfig  # noqa: E402
 from semore.trunk_cache import cached_tokens, features_of_tokens, tokens_to_cache  # noqa: E402
 
-BEFORE = "before (target encoder, 3 encoder passes)"
-E2E = "end to end, channels-last + bf16 autocast"
-GUIDED = "guided, channels-last + bf16"
-# encoder_trainable_from: (end-to-end variant, guided on guide frames, on guide tokens)
+FROZEN = "frozen (cached features)"
+E2E = "end to end, strided trunk"
+E2E_DRQ = "end to end, DrQ trunk (before)"
+GUIDED = "guided end to end, strided trunk"
+DRQV2 = "DrQ-v2 encoder end to end"
+# encoder_trainable_from: (plain, guided on guide tokens), on the strided trunk
 CACHED = {
-    "interaction": ("from interaction, trunk tokens cached", "guided from interaction, cached",
-                    "guided from interaction, guide tokens too"),
-    "projection": ("from projection, tokens cached", "guided from projection, cached",
-                   "guided from projection, guide tokens too"),
-}  # fmt: skip
-FROZEN = "frozen (cached features, + bf16)"
+    "interaction": ("from interaction, tokens cached", "guided from interaction, cached"),
+    "projection": ("from projection, tokens cached", "guided from projection, cached"),
+}
+TRUNK_OF = {E2E: "strided", E2E_DRQ: "drq"}  # the profiled trunks
 SHIFTS = "DrQ shifts of obs and next_obs"
 CRITIC = "critic step incl. encoder backward"
 HEADS_ALONE = "critic step, heads alone (h detached)"
 BACKWARD = "encoder backward (difference of the two)"
-TOKEN_DTYPE_T = torch.float16  # what the replay stores (semore.trunk_cache.TOKEN_DTYPE)
 
 
-def load_before(rev: str):
-    """``semore/sac.py`` as it was at ``rev``, as a module (it imports today's semore.augment)."""
-    source = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{rev}:semore/sac.py"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    path = Path(tempfile.mkdtemp()) / "sac_before.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("sac_before", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sac_before"] = module  # dataclasses look their module up while building
-    spec.loader.exec_module(module)
-    return module
+def encoder_of(kind: str = "semore", trunk: str = "strided", trainable_from: str = "trunk"):
+    """A fresh 84x84x3-frame encoder, channels-last as the loop runs it."""
+    torch.manual_seed(0)
+    encoder = make_encoder(EncoderConfig(kind=kind, trunk=trunk))
+    encoder = encoder.to(memory_format=torch.channels_last)
+    if trainable_from != "trunk":
+        encoder.freeze_below(trainable_from)
+    return encoder
 
 
 def batch_of(batch_size: int, repr_dim: int, features: bool) -> dict[str, torch.Tensor]:
@@ -108,66 +96,15 @@ def batch_of(batch_size: int, repr_dim: int, features: bool) -> dict[str, torch.
     return batch
 
 
-def one_update(agent, batch: dict, step: int, autocast: bool = False) -> float:
-    """Seconds of one update."""
-    start = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        agent.update(batch, step)
-    return time.perf_counter() - start
-
-
-def compile_cost(batch_size: int, repeats: int) -> dict[str, float]:
-    """torch.compile of the encoder in the loop's end-to-end setting (channels-last + bf16):
-    the first update (which compiles, with inductor's caches off so the cost is a fresh
-    machine's) and the steady update, interleaved with eager ones so that load from other
-    processes weighs on both alike."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.force_disable_caches = True
-
-    def agent(compiled: bool) -> SACAgent:
-        torch.manual_seed(0)
-        enc = SemoreEncoder.from_config(EncoderConfig()).to(memory_format=torch.channels_last)
-        if compiled:
-            enc.compile()  # in place: the agent calls the compiled forward
-        return SACAgent(enc, 2, SACConfig())
-
-    frames = batch_of(batch_size, 50, False)
-    eager, compiled = agent(False), agent(True)
-    first = {
-        "eager": one_update(eager, frames, 0, True),
-        "compiled": one_update(compiled, frames, 0, True),
-    }
-    steady = {"eager": [], "compiled": []}
-    for step in range(1, repeats + 1):
-        steady["eager"].append(one_update(eager, frames, step, True))
-        steady["compiled"].append(one_update(compiled, frames, step, True))
-    return {
-        "eager_first_s": first["eager"],
-        "eager_s": float(np.median(steady["eager"])),
-        "compiled_first_s": first["compiled"],
-        "compiled_s": float(np.median(steady["compiled"])),
-    }
-
-
-def make_encoder(channels_last: bool = True, trainable_from: str = "trunk") -> SemoreEncoder:
-    torch.manual_seed(0)
-    enc = SemoreEncoder.from_config(EncoderConfig())
-    enc = enc.to(memory_format=torch.channels_last) if channels_last else enc
-    if trainable_from != "trunk":
-        enc.freeze_below(trainable_from)
-    return enc
-
-
-def token_batch_of(batch: dict, encoder: SemoreEncoder) -> dict[str, torch.Tensor]:
+def token_batch_of(batch: dict, encoder) -> dict[str, torch.Tensor]:
     """``batch`` with the frame stacks replaced by their cached tokens (float16)."""
     out = {k: v for k, v in batch.items() if k not in ("obs", "next_obs")}
     for key in ("obs", "next_obs"):
-        out[f"{key}_tokens"] = tokens_to_cache(encoder, batch[key]).flatten(1).to(TOKEN_DTYPE_T)
+        out[f"{key}_tokens"] = tokens_to_cache(encoder, batch[key]).flatten(1).half()
     return out
 
 
-def attach_synthetic_guide(agent: SACAgent, batch_size: int, tokens: bool = False) -> None:
+def guide_for(encoder, batch_size: int, tokens: bool = False) -> PretrainGuide:
     """A guide on one fixed in-memory batch (CLIP-sized embeddings), so only compute is timed;
     ``tokens``: its frames as the frozen trunk's tokens (``guide.cache_tokens``)."""
     g = torch.Generator().manual_seed(1)
@@ -176,68 +113,70 @@ def attach_synthetic_guide(agent: SACAgent, batch_size: int, tokens: bool = Fals
     guide_batch = {
         "obs": torch.randint(0, 256, (batch_size, 9, 84, 84), generator=g, dtype=torch.uint8),
         "action": torch.rand(batch_size, 2, generator=g) * 2 - 1,
-        "emb_sem": emb[0], "emb_mot": emb[1],
+        "emb_sem": emb[0],
+        "emb_mot": emb[1],
         "motion": torch.randn(batch_size, motion_dim, generator=g),
         "reward": torch.randn(batch_size, generator=g),
-    }  # fmt: skip
+    }
     if tokens:
         obs = guide_batch.pop("obs").float()
-        guide_batch["obs_tokens"] = tokens_to_cache(agent.encoder, obs).flatten(1).half()
-    model = SemorePretrainModel(agent.encoder, 512, motion_dim, 2)
-    agent.guide = PretrainGuide(model, SemorePretrainLoss(), lambda drawn: repeat(guide_batch),
-                                1.0, 1, 3e-4, 4)  # fmt: skip
+        guide_batch["obs_tokens"] = tokens_to_cache(encoder, obs).flatten(1).half()
+    model = SemorePretrainModel(encoder, 512, motion_dim, 2)
+    return PretrainGuide(
+        model, SemorePretrainLoss(), lambda drawn: repeat(guide_batch), 1.0, 1, 3e-4, 4
+    )
 
 
-def update_variants(args) -> dict[str, tuple]:
-    """name: (agent, batch, bf16 autocast) of every timed update variant."""
+def agent_of(encoder, guide_batch_size: int = 0, guide_tokens: bool = False, **kw) -> SACAgent:
+    agent = SACAgent(encoder, 2, SACConfig(), **kw)
+    if guide_batch_size:
+        agent.guide = guide_for(encoder, guide_batch_size, guide_tokens)
+    return agent
+
+
+def one_update(agent: SACAgent, batch: dict, step: int) -> float:
+    """Seconds of one update under bf16 autocast (fabric.precision bf16-mixed)."""
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        agent.update(batch, step)
+    return time.perf_counter() - start
+
+
+def update_variants(args) -> dict[str, tuple[SACAgent, dict]]:
+    """name: (agent, batch) of every timed update variant."""
     frames = batch_of(args.batch_size, 50, False)
     features = batch_of(args.batch_size, 50, True)
-    now = SACAgent(make_encoder(channels_last=False), 2, SACConfig())
-    cl = SACAgent(make_encoder(), 2, SACConfig())
-    guided = SACAgent(make_encoder(), 2, SACConfig())
-    attach_synthetic_guide(guided, args.guide_batch_size)
     variants = {
-        "end to end (one next_obs pass)": (now, frames, False),
-        "end to end, channels-last": (cl, frames, False),
-        "end to end, bf16 autocast": (now, frames, True),
-        E2E: (cl, frames, True),
-        GUIDED: (guided, frames, True),
+        FROZEN: (agent_of(encoder_of(), encoder_trainable=False), features),
+        E2E: (agent_of(encoder_of()), frames),
+        E2E_DRQ: (agent_of(encoder_of(trunk="drq")), frames),
+        GUIDED: (agent_of(encoder_of(), args.guide_batch_size), frames),
+        DRQV2: (agent_of(encoder_of("drqv2")), frames),
     }
-    for point, names in CACHED.items():
-        agents = [SACAgent(make_encoder(trainable_from=point), 2, SACConfig()) for _ in range(3)]
-        attach_synthetic_guide(agents[1], args.guide_batch_size)
-        attach_synthetic_guide(agents[2], args.guide_batch_size, tokens=True)
-        batch = token_batch_of(frames, agents[0].encoder)
-        variants.update(
-            {name: (agent, batch, True) for name, agent in zip(names, agents, strict=True)}
-        )
-    variants = {
-        **variants,
-        FROZEN: (SACAgent(make_encoder(), 2, SACConfig(), encoder_trainable=False), features, True),
-    }
-    if args.before_rev:
-        before = load_before(args.before_rev)
-        agent = before.SACAgent(make_encoder(channels_last=False), 2, before.SACConfig())
-        variants = {BEFORE: (agent, frames, False), **variants}
+    for point, (plain, guided) in CACHED.items():
+        encoder = encoder_of(trainable_from=point)
+        batch = token_batch_of(frames, encoder)
+        variants[plain] = (agent_of(encoder), batch)
+        guided_encoder = encoder_of(trainable_from=point)
+        variants[guided] = (agent_of(guided_encoder, args.guide_batch_size, True), batch)
     return variants
 
 
 def update_times(args) -> dict[str, float]:
-    """Median seconds per update of each variant, timed round-robin (one update of each per
-    repeat) so that load from other processes weighs on every variant alike."""
+    """Median seconds per update of each variant, timed round-robin."""
     variants = update_variants(args)
-    for agent, batch, autocast in variants.values():
-        one_update(agent, batch, 0, autocast)  # warm-up
+    for agent, batch in variants.values():
+        one_update(agent, batch, 0)  # warm-up
     times = {name: [] for name in variants}
     for step in range(1, args.repeats + 1):
-        for name, (agent, batch, autocast) in variants.items():
-            times[name].append(one_update(agent, batch, step, autocast))
+        for name, (agent, batch) in variants.items():
+            times[name].append(one_update(agent, batch, step))
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def profile_update(batch_size: int, repeats: int) -> dict[str, float]:
+def profile_update(trunk: str, batch_size: int, repeats: int) -> dict[str, float]:
     """Median seconds of each part of an end-to-end update (channels-last + bf16)."""
-    agent = SACAgent(make_encoder(), 2, SACConfig())
+    agent = agent_of(encoder_of(trunk=trunk))
     batch = batch_of(batch_size, 50, False)
     targets = (batch["action"], batch["reward"], batch["discount"])
     parts: dict[str, list[float]] = {}
@@ -270,18 +209,23 @@ def profile_update(batch_size: int, repeats: int) -> dict[str, float]:
 
 
 def per_frame_costs(repeats: int) -> dict[str, float]:
-    """Seconds per stored frame of what each arm encodes once per agent step (fp32, batch 1,
-    as the loop acts): h for the frozen arm (and acting end to end); the cached tokens and h
-    from them for each cache point."""
+    """Seconds per stored frame of what each arm encodes to act (fp32, batch 1, as the loop
+    acts): h from the pixels for each encoder; cached tokens and h from them per cache point."""
     obs = np.random.default_rng(0).integers(0, 256, (9, 84, 84), dtype=np.uint8)
     cpu = torch.device("cpu")
-    frozen = SACAgent(make_encoder(), 2, SACConfig(), encoder_trainable=False)
-    cached = {point: make_encoder(trainable_from=point) for point in CACHED}
-    times = {name: [] for name in ("h", *CACHED)}
+    encoders = {
+        "strided": encoder_of(),
+        "drq": encoder_of(trunk="drq"),
+        "drqv2": encoder_of("drqv2"),
+    }
+    acting = {name: agent_of(enc, encoder_trainable=False) for name, enc in encoders.items()}
+    cached = {point: encoder_of(trainable_from=point) for point in CACHED}
+    times = {name: [] for name in (*acting, *cached)}
     for _ in range(repeats * 4):
-        start = time.perf_counter()
-        frozen.features(obs)
-        times["h"].append(time.perf_counter() - start)
+        for name, agent in acting.items():
+            start = time.perf_counter()
+            agent.features(obs)
+            times[name].append(time.perf_counter() - start)
         for point, encoder in cached.items():
             start = time.perf_counter()
             features_of_tokens(encoder, cached_tokens(encoder, obs, cpu), cpu)
@@ -323,98 +267,70 @@ def loop_rate(cfg: FinetuneConfig, steps: int, **changes) -> float:
     return summary["steps_per_s"]
 
 
-def print_arm_costs(times: dict, frame: dict, env_s: float, updates: int) -> None:
-    """Seconds per agent step of each arm: simulator + per-frame encoding + its updates."""
-    arms = {  # name: (per-frame encoding, update variant, the same arm unguided)
-        FROZEN: (frame["h"], FROZEN, None),
-        E2E: (frame["h"], E2E, None),
-        GUIDED: (frame["h"], GUIDED, E2E),
-    }
-    for point, (plain, *guided) in CACHED.items():
-        arms[plain] = (frame[point], plain, None)
-        arms.update({name: (frame[point], name, plain) for name in guided})
-    cost = {name: env_s + enc + updates * times[v] for name, (enc, v, _) in arms.items()}
-    print(f"\ncost per agent step on one learner ({updates} updates per step; simulator "
-          f"{1000 * env_s:.1f} ms, h of a frame {1000 * frame['h']:.1f} ms):")  # fmt: skip
-    for name, (_, _, unguided) in arms.items():
-        vs = f"   {cost[name] / cost[unguided]:5.2f}x unguided" if unguided else ""
-        print(f"  {name:45s} {1000 * cost[name]:8.1f} ms   {cost[name] / cost[FROZEN]:5.2f}x "
-              f"frozen{vs}")  # fmt: skip
+def arm_costs(times: dict, frame: dict, env_s: float, updates: int) -> dict[str, float]:
+    """Seconds per agent step of each arm: simulator + acting encoder pass + its updates."""
+    acting = {FROZEN: "strided", E2E: "strided", E2E_DRQ: "drq", GUIDED: "strided", DRQV2: "drqv2"}
+    acting.update({name: point for point, names in CACHED.items() for name in names})
+    return {name: env_s + frame[acting[name]] + updates * times[name] for name in times}
 
 
-def print_profile(batch_size: int, repeats: int) -> None:
-    parts = profile_update(batch_size, repeats)
-    total = sum(v for k, v in parts.items() if k not in (HEADS_ALONE, BACKWARD))
-    print(f"\nwhere an end-to-end update's time goes (batch {batch_size}, channels-last + bf16):")
-    for name, seconds in parts.items():
-        print(f"  {name:45s} {1000 * seconds:8.1f} ms   {100 * seconds / total:5.1f}%")
-
-
-def print_compile(cfg: FinetuneConfig, args) -> None:
-    c = compile_cost(cfg.batch_size, args.repeats)  # the loop's batch decides
-    saved_s = c["eager_s"] - c["compiled_s"]
-    overhead_s = c["compiled_first_s"] - c["eager_first_s"]
-    run_updates = cfg.num_train_steps * cfg.updates_per_step // cfg.update_every
-    print(f"\ntorch.compile of the encoder (end to end, channels-last + bf16, batch "
-          f"{cfg.batch_size} as in the {args.config} loop):")  # fmt: skip
-    print(f"  {'eager update':45s} {1000 * c['eager_s']:8.1f} ms")
-    print(f"  {'compiled update':45s} {1000 * c['compiled_s']:8.1f} ms   "
-          f"{c['eager_s'] / c['compiled_s']:5.2f}x eager")  # fmt: skip
-    print(f"  {'compile time (first update, over eager)':45s} {overhead_s:8.1f} s")
-    if saved_s > 0:
-        print(f"  pays for itself after {overhead_s / saved_s:.0f} updates; a "
-              f"{cfg.num_train_steps}-step {args.config} run makes {run_updates}")  # fmt: skip
-    else:
-        print("  never pays for itself: a compiled update is not faster here")
+def print_table(title: str, values: dict[str, float], base: float, unit: str) -> None:
+    print(f"\n{title}")
+    for name, value in values.items():
+        print(f"  {name:45s} {1000 * value:8.1f} {unit}   {value / base:6.2f}x frozen")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--guide-batch-size", type=int, default=32)
-    parser.add_argument("--updates-per-step", type=int, default=2, help="the matched learner's")
+    parser.add_argument("--updates-per-step", type=int, default=1, help="the learner's")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=300, help="agent steps per loop run")
-    parser.add_argument("--before-rev", default="8a63b5e", help="git revision ('' skips it)")
+    parser.add_argument("--steps", type=int, default=200, help="agent steps per loop run")
     parser.add_argument("--config", default="quickstart", help="finetune preset or YAML")
-    parser.add_argument(
-        "--compile", action="store_true", help="also time torch.compile of the encoder"
-    )
     parser.add_argument("--no-loop", action="store_true", help="skip the loop's steps/s (4.)")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print_profile(args.batch_size, args.repeats)
+    for name, trunk in TRUNK_OF.items():
+        parts = profile_update(trunk, args.batch_size, args.repeats)
+        total = sum(v for k, v in parts.items() if k not in (HEADS_ALONE, BACKWARD))
+        print(f"\nwhere an update's time goes, {name} (batch {args.batch_size}, bf16):")
+        for part, seconds in parts.items():
+            print(f"  {part:45s} {1000 * seconds:8.1f} ms   {100 * seconds / total:5.1f}%")
 
     times = update_times(args)
-    base = times[BEFORE] if BEFORE in times else times[E2E]
-    print(f"\nSAC update at batch {args.batch_size}, 84x84x9 frame stacks (guide batch "
-          f"{args.guide_batch_size}):")  # fmt: skip
-    for name, seconds in times.items():
-        print(f"  {name:45s} {1000 * seconds:8.1f} ms   {base / seconds:6.2f}x first")
-    print("  (the fine-tuning loop uses channels-last always, bf16 with fabric.precision "
-          "bf16-mixed)")  # fmt: skip
-
+    print_table(
+        f"SAC update at batch {args.batch_size}, 84x84x9 frame stacks, channels-last + bf16 "
+        f"(guide batch {args.guide_batch_size}):",
+        times, times[FROZEN], "ms",
+    )  # fmt: skip
     cfg = load_config(FinetuneConfig, args.config, stage="finetune")
     bare = bare_env_rate(cfg, args.steps)
-    print_arm_costs(times, per_frame_costs(args.repeats), 1.0 / bare, args.updates_per_step)
-    if args.compile:
-        print_compile(cfg, args)
+    frame = per_frame_costs(args.repeats)
+    costs = arm_costs(times, frame, 1.0 / bare, args.updates_per_step)
+    print_table(
+        f"cost per agent step ({args.updates_per_step} update(s) per step; simulator "
+        f"{1000 / bare:.1f} ms, h of a frame: strided {1000 * frame['strided']:.1f} ms, "
+        f"drq {1000 * frame['drq']:.1f} ms, DrQ-v2 {1000 * frame['drqv2']:.1f} ms):",
+        costs, costs[FROZEN], "ms",
+    )  # fmt: skip
     if args.no_loop:
         return 0
-    matched = {"batch_size": args.batch_size, "update_every": 1,
+    learner = {"batch_size": args.batch_size, "update_every": 1,
                "updates_per_step": args.updates_per_step}  # fmt: skip
-    print(f"\nagent steps/s ({args.config} preset on the matched learner: batch "
-          f"{args.batch_size}, {args.updates_per_step} updates per step):")  # fmt: skip
-    print(f"  {'bare simulator + render':45s} {bare:8.1f}")
     rates = {
-        "fine-tuning loop, frozen": loop_rate(cfg, args.steps, encoder_mode="frozen", **matched),
-    }
-    for point in CACHED:
-        rates[f"fine-tuning loop, finetune from {point}"] = loop_rate(
-            cfg, args.steps, encoder_mode="finetune", encoder_trainable_from=point, **matched
-        )
+        FROZEN: loop_rate(cfg, args.steps, encoder_mode="frozen", **learner),
+        E2E: loop_rate(cfg, args.steps, encoder_mode="finetune", **learner),
+        DRQV2: loop_rate(
+            cfg, args.steps, encoder_mode="finetune", encoder=replace(cfg.encoder, kind="drqv2"),
+            **learner,
+        ),
+    }  # fmt: skip
+    print(f"\nagent steps/s of semore-finetune's loop ({args.config} preset, batch "
+          f"{args.batch_size}, {args.updates_per_step} update(s) per step; bare simulator "
+          f"{bare:.1f}):")  # fmt: skip
     for name, rate in rates.items():
-        print(f"  {name:45s} {rate:8.1f}   {rate / bare:5.2f}x bare")
+        print(f"  {name:45s} {rate:8.2f}   {rates[FROZEN] / rate:6.2f}x frozen's time per step")
     return 0
 
 

@@ -4,7 +4,8 @@ Layout of one forward pass for ``obs`` of shape (B, 3K, H, W), frames oldest fir
 
   semantic trunk (latest frame)          motion trunk (K frames + K-1 differences)
         |                                         |
-  adaptive-avg-pool to a token grid (<= 64 positions, same grid for both streams)
+  token grid (<= max_tokens positions, same grid for both streams): the strided trunk's
+  map itself (7x7 for 84 px), or the DrQ trunk's 35x35 map average-pooled to 8x8
         |  <---- bidirectional cross-attention, gated residuals (gate 0 at init) ---->  |
   flatten -> Linear -> z_sem (256)                      flatten -> Linear -> z_mot (256)
         \\_____________________ concat ____________________/
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semore.layers import orthogonal_init
@@ -28,12 +30,15 @@ from semore.layers import orthogonal_init
 ENCODER_FORMAT = "semore-encoder"
 ENCODER_FORMAT_VERSION = 1
 STREAMS = ("semantic", "motion", "both")
+TRUNKS = ("strided", "drq")
+KINDS = ("semore", "drqv2")
 # Width of each stream's pooled feature (z_sem, z_mot): large enough for the 512-d CLIP
-# projection heads to read from, small next to the flattened token grid (<= 64 * 32).
+# projection heads to read from, small next to the flattened token grid (<= max_tokens * 32).
 STREAM_DIM = 256
 # Cross-attention cost is quadratic in tokens; 64 keeps it negligible next to the convs.
 MAX_TOKENS = 64
-MIN_IMAGE_SIZE = 16  # the trunk removes 2 + 6 pixels; below this the map is tiny or empty
+# Smallest frame side each trunk maps to at least one cell (see trunk_output_size).
+MIN_IMAGE_SIZE = {"drq": 16, "strided": 31}
 # Where a trained encoder may start training (SemoreEncoder.freeze_below): the layers below it.
 CACHE_POINTS = {"interaction": ("sem_trunk", "mot_trunk"),
                 "projection": ("sem_trunk", "mot_trunk", "interaction")}  # fmt: skip
@@ -56,7 +61,17 @@ class EncoderArch:
     from the dataset or the simulator, so they are never configured twice.
     """
 
-    # DrQ trunk width; enough for 84 px inputs and cheap on CPU.
+    # "semore" is the method; "drqv2" is DrQ-v2's own encoder, the end-to-end baseline
+    # (semore.baselines; the fields from `trunk` to `max_tokens` below do not apply to it).
+    kind: Literal["semore", "drqv2"] = "semore"
+    # Which conv trunk each stream runs. "strided" (ATC's encoder: strides 2, 2, 2, 1) yields
+    # the 7x7 token grid of an 84 px frame directly: ~7M multiply-adds per frame and stream
+    # against ~42M for "drq" (stride 2, then three stride-1 convs at 35x35), whose map the
+    # token pooling then averages down to 8x8 anyway. It is what makes end-to-end arms
+    # affordable on CPU (benchmarks/results/rl_update/); "drq" is the trunk of the exports
+    # written before the field existed, which load as "drq".
+    trunk: Literal["strided", "drq"] = "strided"
+    # Trunk width (DrQ's and ATC's 32); enough for 84 px inputs and cheap on CPU.
     num_filters: int = 32
     # 50 dims as in the SAC-AE / DrQ family, so agent heads are comparable.
     repr_dim: int = 50
@@ -66,12 +81,15 @@ class EncoderArch:
     interaction: bool = True
     # 4 heads of 8 dims over 32 filters: small heads suit the tiny token grid.
     num_heads: int = 4
-    # Cap on the token grid: the 35x35 trunk map of an 84 px frame is average-pooled to 8x8
-    # (64). A 12x12 grid (144) probed no better: lateral-offset R2 0.67 [0.61, 0.71] against
-    # 0.75 [0.70, 0.79] at 8x8 (benchmarks/results/pooling/).
+    # Cap on the token grid: the drq trunk's 35x35 map of an 84 px frame is average-pooled to
+    # 8x8 (64); the strided trunk's 7x7 map fits as it is. A 12x12 grid (144) probed no better:
+    # lateral-offset R2 0.67 [0.61, 0.71] against 0.75 [0.70, 0.79] at 8x8
+    # (benchmarks/results/pooling/).
     max_tokens: int = MAX_TOKENS
 
     def __post_init__(self) -> None:
+        _check(self, "kind", self.kind in KINDS, f"one of {list(KINDS)}")
+        _check(self, "trunk", self.trunk in TRUNKS, f"one of {list(TRUNKS)}")
         _check(self, "num_filters", _positive_int(self.num_filters), "an int >= 1")
         _check(self, "repr_dim", _positive_int(self.repr_dim), "an int >= 1")
         _check(self, "streams", self.streams in STREAMS, f"one of {list(STREAMS)}")
@@ -83,6 +101,11 @@ class EncoderArch:
             f"an int >= 1 that divides num_filters={self.num_filters}",
         )
         _check(self, "max_tokens", _positive_int(self.max_tokens), "an int >= 1")
+
+    @property
+    def trunk_run(self) -> str:
+        """The trunk this architecture really runs (DrQ-v2 always runs its own, "drq")."""
+        return "drq" if self.kind == "drqv2" else self.trunk
 
     def to_config(self, frame_stack: int, image_height: int, image_width: int) -> EncoderConfig:
         """The full config for inputs of ``frame_stack`` frames of ``image_height x image_width``."""
@@ -107,31 +130,53 @@ class EncoderConfig(EncoderArch):
 
     def __post_init__(self) -> None:
         _check(self, "frame_stack", _positive_int(self.frame_stack), "an int >= 1")
-        for name in ("image_height", "image_width"):
-            ok = _positive_int(getattr(self, name), MIN_IMAGE_SIZE)
-            _check(self, name, ok, f"an int >= {MIN_IMAGE_SIZE}")
         super().__post_init__()
+        minimum = MIN_IMAGE_SIZE[self.trunk_run]
+        for name in ("image_height", "image_width"):
+            ok = _positive_int(getattr(self, name), minimum)
+            _check(self, name, ok, f"an int >= {minimum} for the {self.trunk_run} trunk")
 
 
-def conv_trunk(in_channels: int, num_filters: int) -> nn.Sequential:
-    """DrQ-style trunk: four 3x3 convs, the first with stride 2, no padding."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, num_filters, 3, stride=2),
-        nn.ReLU(),
-        nn.Conv2d(num_filters, num_filters, 3, stride=1),
-        nn.ReLU(),
-        nn.Conv2d(num_filters, num_filters, 3, stride=1),
-        nn.ReLU(),
-        nn.Conv2d(num_filters, num_filters, 3, stride=1),
-        nn.ReLU(),
-    )
+def conv_trunk(in_channels: int, num_filters: int, trunk: str = "drq") -> nn.Sequential:
+    """Four 3x3 convs, no padding: "drq" strides 2, 1, 1, 1 (DrQ); "strided" 2, 2, 2, 1 (ATC)."""
+    strides = {"drq": (2, 1, 1, 1), "strided": (2, 2, 2, 1)}[trunk]
+    layers: list[nn.Module] = []
+    for index, stride in enumerate(strides):
+        layers += [
+            nn.Conv2d(in_channels if index == 0 else num_filters, num_filters, 3, stride),
+            nn.ReLU(),
+        ]
+    return nn.Sequential(*layers)
 
 
-def trunk_output_size(image_height: int, image_width: int) -> tuple[int, int]:
-    """Spatial size of the trunk's feature map for an (H, W) input."""
-    height = (image_height - 3) // 2 + 1 - 6
-    width = (image_width - 3) // 2 + 1 - 6
-    return height, width
+def trunk_output_size(image_height: int, image_width: int, trunk: str = "drq") -> tuple[int, int]:
+    """Spatial size of the trunk's feature map for an (H, W) input (84 -> 35 drq, 7 strided)."""
+    strides = {"drq": (2, 1, 1, 1), "strided": (2, 2, 2, 1)}[trunk]
+    size = [image_height, image_width]
+    for stride in strides:
+        size = [(side - 3) // stride + 1 for side in size]
+    return size[0], size[1]
+
+
+def first_conv_on_pixels(conv: nn.Conv2d, frame_stack: int) -> tuple[Tensor, Tensor]:
+    """(weight, bias) of ``conv`` moved onto raw 0..255 pixels of ``frame_stack`` frames.
+
+    ``conv`` reads the frames scaled to [-0.5, 0.5] (3K channels) and, when it has more
+    input channels, their K-1 consecutive differences after them (3(K-1) channels). Both are
+    linear in the pixels p: x_j = p_j / 255 - 0.5 and d_i = (p_{i+1} - p_i) / 255, so
+    W_x . x + W_d . d + b = W' . p + b' with W'_j = (W_x[j] + W_d[j-1] - W_d[j]) / 255 (the
+    missing terms at j = 0 and j = K-1 left out) and b' = b - 0.5 * sum(W_x). With no padding
+    every output reads only real pixels, so the two are the same function.
+    """
+    weight = conv.weight  # (F, 3K [+ 3(K-1)], 3, 3)
+    frames = weight[:, : 3 * frame_stack].unflatten(1, (frame_stack, 3))  # (F, K, 3, 3, 3)
+    bias = conv.bias - 0.5 * frames.sum(dim=(1, 2, 3, 4))
+    if weight.shape[1] > 3 * frame_stack:
+        diffs = weight[:, 3 * frame_stack :].unflatten(1, (frame_stack - 1, 3))  # (F, K-1, ...)
+        zero = torch.zeros_like(diffs[:, :1])
+        # frame j gains W_d[j-1] (as the later frame of difference j-1) and loses W_d[j]
+        frames = frames + torch.cat([zero, diffs], 1) - torch.cat([diffs, zero], 1)
+    return frames.flatten(1, 2) / 255.0, bias
 
 
 def token_grid(map_height: int, map_width: int, max_tokens: int = MAX_TOKENS) -> tuple[int, int]:
@@ -175,6 +220,10 @@ class SemoreEncoder(nn.Module):
         """``arch``: fields of :class:`EncoderArch` (its defaults where left out)."""
         super().__init__()
         self.config = cfg = EncoderConfig(frame_stack, image_height, image_width, **arch)
+        if cfg.kind != "semore":
+            raise ValueError(
+                f"SemoreEncoder kind={cfg.kind!r}; expected 'semore' (see semore.baselines)"
+            )
         num_filters, repr_dim, streams = cfg.num_filters, cfg.repr_dim, cfg.streams
         interaction, num_heads, max_tokens = cfg.interaction, cfg.num_heads, cfg.max_tokens
         self.frame_stack = frame_stack
@@ -184,19 +233,22 @@ class SemoreEncoder(nn.Module):
         self.sem_dim = STREAM_DIM if self.use_sem else 0
         self.mot_dim = STREAM_DIM if self.use_mot else 0
 
-        map_size = trunk_output_size(image_height, image_width)
+        map_size = trunk_output_size(image_height, image_width, cfg.trunk)
         self.grid = token_grid(*map_size, max_tokens)
         num_tokens = self.grid[0] * self.grid[1]
-        self.pool = nn.AdaptiveAvgPool2d(self.grid)
+        # The strided trunk's map is the grid itself: no pooling pass at all.
+        self.pool = (
+            nn.Identity() if tuple(map_size) == self.grid else nn.AdaptiveAvgPool2d(self.grid)
+        )
         flat_dim = num_filters * num_tokens
 
         if self.use_sem:
-            self.sem_trunk = conv_trunk(3, num_filters)
+            self.sem_trunk = conv_trunk(3, num_filters, cfg.trunk)
             self.sem_out = nn.Linear(flat_dim, self.sem_dim)
         if self.use_mot:
             # K frames plus K-1 consecutive differences (none when K == 1).
             mot_channels = 3 * frame_stack + 3 * (frame_stack - 1)
-            self.mot_trunk = conv_trunk(mot_channels, num_filters)
+            self.mot_trunk = conv_trunk(mot_channels, num_filters, cfg.trunk)
             self.mot_out = nn.Linear(flat_dim, self.mot_dim)
         self.interaction = None
         if interaction and self.use_sem and self.use_mot:
@@ -211,8 +263,11 @@ class SemoreEncoder(nn.Module):
     def from_config(cls, cfg: EncoderConfig) -> SemoreEncoder:
         return cls(**asdict(cfg))
 
-    def _tokens(self, trunk: nn.Module, x: Tensor) -> Tensor:
-        feature_map = self.pool(trunk(x))  # (B, C, rows, cols)
+    def _tokens(self, trunk: nn.Sequential, pixels: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """(B, N, C) tokens of ``trunk`` whose first conv is given as pixel-space weights."""
+        first = trunk[0]
+        feature_map = F.conv2d(pixels, weight, bias, first.stride)
+        feature_map = self.pool(trunk[1:](feature_map))  # (B, C, rows, cols)
         return feature_map.flatten(2).transpose(1, 2)  # (B, N, C)
 
     def freeze_below(self, layer: str) -> None:
@@ -242,21 +297,30 @@ class SemoreEncoder(nn.Module):
                 f"SemoreEncoder input shape {tuple(obs.shape)}; expected (B, {expected[0]}, "
                 f"{expected[1]}, {expected[2]}) for frame_stack={cfg.frame_stack}"
             )
-        x = obs.float() / 255.0 - 0.5  # (B, 3K, H, W), in [-0.5, 0.5]
+        # The frames are scaled to [-0.5, 0.5] and the motion stream also reads their K-1
+        # differences; both are linear in the pixels, so they are folded into each trunk's
+        # first conv (first_conv_on_pixels) instead of materialising the scaled frames and the
+        # 3(2K-1)-channel input: same function, same parameters, a third fewer input passes.
+        x = obs.float()  # (B, 3K, H, W), 0..255
         sem_tokens = mot_tokens = None
         if self.use_sem:
-            sem_tokens = self._tokens(self.sem_trunk, x[:, -3:])
+            weight, bias = first_conv_on_pixels(self.sem_trunk[0], 1)
+            sem_tokens = self._tokens(self.sem_trunk, x[:, -3:], weight, bias)
         if self.use_mot:
-            frames = x.unflatten(1, (cfg.frame_stack, 3))  # (B, K, 3, H, W)
-            diffs = (frames[:, 1:] - frames[:, :-1]).flatten(1, 2)  # (B, 3(K-1), H, W)
-            mot_tokens = self._tokens(self.mot_trunk, torch.cat([x, diffs], dim=1))
+            weight, bias = first_conv_on_pixels(self.mot_trunk[0], cfg.frame_stack)
+            mot_tokens = self._tokens(self.mot_trunk, x, weight, bias)
         return torch.stack([t for t in (sem_tokens, mot_tokens) if t is not None], dim=1)
 
     def interact(self, tokens: Tensor) -> Tensor:
-        """The cross-stream exchange on :meth:`trunk_tokens` (B, S, N, C); same shape out."""
+        """The cross-stream exchange on :meth:`trunk_tokens` (B, S, N, C); same shape out.
+
+        In float32 even under bf16 autocast: CPU flash attention's bf16 backward took ~110 ms
+        at batch 128, a third of a whole end-to-end update, against ~20 ms in float32
+        (benchmarks/rl_update.py)."""
         if self.interaction is None:
             return tokens
-        sem_tokens, mot_tokens = self.interaction(*tokens.unbind(1))
+        with torch.autocast(device_type=tokens.device.type, enabled=False):
+            sem_tokens, mot_tokens = self.interaction(*tokens.float().unbind(1))
         return torch.stack([sem_tokens, mot_tokens], dim=1)
 
     def project(self, tokens: Tensor) -> dict[str, Tensor]:
@@ -358,6 +422,8 @@ def load_export(
     """The encoder and the metadata of an export, from one read of the file."""
     payload = _read_payload(path, map_location)
     raw_config = payload.get("config")
+    if isinstance(raw_config, dict):  # exports written before the field ran the DrQ trunk
+        raw_config = {"trunk": "drq", **raw_config}
     known = {f.name for f in fields(EncoderConfig)}
     if not isinstance(raw_config, dict) or set(raw_config) - known:
         raise ValueError(

@@ -6,7 +6,11 @@ caption embeddings, motion regression, reward regression; :class:`SemorePretrain
 pretraining weights) to the critic loss, so one backward pass and one encoder step carry both:
 a separate optimiser step would make the scale meaningless (Adam normalises each step). The
 pretraining heads start from the export's (fresh ones when an old export has none) and train at
-their own rate. The batches come from the caller (``semore/`` reads no data).
+their own rate. The batches come from the caller (``semore/`` reads no data). The label-free
+baseline's guide is the same with ATC's model and loss (:mod:`semore.atc`): its contrast of a
+frame stack against the stack a step later, through the momentum encoder, which follows the
+agent's encoder after every guided update (the SGI / ATC recipe of keeping the
+representation loss on during RL).
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from semore.atc import ATCLoss, ATCModel
 from semore.augment import RandomShift
 from semore.heads import SemorePretrainModel
 from semore.losses import SemorePretrainLoss
-from semore.trunk_cache import encode_tokens
 
 GUIDE_PREFIX = "guide_"  # update metrics of the guide terms: guide_loss, guide_sem_nce, ...
 # A batch holding this key (any value) comes from the agent's own replayed frames rather than
@@ -42,15 +46,17 @@ class PretrainGuide(nn.Module):
 
     def __init__(
         self,
-        model: SemorePretrainModel,
-        loss: SemorePretrainLoss,
+        model: SemorePretrainModel | ATCModel,
+        loss: SemorePretrainLoss | ATCLoss,
         batches: Callable[[int], Iterator[dict[str, Tensor]]],
         scale: float,
         every: int,
         heads_lr: float,
         aug_pad: int,
+        momentum_tau: float | None = None,
     ) -> None:
         super().__init__()
+        self.momentum_tau = momentum_tau  # an ATC model's target rate (semore.atc)
         if scale <= 0 or every < 1 or heads_lr <= 0:
             raise ValueError(
                 f"PretrainGuide scale={scale}, every={every}, heads_lr={heads_lr}; expected "
@@ -66,7 +72,8 @@ class PretrainGuide(nn.Module):
         self.register_buffer("num_calls", torch.zeros((), dtype=torch.int64))
         self.register_buffer("num_drawn", torch.zeros((), dtype=torch.int64))
         encoder_params = {id(p) for p in model.encoder.parameters()}
-        heads = [p for p in model.parameters() if id(p) not in encoder_params]
+        # The heads that train (an ATC momentum encoder only follows its online encoder).
+        heads = [p for p in model.parameters() if id(p) not in encoder_params and p.requires_grad]
         self.opt = torch.optim.Adam([*heads, *loss.parameters()], lr=heads_lr)
         self.metrics: dict[str, float] = {}
 
@@ -87,16 +94,14 @@ class PretrainGuide(nn.Module):
         batch = {key: value.to(device) for key, value in batch.items()}
         self.num_drawn += 1
         self.opt.zero_grad(set_to_none=True)
-        action = batch["action"].float()
-        if "obs_tokens" in batch:  # a frozen trunk's tokens, unshifted like the RL batches'
-            encoded = encode_tokens(self.model.encoder, batch["obs_tokens"])
-            outputs = self.model.heads(encoded, action)
-        else:
-            outputs = self.model(self.aug(batch["obs"].float()), action)
+        outputs = self.model.guide_outputs(batch, self.aug)
         terms = self.loss(outputs, batch)
         self.metrics = {f"{prefix}{key}": value.item() for key, value in terms.items()}
         return self.scale * terms["loss"]
 
     def step(self) -> None:
-        """Step the heads and temperatures on the gradients of the last :meth:`term`."""
+        """Step the heads and temperatures on the gradients of the last :meth:`term` (after
+        the agent stepped the encoder); an ATC model's momentum encoder then follows."""
         self.opt.step()
+        if self.momentum_tau is not None:
+            self.model.update_target(self.momentum_tau)

@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semore.augment import RandomShift
 from semore.encoder import SemoreEncoder
 from semore.layers import mlp, orthogonal_init
+from semore.trunk_cache import encode_tokens
 
 
 class SemorePretrainModel(nn.Module):
@@ -64,6 +66,15 @@ class SemorePretrainModel(nn.Module):
 
     def forward(self, obs: Tensor, action: Tensor) -> dict[str, Tensor]:
         return self.heads(self.encoder.encode(obs), action)
+
+    def guide_outputs(self, batch: dict[str, Tensor], augment: RandomShift) -> dict[str, Tensor]:
+        """The outputs on a guided fine-tuning batch (semore.guide.PretrainGuide): from its
+        shifted frames ("obs"), or from a frozen trunk's cached tokens ("obs_tokens"),
+        unshifted like the RL batches'."""
+        action = batch["action"].float()
+        if "obs_tokens" in batch:
+            return self.heads(encode_tokens(self.encoder, batch["obs_tokens"]), action)
+        return self(augment(batch["obs"].float()), action)
 
     def heads(self, out: dict[str, Tensor], action: Tensor) -> dict[str, Tensor]:
         """The head outputs added to the encoder's ``out`` ({"h", "z_sem"?, "z_mot"?}), from

@@ -6,8 +6,9 @@ from dataclasses import asdict, fields
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from semore.augment import RandomShift
+from semore.augment import RandomShift, grid_crop, slice_crop
 from semore.encoder import (
     EncoderArch,
     EncoderConfig,
@@ -16,6 +17,7 @@ from semore.encoder import (
     load_encoder_metadata,
     load_export,
     save_encoder,
+    trunk_output_size,
 )
 
 
@@ -140,19 +142,20 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_max_tokens_sets_the_token_grid_and_older_exports_load_with_the_8x8_default(tmp_path):
-    fine = SemoreEncoder(3, 84, 84, num_filters=8, max_tokens=144)
+    fine = SemoreEncoder(3, 84, 84, trunk="drq", num_filters=8, max_tokens=144)
     assert fine.grid == (12, 12)  # the 35x35 trunk map pooled to 12x12
     assert fine.interaction.position.shape == (1, 144, 8)
     assert fine(make_obs(2, 3, 84, 84)).shape == (2, 50)
-    assert SemoreEncoder(3, 84, 84, num_filters=8).grid == (8, 8)
+    assert SemoreEncoder(3, 84, 84, trunk="drq", num_filters=8).grid == (8, 8)
 
     path = tmp_path / "encoder.pt"
     save_encoder(path, fine)
     assert load_encoder(path).grid == (12, 12)
-    old = SemoreEncoder(3, 32, 32, num_filters=8)
+    old = SemoreEncoder(3, 32, 32, trunk="drq", num_filters=8)
     save_encoder(path, old)
     payload = torch.load(path, weights_only=True)
     del payload["config"]["max_tokens"]  # an export written before the field existed
+    del payload["config"]["trunk"]  # ... and before the strided trunk: it ran the DrQ trunk
     torch.save(payload, path)
     assert load_encoder(path).config == old.config
 
@@ -172,7 +175,7 @@ def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="foreign.pt.*semore-encoder"):
         load_encoder(foreign)
 
-    encoder = SemoreEncoder(1, 16, 16, num_filters=4, repr_dim=8)
+    encoder = SemoreEncoder(1, 32, 32, num_filters=4, repr_dim=8)
     future = tmp_path / "future.pt"
     save_encoder(future, encoder)
     payload = torch.load(future, weights_only=True)
@@ -261,3 +264,57 @@ def test_load_export_reads_encoder_and_metadata_together(tmp_path):
     obs = make_obs(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(obs), encoder(obs))
+
+
+def _trunk_flops(trunk: str) -> int:
+    encoder = SemoreEncoder(3, 84, 84, trunk=trunk)
+    obs = make_obs(1, 3, 84, 84)
+    with FlopCounterMode(display=False) as counter:
+        encoder.trunk_tokens(obs)
+    return counter.get_total_flops()
+
+
+def test_strided_trunk_yields_the_token_grid_directly_at_under_a_quarter_of_the_cost():
+    strided = SemoreEncoder(3, 84, 84)
+    assert strided.config.trunk == "strided"  # the default
+    assert trunk_output_size(84, 84, "strided") == (7, 7) and strided.grid == (7, 7)
+    assert isinstance(strided.pool, torch.nn.Identity)  # no map computed only to be averaged
+    tokens = strided.trunk_tokens(make_obs(2, 3, 84, 84))
+    assert tokens.shape == (2, 2, 49, 32)  # (B, streams, 7x7 cells, filters)
+    assert trunk_output_size(84, 84, "drq") == (35, 35)
+    # A panorama's map is wider than the cap allows: pooled to the grid as before.
+    assert SemoreEncoder(3, 84, 420).grid[0] * SemoreEncoder(3, 84, 420).grid[1] <= 64
+    ratio = _trunk_flops("drq") / _trunk_flops("strided")
+    assert ratio > 4, f"strided trunk only {ratio:.1f}x cheaper than drq"
+    with pytest.raises(ValueError, match="image_height=24; expected an int >= 31 for the strided"):
+        SemoreEncoder(3, 24, 84)
+    with pytest.raises(ValueError, match="trunk='resnet'"):
+        SemoreEncoder(3, 84, 84, trunk="resnet")
+
+
+def test_shift_by_slices_equals_the_grid_sample_shift():
+    padded = torch.randint(0, 256, (6, 9, 28, 44)).float()  # 20x36 frames padded by 4
+    shift = torch.randint(0, 9, (6, 2))
+    crops = slice_crop(padded, shift, 4)
+    assert crops.shape == (6, 9, 20, 36)
+    assert torch.equal(crops, grid_crop(padded, shift, 4))
+    dx, dy = shift[2].tolist()
+    assert torch.equal(crops[2], padded[2, :, dy : dy + 20, dx : dx + 36])
+
+
+@pytest.mark.parametrize("trunk", ["strided", "drq"])
+def test_first_conv_folded_onto_pixels_is_the_same_function(trunk):
+    """The scaling to [-0.5, 0.5] and the motion stream's frame differences folded into the
+    first convs give the tokens of the explicit computation."""
+    torch.manual_seed(0)
+    encoder = SemoreEncoder(4, 40, 40, trunk=trunk, num_filters=8, interaction=False)
+    obs = make_obs(3, 4, 40, 40)
+    x = obs.float() / 255.0 - 0.5
+    frames = x.unflatten(1, (4, 3))  # (B, K, 3, H, W)
+    diffs = (frames[:, 1:] - frames[:, :-1]).flatten(1, 2)  # (B, 9, H, W)
+    explicit = [
+        encoder.pool(encoder.sem_trunk(x[:, -3:])),
+        encoder.pool(encoder.mot_trunk(torch.cat([x, diffs], 1))),
+    ]
+    expected = torch.stack([m.flatten(2).transpose(1, 2) for m in explicit], 1)
+    torch.testing.assert_close(encoder.trunk_tokens(obs), expected, atol=1e-5, rtol=1e-4)

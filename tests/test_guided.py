@@ -178,3 +178,50 @@ def test_a_frozen_trunk_guides_from_its_tokens_computed_once(pretrained):
     }  # fmt: skip
     losses = [agent.update(replay, step)["guide_loss"] for step in range(40)]
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
+
+
+def _pretrain_variant(root: Path, *extra: str) -> Path:
+    data = write_synthetic_ann(write_synthetic_raw(root / "data"), embedding_dim=16)
+    out = root / "pretrain"
+    args = ["--config", str(PRETRAIN_CONFIG), "--data", str(data), "--out", str(out)]
+    assert pretrain_main([*args, "--trainer.max_steps", "2", *PRETRAIN_TINY, *extra]) == 0
+    return out / "encoder.pt"
+
+
+@pytest.mark.parametrize("trainable_from", ["trunk", "projection"])
+def test_atc_export_guides_with_its_own_loss_and_momentum_encoder(tmp_path, trainable_from):
+    """atc_guided: ATC's contrast stays on during RL (frames, or cached tokens of the online
+    and the momentum encoder); the momentum encoder follows only the layers that train."""
+    export = _pretrain_variant(tmp_path, "--objective", "atc")
+    out = tmp_path / "run"
+    args = ["--encoder_mode", "guided", "--encoder_trainable_from", trainable_from]
+    assert run(export, out, *args) == 0
+    train = [r for r in read_metrics(out / "metrics.csv") if r["phase"] == "train"]
+    assert any(r.get("guide_atc_nce", "") != "" for r in train)
+    assert not any(r.get("guide_sem_nce", "") for r in train)
+    agent = load_ckpt(out)["agent"]["agent"]
+    saved = load_pretrain_heads(export)["state_dict"]
+    assert int(agent["guide.num_drawn"]) == 5
+    for key, exported in saved.items():
+        if not key.startswith("target_encoder."):
+            continue
+        layer = key.removeprefix("target_encoder.")
+        moved = not torch.equal(agent[f"guide.model.{key}"], exported)
+        trains = trainable_from == "trunk" or layer.startswith(("sem_out", "mot_out", "fuse"))
+        assert moved == trains, key
+
+
+def test_no_language_export_keeps_its_state_term_when_guided(tmp_path):
+    """nolang_guided: the control's own term (state regression, standardised as pretrained)
+    stays on during RL, and no caption term is computed."""
+    no_language = ["--loss.sem_weight", "0", "--loss.mot_weight", "0", "--loss.state_weight", "1"]
+    export = _pretrain_variant(tmp_path, *no_language)
+    metadata = load_encoder_metadata(export)
+    assert len(metadata["state_std"]) == len(schema.CAPTION_STATE_FIELDS)
+    out = tmp_path / "run"
+    assert (
+        run(export, out, "--encoder_mode", "guided", "--encoder_trainable_from", "projection") == 0
+    )
+    train = [r for r in read_metrics(out / "metrics.csv") if r["phase"] == "train"]
+    state = [float(r["guide_state_reg"]) for r in train if r.get("guide_state_reg", "") != ""]
+    assert state and all(value > 0 for value in state)

@@ -150,3 +150,31 @@ def test_quickstart_config_loads():
 
     cfg = load_config(PretrainConfig, CONFIG)
     assert cfg.trainer.accelerator == "cpu" and cfg.encoder.streams == "both"
+
+
+def test_atc_objective_learns_on_frames_alone_and_exports_its_heads(tmp_path: Path):
+    """The label-free baseline: anchor vs the stack one step later through a momentum encoder;
+    its InfoNCE falls, no caption term is logged, and the export carries ATC's heads tagged."""
+    root = write_synthetic_raw(tmp_path / "data", num_episodes=8, steps_per_episode=10)
+    data = write_synthetic_ann(root, embedding_dim=16)
+    out = tmp_path / "atc"
+    steps = 40
+    extra = ["--objective", "atc", "--data.batch_size", "16", "--data.holdout_every", "0",
+             "--optim.lr", "1e-3", "--aug_pad", "0"]  # fmt: skip
+    assert run(data, out, steps, *extra) == 0
+    rows = [r for r in csv_rows(out) if r.get("train/atc_nce")]
+    assert "train/sem_nce" not in rows[0]
+    nce = [float(r["train/atc_nce"]) for r in rows]
+    assert len(nce) == steps
+    first, last = sum(nce[:5]) / 5, sum(nce[-5:]) / 5
+    assert last < 0.7 * first, f"ATC loss {first:.3f} -> {last:.3f}"
+    metadata = load_encoder_metadata(out / "encoder.pt")
+    assert metadata["config"]["objective"] == "atc"
+    heads = torch.load(out / "encoder.pt", weights_only=True)["heads"]
+    assert heads["objective"] == "atc" and heads["model"]["temporal_shift"] == 1
+    assert any(k.startswith("target_encoder.") for k in heads["state_dict"])
+    module = SemorePretrainModule.load_from_checkpoint(out / "checkpoints" / "last.ckpt")
+    target = module.model.target_encoder.state_dict()
+    online = module.model.encoder.state_dict()
+    moved = [k for k in online if not torch.equal(online[k], target[k])]
+    assert moved, "the momentum encoder should lag the online encoder"

@@ -175,6 +175,12 @@ class FinetuneConfig:
             raise ValueError(f"num_seed_steps is {self.num_seed_steps}: expected >= 0")
         if self.action_repeat is not None and self.action_repeat < 1:
             raise ValueError(f"action_repeat is {self.action_repeat}: expected >= 1 or null")
+        if self.encoder.kind == "drqv2" and (self.encoder_mode == "guided" or (self.caches_tokens)):
+            raise ValueError(
+                f"encoder.kind drqv2 with encoder_mode {self.encoder_mode} and "
+                f"encoder_trainable_from {self.encoder_trainable_from}: expected frozen, finetune "
+                "or warmup from the trunk (DrQ-v2 has no token grid and no pretraining heads)"
+            )
         if self.fabric.devices != 1:
             raise ValueError(
                 f"fabric.devices is {self.fabric.devices}: expected 1 (run seeds as separate processes)"

@@ -32,6 +32,7 @@ from pipeline.data.source import DatasetInfo, read_dataset_info, shard_urls
 from pipeline.data.windows import Collate, EpisodeSplit, ShardPairReader, TrainStats, train_stats
 from pipeline.errors import SemoreError
 from pipeline.finetune.captions import OnlineCaptions, online_captions
+from semore.atc import ATCLoss, ATCModel
 from semore.encoder import SemoreEncoder, load_pretrain_heads
 from semore.guide import FROM_REPLAY, PretrainGuide
 from semore.heads import SemorePretrainModel
@@ -56,8 +57,10 @@ def export_stats(metadata: dict, state_dim: int) -> TrainStats:
         motion_std=np.asarray(metadata["motion_std"], np.float32),
         reward_mean=float(metadata["reward_mean"]),
         reward_std=float(metadata["reward_std"]),
-        state_mean=np.zeros(state_dim, np.float32),  # the state term is not a guide term
-        state_std=np.ones(state_dim, np.float32),
+        # The no-language control's state targets, as pretraining standardised them (exports
+        # written before they were recorded guide without the state term: see build_guide).
+        state_mean=np.asarray(metadata.get("state_mean", np.zeros(state_dim)), np.float32),
+        state_std=np.asarray(metadata.get("state_std", np.ones(state_dim)), np.float32),
         num_train_samples=0,
         num_heldout_samples=0,
         train_episodes=[],
@@ -85,21 +88,31 @@ def guide_batches(
 
 def token_table(
     encoder: SemoreEncoder, data: str, frame_stack: int, image_hw: tuple[int, int],
-    holdout_every: int, stats: TrainStats, device: torch.device,
+    holdout_every: int, stats: TrainStats, device: torch.device, atc: ATCModel | None = None,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """Every training frame stack of ``data`` as a guide batch row, its pixels replaced by the
-    frozen trunk's flat tokens ("obs_tokens", float16): one pass, in shard order."""
+    frozen trunk's flat tokens ("obs_tokens", float16): one pass, in shard order. With ``atc``,
+    rows are ATC's windows: the anchor's tokens and, as "pos_tokens", the momentum encoder's
+    tokens of the stack ``atc.temporal_shift`` steps later."""
     urls = shard_urls(data, with_ann=True)
+    shift = atc.temporal_shift if atc is not None else 0
     pipeline = wds.DataPipeline(
         wds.SimpleShardList([raw for raw, _ in urls]),
-        ShardPairReader(dict(urls), frame_stack, EpisodeSplit(holdout_every, "train"), image_hw),
+        ShardPairReader(
+            dict(urls), frame_stack + shift, EpisodeSplit(holdout_every, "train"), image_hw
+        ),
         wds.batched(_TABLE_CHUNK, collation_fn=Collate(stats), partial=True),
     )
     was_training, parts = encoder.training, []
     encoder.train(False)
     try:
         for batch in pipeline:
-            tokens = tokens_to_cache(encoder, batch.pop("obs").to(device))  # (B, S, N, C)
+            obs = batch.pop("obs").to(device)  # (B, 3(K + shift), H, W)
+            if atc is not None:
+                obs, positive = atc.split(obs)
+                pos_tokens = tokens_to_cache(atc.target_encoder.eval(), positive)  # (B, S, N, C)
+                batch["pos_tokens"] = pos_tokens.flatten(1).to(torch.float16).cpu()
+            tokens = tokens_to_cache(encoder, obs)  # (B, S, N, C)
             batch["obs_tokens"] = tokens.flatten(1).to(torch.float16).cpu()  # (B, S*N*C)
             parts.append(batch)
     finally:
@@ -208,7 +221,8 @@ def build_guide(
 ) -> PretrainGuide:  # fmt: skip
     """The guide for ``agent`` from the export's heads (fresh heads for an export without, or
     --encoder none) on the guide dataset, and on ``replay``'s annotated frames every
-    ``guide.replay_every``-th batch; SemoreError naming what does not fit."""
+    ``guide.replay_every``-th batch; SemoreError naming what does not fit. An export
+    pretrained with ATC (the label-free baseline) guides with ATC's loss instead."""
     data = _guide_data(cfg, metadata)
     try:
         info = read_dataset_info(data, with_ann=True)
@@ -217,31 +231,31 @@ def build_guide(
     saved = load_pretrain_heads(export) if export is not None else None
     if saved is None:
         log.warning("guided: %s has no pretraining heads; they start fresh", export or "none")
-    spec = _heads_spec(info, saved)
-    _check_dataset(info, str(data), agent.encoder, spec)
     recorded = metadata.get("dataset", {})
     if recorded.get("manifest_sha256") not in (None, info.dataset_id()["manifest_sha256"]):
         log.warning("guide dataset %s changed since pretraining (manifest hash differs)", data)
-    model = SemorePretrainModel(agent.encoder, **spec).to(agent.device)
-    loss_kwargs = dict(saved["loss"]) if saved is not None else {}
-    loss_kwargs["state_weight"] = 0.0  # the no-language control's term needs state targets
-    loss = SemorePretrainLoss(**loss_kwargs).to(agent.device)
-    if saved is not None:
-        _load_heads(model, loss, saved, export)
+    atc = saved is not None and saved.get("objective") == "atc"
+    if atc:
+        model, loss = _atc_model(agent, cfg, info, saved, export)
+    else:
+        model, loss = _semore_model(agent, info, saved, export, metadata, str(data))
     if "motion_mean" in metadata:
         stats = export_stats(metadata, len(schema.CAPTION_STATE_FIELDS))
     else:  # --encoder none: standardise with the dataset's own training statistics
         stats = train_stats(shard_urls(data, with_ann=True), EpisodeSplit(_holdout(metadata)))
     hw = (info.image_height, info.image_width)
+    window = cfg.frame_stack + (model.temporal_shift if atc else 0)
     table = None
     if cfg.guide.cache_tokens and getattr(agent.encoder, "frozen_below", None) is not None:
-        table = _cached_table(agent, data, cfg, hw, _holdout(metadata), stats)
+        table = _cached_table(
+            agent, data, cfg, hw, _holdout(metadata), stats, model if atc else None
+        )
 
     def open_dataset(num_drawn: int) -> Iterator[dict[str, torch.Tensor]]:
         seed = int(np.random.SeedSequence([cfg.seed, num_drawn]).generate_state(1)[0])
         if table is not None:
             return table_batches(table, cfg.guide.batch_size, seed)
-        return guide_batches(data, cfg.frame_stack, hw, _holdout(metadata), stats, cfg.guide, seed)
+        return guide_batches(data, window, hw, _holdout(metadata), stats, cfg.guide, seed)
 
     def replay_batch(k: int) -> dict[str, torch.Tensor]:
         # Seeded by the batch's index alone: a resumed run draws what the uninterrupted did.
@@ -253,18 +267,76 @@ def build_guide(
             return open_dataset(num_drawn)
         return mixed_batches(open_dataset, replay_batch, cfg.guide.replay_every, num_drawn)
 
+    tau = float(saved["momentum_tau"]) if atc else None
     guide = PretrainGuide(model, loss, open_stream, cfg.guide.weight, cfg.guide.every,
-                          cfg.guide.heads_lr, cfg.sac.aug_pad)  # fmt: skip
+                          cfg.guide.heads_lr, cfg.sac.aug_pad, momentum_tau=tau)  # fmt: skip
     return guide.to(agent.device)
+
+
+def _semore_model(
+    agent: SACAgent, info: DatasetInfo, saved: dict | None, export: Path | None, metadata: dict,
+    where: str,
+) -> tuple[SemorePretrainModel, SemorePretrainLoss]:  # fmt: skip
+    """The method's heads and loss around the agent's encoder, from the export's (or fresh)."""
+    spec = _heads_spec(info, saved)
+    _check_dataset(info, where, agent.encoder, spec)
+    model = SemorePretrainModel(agent.encoder, **spec).to(agent.device)
+    loss_kwargs = dict(saved["loss"]) if saved is not None else {}
+    if "state_std" not in metadata:  # the state term needs the state targets' scaling
+        loss_kwargs["state_weight"] = 0.0
+    loss = SemorePretrainLoss(**loss_kwargs).to(agent.device)
+    if saved is not None:
+        _load_heads(model, loss, saved, export)
+    return model, loss
+
+
+def _atc_model(
+    agent: SACAgent, cfg: FinetuneConfig, info: DatasetInfo, saved: dict, export: Path
+) -> tuple[ATCModel, ATCLoss]:
+    """ATC's predictor, contrast and momentum encoder from the export, around the agent's
+    encoder (its momentum copy starts as exported, not as a copy of the online encoder)."""
+    spec = saved["model"]
+    if cfg.guide.replay_every:
+        raise SemoreError(
+            f"{export} was pretrained with ATC: expected guide.replay_every 0 (replayed frames "
+            "are captioned for the method's terms; ATC's guide reads dataset windows only)"
+        )
+    if spec["frame_stack"] != cfg.frame_stack:
+        raise SemoreError(
+            f"{export} contrasts stacks of {spec['frame_stack']} frames: expected frame_stack "
+            f"{spec['frame_stack']}"
+        )
+    enc = agent.encoder.config
+    if (info.image_height, info.image_width) != (enc.image_height, enc.image_width):
+        raise SemoreError(
+            f"guide dataset has {info.image_height}x{info.image_width} frames: expected "
+            f"{enc.image_height}x{enc.image_width}, as the encoder"
+        )
+    model = ATCModel(agent.encoder, spec["frame_stack"], spec["temporal_shift"], spec["hidden_dim"])
+    model = model.to(agent.device)
+    try:
+        missing, unexpected = model.load_state_dict(saved["state_dict"], strict=False)
+    except RuntimeError as err:
+        raise SemoreError(
+            f"{export}: its ATC heads do not fit its encoder ({str(err).splitlines()[-1]}): "
+            "expected an export written by semore-pretrain --objective atc"
+        ) from None
+    lacking = sorted(key for key in missing if not key.startswith("encoder."))
+    if unexpected or lacking:
+        raise SemoreError(
+            f"{export}: ATC heads lack {lacking} / have extra {sorted(unexpected)}: expected an "
+            "export written by semore-pretrain --objective atc"
+        )
+    return model, ATCLoss()
 
 
 def _cached_table(
     agent: SACAgent, data: str, cfg: FinetuneConfig, hw: tuple[int, int], holdout_every: int,
-    stats: TrainStats,
+    stats: TrainStats, atc: ATCModel | None,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     start_s = time.perf_counter()
     table = token_table(agent.encoder, data, cfg.frame_stack, hw, holdout_every, stats,
-                        agent.device)  # fmt: skip
+                        agent.device, atc)  # fmt: skip
     num_rows = len(table["obs_tokens"])
     if num_rows < cfg.guide.batch_size:
         raise SemoreError(

@@ -45,6 +45,7 @@ from pipeline.finetune.reference import REFERENCE_NAME, reference_for
 from pipeline.sim import backend_spec, make_env
 from pipeline.sim.base import ACTION_DIM
 from pipeline.sim.driver import MOTION_DIM, Driver
+from semore.baselines import make_encoder
 from semore.encoder import EncoderArch, EncoderConfig, SemoreEncoder, load_encoder, load_export
 from semore.replay import ReplayBuffer
 from semore.sac import SACAgent
@@ -67,7 +68,7 @@ def build_encoder(
             enc_cfg = cfg.encoder.to_config(cfg.frame_stack, height, width)
         except ValueError as err:
             raise SemoreError(f"encoder: {err}") from None
-        return SemoreEncoder.from_config(enc_cfg), {}, enc_cfg
+        return make_encoder(enc_cfg), {}, enc_cfg
     path = Path(encoder_arg)
     if not path.is_file():
         raise SemoreError(
@@ -115,6 +116,8 @@ def build_agent(encoder: SemoreEncoder, cfg: FinetuneConfig, pretrained: bool) -
 
 # Fields added after checkpoints were written whose value here is what those runs did (off).
 ADDED_OFF = {
+    "encoder.kind": "semore",
+    "encoder.trunk": "drq",
     "guide.replay_every": 0,
     "sac.action_smoothness_weight": 0.0,
     "sac.action_smoothness_dims": None,

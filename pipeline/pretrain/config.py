@@ -101,10 +101,34 @@ class TrainerSection:
 
 
 @dataclass
+class ATCSection:
+    """The label-free baseline's settings (objective atc; semore.atc), ATC's DMControl values."""
+
+    # The positive is the frame stack this many agent steps after the anchor (ATC: k=1 on
+    # DMControl, whose frame-stacked 84 px control task is the closest to ours).
+    temporal_shift: int = 1
+    # The momentum encoder moves this far towards the online one after every step (ATC: 0.01).
+    momentum_tau: float = 0.01
+    # Width of the residual predictor on the anchor's h (ATC's anchor MLP: 512).
+    hidden_dim: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("temporal_shift", "hidden_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"atc.{name} is {getattr(self, name)}: expected an int >= 1")
+        if not 0 < self.momentum_tau <= 1:
+            raise ValueError(f"atc.momentum_tau is {self.momentum_tau}: expected 0 < tau <= 1")
+
+
+@dataclass
 class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderArch = field(default_factory=EncoderArch)
+    # "semore": the method's terms (`loss`: caption alignment, motion, reward, state);
+    # "atc": the label-free baseline on the same frames (`atc`; `loss` is not used).
+    objective: Literal["semore", "atc"] = "semore"
     loss: LossSection = field(default_factory=LossSection)
+    atc: ATCSection = field(default_factory=ATCSection)
     optim: OptimSection = field(default_factory=OptimSection)
     # How long and where to train: a --resume may change it (e.g. more steps, a GPU).
     trainer: TrainerSection = resumable(default_factory=TrainerSection)

@@ -103,10 +103,14 @@ class SemoreDataModule(L.LightningDataModule):
     the training episodes, which the model stores with its checkpoint and export.
     """
 
-    def __init__(self, data: str | Path, cfg: DataConfig, seed: int = 0) -> None:
+    def __init__(
+        self, data: str | Path, cfg: DataConfig, seed: int = 0, extra_frames: int = 0
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.seed = seed
+        # Windows hold frame_stack + extra_frames frames (ATC's anchor and its positive).
+        self.window = cfg.frame_stack + extra_frames
         self.info: DatasetInfo = read_dataset_info(data, with_ann=True)
         self.urls = shard_urls(data, with_ann=True)
         self.ann_by_raw = dict(self.urls)
@@ -160,7 +164,7 @@ class SemoreDataModule(L.LightningDataModule):
             ),
             ShardPairReader(
                 self.ann_by_raw,
-                cfg.frame_stack,
+                self.window,
                 EpisodeSplit(cfg.holdout_every, "train"),
                 self.image_hw,
             ),
@@ -181,7 +185,7 @@ class SemoreDataModule(L.LightningDataModule):
             wds.split_by_worker,
             ShardPairReader(
                 self.ann_by_raw,
-                cfg.frame_stack,
+                self.window,
                 EpisodeSplit(cfg.holdout_every, "heldout"),
                 self.image_hw,
             ),

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from semore.atc import ATCLoss, ATCModel
 from semore.augment import RandomShift
 from semore.encoder import EncoderConfig, SemoreEncoder
 from semore.heads import SemorePretrainModel
@@ -43,10 +44,19 @@ class SemorePretrainModule(L.LightningModule):
         lr: float = 3e-4,
         weight_decay: float = 1e-4,
         aug_pad: int = 4,
+        objective: str = "semore",
+        atc_temporal_shift: int = 1,
+        atc_momentum_tau: float = 0.01,
+        atc_hidden_dim: int = 512,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         encoder = SemoreEncoder.from_config(EncoderConfig(**encoder_config))
+        self.augment = RandomShift(aug_pad)
+        if objective == "atc":  # the label-free baseline: no heads of the method's terms
+            self.model = ATCModel(encoder, encoder.frame_stack, atc_temporal_shift, atc_hidden_dim)
+            self.loss = ATCLoss()
+            return
         self.model = SemorePretrainModel(
             encoder, text_dim, motion_dim, action_dim, heads_read=heads_read,
             state_dim=state_dim if state_weight > 0 else 0,
@@ -54,7 +64,6 @@ class SemorePretrainModule(L.LightningModule):
         self.loss = SemorePretrainLoss(
             sem_weight, mot_weight, motion_reg_weight, reward_weight, temperature, state_weight
         )
-        self.augment = RandomShift(aug_pad)
 
     @property
     def encoder(self) -> SemoreEncoder:
@@ -65,13 +74,26 @@ class SemorePretrainModule(L.LightningModule):
         for legacy in ("motion_mean", "motion_std", "reward_stats"):
             checkpoint["state_dict"].pop(legacy, None)
 
+    @property
+    def is_atc(self) -> bool:
+        return isinstance(self.model, ATCModel)
+
+    def _outputs(self, batch: dict[str, Tensor], train: bool) -> dict[str, Tensor]:
+        obs = batch["obs"]  # (B, 3K, H, W) uint8; (B, 3(K + shift), H, W) for ATC
+        if self.is_atc:
+            anchor, positive = self.model.split(obs)
+            if train:  # independent shifts of anchor and positive, as in ATC
+                anchor, positive = self.augment(anchor), self.augment(positive)
+            return self.model(anchor, positive)
+        if train:
+            obs = self.augment(obs)  # float, same 0..255 range
+        return self.model(obs, batch["action"])
+
     def _step(self, batch: dict[str, Tensor], prefix: str) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss of ``batch``, and the model's outputs on it."""
-        obs = batch["obs"]  # (B, 3K, H, W) uint8
-        if prefix == "train":
-            obs = self.augment(obs)  # float, same 0..255 range
-        outputs = self.model(obs, batch["action"])
+        outputs = self._outputs(batch, train=prefix == "train")
         terms = self.loss(outputs, batch)
+        obs = batch["obs"]
         on_step = prefix == "train"
         log_kwargs = dict(
             on_step=on_step, on_epoch=not on_step, batch_size=obs.shape[0], sync_dist=not on_step
@@ -83,6 +105,10 @@ class SemorePretrainModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "train")[0]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.is_atc:  # after the optimiser step: the momentum encoder follows
+            self.model.update_target(self.hparams.atc_momentum_tau)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         _, outputs = self._step(batch, "val")

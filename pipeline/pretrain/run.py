@@ -90,7 +90,14 @@ def build_module(cfg: PretrainConfig, dm: SemoreDataModule) -> SemorePretrainMod
         **asdict(cfg.loss),
         **asdict(cfg.optim),
         aug_pad=cfg.aug_pad,
+        objective=cfg.objective,
+        **{f"atc_{name}": value for name, value in asdict(cfg.atc).items()},
     )
+
+
+def extra_frames(cfg: PretrainConfig) -> int:
+    """Frames each window holds beyond the stack: ATC's positive lies ``temporal_shift`` later."""
+    return cfg.atc.temporal_shift if cfg.objective == "atc" else 0
 
 
 class FinalStepCheckpoint(Callback):
@@ -193,6 +200,8 @@ def dataset_record(dm: SemoreDataModule) -> dict:
 def pretrain_heads(module: SemorePretrainModule) -> dict:
     """The heads and loss temperatures with what rebuilds them (the export's ``heads``)."""
     hp = module.hparams
+    if module.is_atc:
+        return atc_heads(module)
     model = module.model
     return {
         "model": {
@@ -212,6 +221,26 @@ def pretrain_heads(module: SemorePretrainModule) -> dict:
     }
 
 
+def atc_heads(module: SemorePretrainModule) -> dict:
+    """ATC's predictor, contrast and momentum encoder with what rebuilds them, tagged with the
+    objective so that no reader takes them for the method's heads."""
+    hp, model = module.hparams, module.model
+    return {
+        "objective": "atc",
+        "model": {
+            "frame_stack": model.frame_stack,
+            "temporal_shift": model.temporal_shift,
+            "hidden_dim": hp.atc_hidden_dim,
+        },
+        "momentum_tau": hp.atc_momentum_tau,
+        "state_dict": {
+            key: value.detach().cpu()
+            for key, value in model.state_dict().items()
+            if not key.startswith("encoder.")
+        },
+    }
+
+
 def export_metadata(cfg: PretrainConfig, dm: SemoreDataModule, global_step: int) -> dict:
     stats = dm.stats
     return {
@@ -221,6 +250,9 @@ def export_metadata(cfg: PretrainConfig, dm: SemoreDataModule, global_step: int)
         "motion_std": stats.motion_std.tolist(),
         "reward_mean": stats.reward_mean,
         "reward_std": stats.reward_std,
+        # What the no-language control's state term was standardised with (guided reads it).
+        "state_mean": stats.state_mean.tolist(),
+        "state_std": stats.state_std.tolist(),
         "embedding_dim": dm.info.embedding_dim,
         "holdout_every": cfg.data.holdout_every,
         "heldout_episodes": dm.stats.heldout_episodes,
@@ -238,7 +270,7 @@ def pretrain(
     Returns the export's path on the rank that wrote it (global rank 0), else None.
     """
     ckpt_path = prepare_run(cfg, out, resume)
-    dm = SemoreDataModule(data, cfg.data, seed=cfg.seed)
+    dm = SemoreDataModule(data, cfg.data, seed=cfg.seed, extra_frames=extra_frames(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, dm)
     out.mkdir(parents=True, exist_ok=True)
