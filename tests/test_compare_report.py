@@ -116,3 +116,36 @@ def test_a_batch_smaller_than_jobs_shares_every_core(monkeypatch):
     assert threads_per_job(num_jobs=2, num_todo=1) == 8  # one pretraining job: all cores
     assert threads_per_job(num_jobs=2, num_todo=10) == 4
     assert threads_per_job(num_jobs=16, num_todo=40) == 1
+
+
+def test_strongest_baseline_is_the_reference_and_also_compare_to_gets_its_own_table(tmp_path):
+    """reference_arm strongest: the baseline with the highest final IQM is the reference (here
+    atc, above drqv2); only the method's arms get sentences; drqv2 gets a table too."""
+    folder = tmp_path / "results"
+    (folder / "runs").mkdir(parents=True)
+    study = {
+        "arms": {name: {"encoder": "none"} for name in ("guided", "drqv2", "atc")},
+        "baseline_arms": ["drqv2", "atc"], "reference_arm": "strongest",
+        "also_compare_to": ["drqv2"], "num_train_steps": 2000, "eval_every_steps": 1000,
+    }  # fmt: skip
+    (folder / "study.yaml").write_text(yaml.safe_dump(study))
+    for seed in range(5):
+        base = [0.0, 0.1 + 0.02 * seed, 0.2 + 0.02 * seed]
+        for arm, lift in (("guided", 0.2), ("drqv2", 0.0), ("atc", 0.3)):
+            scores = [s + lift for s in base]
+            (folder / "runs" / f"{arm}-seed{seed}.csv").write_text(_csv(scores))
+    reference = {"expert_return": 400.0, "random_return": 10.0, "eval_seeds": [1, 2]}
+    (folder / "results.json").write_text(json.dumps({"reference": reference}))
+    assert main(["--from-results", str(folder), "--bootstrap_reps", "300", "--quiet"]) == 0
+    table = (folder / "table.md").read_text()
+    verdict = table.split("## What it shows\n\n")[1].split("\n\n")[0].splitlines()
+    assert verdict[0] == "- The strongest baseline at step 2000 is atc (of drqv2, atc)."
+    assert verdict[1].startswith("- At step 2000, guided is behind atc by 0.10 IQM")
+    assert "0.00 [0.00, 0.00], an interval below 0.5" in verdict[1]
+    assert verdict[2].startswith("- At step 2000, guided is ahead of drqv2 by 0.20 IQM")
+    assert len(verdict) == 3  # no sentence for a baseline against a baseline
+    assert "Probability of improvement over atc (the strongest baseline" in table
+    assert "Probability of improvement over drqv2, P(" in table
+    results = json.loads((folder / "results.json").read_text())
+    assert results["reference_arm"] == "atc"
+    assert results["arms"]["guided"]["improvement_over_drqv2"]["2000"]["iqm"] == 1.0

@@ -164,12 +164,16 @@ def test_training_does_not_depend_on_how_often_it_evaluates(tmp_path):
 def test_resume_refuses_an_open_episode_that_does_not_replay(tmp_path, capsys):
     out = tmp_path / "run"
     args = [*TINY, "--measure_reference", "false", "--encoder", "none", "--out", str(out)]
-    assert main([*args, "--num-train-steps", "12"]) == 0
+    steps = 12
+    assert main([*args, "--num-train-steps", str(steps)]) == 0
+    while load_ckpt(out)["open_episode"] is None:  # stopped between episodes: one step more
+        steps += 1
+        assert main([*args, "--num-train-steps", str(steps), "--resume"]) == 0
     ckpt = load_ckpt(out)
     ckpt["open_episode"]["stats"]["episode_return"] += 1.0  # as if the simulator had drifted
     torch.save(ckpt, out / "checkpoints" / "last.pt")
     capsys.readouterr()
-    assert main([*args, "--num-train-steps", "14", "--resume"]) == 2
+    assert main([*args, "--num-train-steps", str(steps + 2), "--resume"]) == 2
     assert "re-running training episode" in error_line(capsys)
 
 
@@ -351,7 +355,7 @@ def test_carla_connection_loss_reconnects_and_gives_up(tmp_path, monkeypatch, ca
     monkeypatch.setattr(finetune_mod, "make_env", fake_make_env)
     carla = ["--env.backend", "carla", "--env.carla.image_height", "16", "--env.carla.image_width",
              "16", "--env.carla.camera_yaws_deg", "[0.0]", "--env.carla.max_retries", "2",
-             "--measure_reference", "false"]  # fmt: skip
+             "--measure_reference", "false", "--encoder.trunk", "drq"]  # 16 px: the DrQ trunk
     envs.append(FlakyCarla(fail_calls={9, 30, 31}))
     out = tmp_path / "run"
     assert (

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.compare import estimates
-from pipeline.compare.config import CompareConfig
+from pipeline.compare.config import STRONGEST, CompareConfig
 from pipeline.compare.jobs import threads_per_job
 from pipeline.compare.learner import LearnerCheck, check_learner
 from pipeline.compare.records import RunRecord, score_matrix
@@ -28,6 +28,9 @@ class Analysis:
     profiles: dict[str, estimates.Estimate]  # arm -> profile over PROFILE_TAUS, final step
     learner: LearnerCheck
     cpu_min: dict[str, tuple[float, bool]]  # arm -> (CPU-minutes per run, measured?)
+    reference: str  # the arm the others are compared with (the strongest baseline, if asked)
+    # Further arms compared against (also_compare_to): arm -> {other arm: P(other > arm)}
+    also: dict[str, dict[str, estimates.Estimate]]
 
     def column(self, step: int) -> int:
         return int(np.flatnonzero(self.steps == step)[0])
@@ -51,18 +54,35 @@ def _cpu_minutes(cfg: CompareConfig, records: list[RunRecord]) -> dict[str, tupl
             for arm, v in out.items()}  # fmt: skip
 
 
+def strongest(cfg: CompareConfig, steps: np.ndarray, scores: dict[str, np.ndarray],
+              reps: int, step: int) -> str:  # fmt: skip
+    """The baseline arm with the highest IQM at ``step`` (the first listed on a tie)."""
+    column = int(np.flatnonzero(steps == step)[0])
+    ran = [arm for arm in cfg.baseline_arms if arm in scores]
+    if not ran:
+        raise SemoreError(f"no baseline arm ({', '.join(cfg.baseline_arms)}) has a finished run: "
+                          "expected at least one to pick the strongest")  # fmt: skip
+    curves = estimates.iqm_curves({arm: scores[arm] for arm in ran}, reps)
+    return max(ran, key=lambda arm: (float(curves[arm].value[column]), -ran.index(arm)))
+
+
 def analyse(cfg: CompareConfig, records: list[RunRecord]) -> Analysis:
     """The report's statistics (rliable's, ``cfg.bootstrap_reps`` resamples each)."""
     steps, scores = score_matrix(records)
-    if cfg.reference_arm not in scores:
-        raise SemoreError(f"reference arm {cfg.reference_arm} has no finished run: expected "
-                          f"at least one (finished: {', '.join(scores)})")  # fmt: skip
     report_steps = sorted({_at_or_before(steps, s) for s in cfg.steps_to_report()})
     columns = [int(np.flatnonzero(steps == s)[0]) for s in report_steps]
     reps = cfg.bootstrap_reps
+    reference = cfg.reference_arm
+    if reference == STRONGEST:
+        reference = strongest(cfg, steps, scores, reps, report_steps[-1])
+    if reference not in scores:
+        raise SemoreError(f"reference arm {reference} has no finished run: expected "
+                          f"at least one (finished: {', '.join(scores)})")  # fmt: skip
+    also = {other: estimates.improvement(scores, other, columns, reps)
+            for other in cfg.also_compare_to if other in scores and other != reference}  # fmt: skip
     return Analysis(
         steps, scores, estimates.iqm_curves(scores, reps), report_steps,
-        estimates.improvement(scores, cfg.reference_arm, columns, reps),
+        estimates.improvement(scores, reference, columns, reps),
         estimates.profiles({arm: m[:, -1] for arm, m in scores.items()}, reps),
-        check_learner(cfg), _cpu_minutes(cfg, records),
+        check_learner(cfg), _cpu_minutes(cfg, records), reference, also,
     )  # fmt: skip

@@ -46,6 +46,10 @@ class ArmConfig:
     architecture_from: str | None = None
 
 
+# reference_arm's value that picks the best baseline arm when the report is made.
+STRONGEST = "strongest"
+
+
 @dataclass
 class CompareConfig:
     """A study: every arm runs on every seed with the same fine-tune config and budget."""
@@ -70,8 +74,16 @@ class CompareConfig:
     num_eval_episodes: int = 10
     # Steps at which the table reports IQMs (default: a quarter, half and all of the budget).
     report_steps: list[int] = field(default_factory=list)
-    # The arm whose final IQM the others must reach (the from-scratch baseline).
+    # The arm whose final IQM the others must reach (the from-scratch baseline), or "strongest":
+    # the baseline arm with the highest IQM at the last report step, chosen when the report is
+    # made, so a claim is always made against the best baseline the study ran.
     reference_arm: str = "scratch"
+    # The baselines (arms that are not the method): the candidates for "strongest", and the
+    # arms that get no verdict sentence of their own when given. Empty: every arm is compared.
+    baseline_arms: list[str] = field(default_factory=list)
+    # Arms every other arm is also compared against (a probability-of-improvement table and a
+    # sentence each), e.g. drqv2: what a user would run instead, whether or not it is strongest.
+    also_compare_to: list[str] = field(default_factory=list)
     # Runs at a time on this machine; each gets an equal share of the cores.
     jobs: int = resumable(default=2)
     # --launcher slurm's resources per task (each encoder, each run, the report).
@@ -87,11 +99,21 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if not self.arms:
             raise ValueError("arms is empty: expected at least one arm")
-        if self.reference_arm not in self.arms:
+        if self.reference_arm == STRONGEST and not self.baseline_arms:
+            raise ValueError(
+                "reference_arm 'strongest' with no baseline_arms: expected the baselines listed"
+            )
+        if self.reference_arm != STRONGEST and self.reference_arm not in self.arms:
             raise ValueError(
                 f"reference_arm {self.reference_arm!r} is not an arm: expected one of "
-                f"{', '.join(self.arms)}"
+                f"{', '.join(self.arms)} or {STRONGEST!r}"
             )
+        for key in ("baseline_arms", "also_compare_to"):
+            unknown = [arm for arm in getattr(self, key) if arm not in self.arms]
+            if unknown:
+                raise ValueError(
+                    f"{key} {unknown} are not arms: expected among {', '.join(self.arms)}"
+                )
         if self.encoders and self.dataset is None:
             raise ValueError("encoders need a dataset to pretrain on: expected a dataset section")
         for name, arm in self.arms.items():

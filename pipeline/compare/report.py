@@ -32,7 +32,7 @@ def _cell(estimate: estimates.Estimate, i: int) -> str:
 
 def _score_table(cfg: CompareConfig, a: Analysis, records: list[RunRecord]) -> list[str]:
     """IQM per report step, P(> reference) at the last, behaviour, learner and cost per arm."""
-    last, ref = a.report_steps[-1], cfg.reference_arm
+    last, ref = a.report_steps[-1], a.reference
     head = ["arm", "runs", *(f"step {s}" for s in a.report_steps), f"P(> {ref}) at {last}",
             "mean abs steer", "distance (m)", "learner", "CPU-min / run"]  # fmt: skip
     align = ["---", *["---:"] * (len(head) - 3), "---", "---:"]  # arm and learner are words
@@ -51,20 +51,28 @@ def _score_table(cfg: CompareConfig, a: Analysis, records: list[RunRecord]) -> l
 
 
 def _improvement_table(cfg: CompareConfig, a: Analysis) -> list[str]:
-    if not a.improvement:
-        return []
-    lines = [f"Probability of improvement over {cfg.reference_arm}, P(a run of the arm scores "
-             "higher than a run of the reference) [95% interval]:", "",
-             "| arm | " + " | ".join(f"step {s}" for s in a.report_steps) + " |",
-             "|---|" + "---:|" * len(a.report_steps)]  # fmt: skip
-    for arm, est in a.improvement.items():
-        cells = [_cell(est, i) for i in range(len(a.report_steps))]
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
+    lines: list[str] = []
+    chosen = (
+        " (the strongest baseline at the last report step)"
+        if cfg.reference_arm != a.reference
+        else ""
+    )
+    for ref, table in [(a.reference, a.improvement), *a.also.items()]:
+        if not table:
+            continue
+        lines += [f"Probability of improvement over {ref}{chosen if ref == a.reference else ''}, "
+                  "P(a run of the arm scores higher than a run of it) [95% interval]:", "",
+                  "| arm | " + " | ".join(f"step {s}" for s in a.report_steps) + " |",
+                  "|---|" + "---:|" * len(a.report_steps)]  # fmt: skip
+        for arm, est in table.items():
+            cells = [_cell(est, i) for i in range(len(a.report_steps))]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def _steps_to_reach(cfg: CompareConfig, a: Analysis) -> list[str]:
-    ref = cfg.reference_arm
+    ref = a.reference
     if len(a.scores) == 1:
         return []
     target = float(a.curves[ref].value[-1])
@@ -133,6 +141,11 @@ def _results_json(cfg: CompareConfig, a: Analysis, records: list[RunRecord]) -> 
         if arm in a.improvement:
             arms[arm]["improvement"] = dict(zip(map(str, a.report_steps), curve(a.improvement[arm]),
                                                 strict=True))  # fmt: skip
+        for other, table in a.also.items():  # only studies that list also_compare_to
+            if arm in table:
+                arms[arm][f"improvement_over_{other}"] = dict(
+                    zip(map(str, a.report_steps), curve(table[arm]), strict=True)
+                )
         arms[arm]["profile"] = curve(a.profiles[arm])
     reference = next((r.reference for r in records if r.reference), None)
     results = {"steps": a.steps.tolist(), "report_steps": a.report_steps,
@@ -140,6 +153,8 @@ def _results_json(cfg: CompareConfig, a: Analysis, records: list[RunRecord]) -> 
                "learner_differs_in": a.learner.differing, "arms": arms,
                "reference": reference and {k: reference[k] for k in
                                            ("expert_return", "random_return", "eval_seeds")}}  # fmt: skip
+    if a.reference != cfg.reference_arm:  # "strongest": which baseline it was
+        results["reference_arm"] = a.reference
     return json.dumps(results, indent=1) + "\n"
 
 

@@ -36,14 +36,15 @@ def _reading(low: float, high: float, num_runs: int) -> str:
     return "an interval that contains 0.5: no clear difference"
 
 
-def _verdict(ref: str, arm: str, a: Analysis) -> str:
-    """One sentence: where ``arm`` stands against ``ref`` at the last report step."""
+def _verdict(ref: str, arm: str, a: Analysis, improvement: dict | None = None) -> str:
+    """One sentence: where ``arm`` stands against ``ref`` at the last report step
+    (``improvement``: P(arm > ref) per arm, the reference's by default)."""
     step, col = a.report_steps[-1], a.column(a.report_steps[-1])
     mine, theirs = float(a.curves[arm].value[col]), float(a.curves[ref].value[col])
     diff = mine - theirs
     where = "ties with" if abs(diff) < TIE else "is ahead of" if diff > 0 else "is behind"
     by = "" if abs(diff) < TIE else f" by {abs(diff):.2f} IQM"
-    poi, low, high = a.improvement[arm].at(-1)
+    poi, low, high = (improvement or a.improvement)[arm].at(-1)
     fewest = min(len(a.scores[arm]), len(a.scores[ref]))
     ahead = [s for i, s in enumerate(a.report_steps)
              if a.curves[arm].value[a.column(s)] - a.curves[ref].value[a.column(s)] >= TIE]  # fmt: skip
@@ -55,9 +56,18 @@ def _verdict(ref: str, arm: str, a: Analysis) -> str:
 
 
 def verdicts(cfg: CompareConfig, a: Analysis) -> list[str]:
-    """The sentences that open the report: one per arm against the reference, and the learner."""
-    ref = cfg.reference_arm
-    lines = [f"- {_verdict(ref, arm, a)}" for arm in a.scores if arm in a.improvement]
+    """The sentences that open the report: one per arm against the reference (only the method's
+    arms when the baselines are listed), one per arm against each ``also_compare_to`` arm, and
+    the learner."""
+    ref = a.reference
+    judged = [arm for arm in a.scores if arm not in cfg.baseline_arms] or list(a.scores)
+    lines = []
+    if ref != cfg.reference_arm:
+        lines.append(f"- The strongest baseline at step {a.report_steps[-1]} is {ref} (of "
+                     f"{', '.join(b for b in cfg.baseline_arms if b in a.scores)}).")  # fmt: skip
+    lines += [f"- {_verdict(ref, arm, a)}" for arm in judged if arm in a.improvement]
+    for other, table in a.also.items():
+        lines += [f"- {_verdict(other, arm, a, table)}" for arm in judged if arm in table]
     check = a.learner
     unplanned = [k for k in check.differing if k not in check.on_purpose]
     if unplanned:
