@@ -30,7 +30,7 @@ from semore.layers import orthogonal_init
 ENCODER_FORMAT = "semore-encoder"
 ENCODER_FORMAT_VERSION = 1
 STREAMS = ("semantic", "motion", "both")
-TRUNKS = ("strided", "drq")
+TRUNKS = ("strided", "strided4", "drq")
 KINDS = ("semore", "drqv2")
 # Width of each stream's pooled feature (z_sem, z_mot): large enough for the 512-d CLIP
 # projection heads to read from, small next to the flattened token grid (<= max_tokens * 32).
@@ -38,7 +38,9 @@ STREAM_DIM = 256
 # Cross-attention cost is quadratic in tokens; 64 keeps it negligible next to the convs.
 MAX_TOKENS = 64
 # Smallest frame side each trunk maps to at least one cell (see trunk_output_size).
-MIN_IMAGE_SIZE = {"drq": 16, "strided": 31}
+MIN_IMAGE_SIZE = {"drq": 16, "strided4": 19, "strided": 31}
+# Each trunk's four 3x3 convs' strides (no padding).
+TRUNK_STRIDES = {"drq": (2, 1, 1, 1), "strided4": (2, 2, 1, 1), "strided": (2, 2, 2, 1)}
 # Where a trained encoder may start training (SemoreEncoder.freeze_below): the layers below it.
 CACHE_POINTS = {"interaction": ("sem_trunk", "mot_trunk"),
                 "projection": ("sem_trunk", "mot_trunk", "interaction")}  # fmt: skip
@@ -70,7 +72,7 @@ class EncoderArch:
     # token pooling then averages down to 8x8 anyway. It is what makes end-to-end arms
     # affordable on CPU (benchmarks/results/rl_update/); "drq" is the trunk of the exports
     # written before the field existed, which load as "drq".
-    trunk: Literal["strided", "drq"] = "strided"
+    trunk: Literal["strided", "strided4", "drq"] = "strided"
     # Trunk width (DrQ's and ATC's 32); enough for 84 px inputs and cheap on CPU.
     num_filters: int = 32
     # 50 dims as in the SAC-AE / DrQ family, so agent heads are comparable.
@@ -139,7 +141,7 @@ class EncoderConfig(EncoderArch):
 
 def conv_trunk(in_channels: int, num_filters: int, trunk: str = "drq") -> nn.Sequential:
     """Four 3x3 convs, no padding: "drq" strides 2, 1, 1, 1 (DrQ); "strided" 2, 2, 2, 1 (ATC)."""
-    strides = {"drq": (2, 1, 1, 1), "strided": (2, 2, 2, 1)}[trunk]
+    strides = TRUNK_STRIDES[trunk]
     layers: list[nn.Module] = []
     for index, stride in enumerate(strides):
         layers += [
@@ -151,7 +153,7 @@ def conv_trunk(in_channels: int, num_filters: int, trunk: str = "drq") -> nn.Seq
 
 def trunk_output_size(image_height: int, image_width: int, trunk: str = "drq") -> tuple[int, int]:
     """Spatial size of the trunk's feature map for an (H, W) input (84 -> 35 drq, 7 strided)."""
-    strides = {"drq": (2, 1, 1, 1), "strided": (2, 2, 2, 1)}[trunk]
+    strides = TRUNK_STRIDES[trunk]
     size = [image_height, image_width]
     for stride in strides:
         size = [(side - 3) // stride + 1 for side in size]

@@ -282,6 +282,8 @@ def test_strided_trunk_yields_the_token_grid_directly_at_under_a_quarter_of_the_
     tokens = strided.trunk_tokens(make_obs(2, 3, 84, 84))
     assert tokens.shape == (2, 2, 49, 32)  # (B, streams, 7x7 cells, filters)
     assert trunk_output_size(84, 84, "drq") == (35, 35)
+    assert trunk_output_size(84, 84, "strided4") == (16, 16)  # pooled 2x2 to 8x8
+    assert SemoreEncoder(3, 84, 84, trunk="strided4").grid == (8, 8)
     # A panorama's map is wider than the cap allows: pooled to the grid as before.
     assert SemoreEncoder(3, 84, 420).grid[0] * SemoreEncoder(3, 84, 420).grid[1] <= 64
     ratio = _trunk_flops("drq") / _trunk_flops("strided")
