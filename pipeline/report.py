@@ -90,7 +90,7 @@ def _study_sections(table_md: str) -> tuple[str, str]:
     return render(verdicts), render(demoted)
 
 
-def write_report(
+def write_run_report(
     out: Path,
     data: Path,
     probes: dict[str, dict],

@@ -137,9 +137,9 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
             )
         probes[label] = json.loads(path.read_text())
 
-    from pipeline.report import write_report
+    from pipeline.report import write_run_report
 
-    return write_report(
+    return write_run_report(
         out, data, probes, study / "report", cfg.report_episodes, cfg.report_max_steps
     )
 

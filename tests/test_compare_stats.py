@@ -8,7 +8,7 @@ import pytest
 from rliable import library as rly
 from rliable import metrics
 
-from pipeline.compare import estimates, stats
+from pipeline.compare import estimates
 
 
 def test_iqm_of_a_known_array_and_parity_with_rliable():
@@ -77,9 +77,9 @@ def test_performance_profile_with_bands_matches_rliable_default():
 def test_steps_to_reach():
     steps = np.array([0, 1000, 2000, 3000])
     curve = np.array([0.0, 0.2, 0.6, 0.9])
-    assert stats.steps_to_reach(steps, curve, 0.5) == 2000
-    assert stats.steps_to_reach(steps, curve, 0.95) is None
+    assert estimates.steps_to_reach(steps, curve, 0.5) == 2000
+    assert estimates.steps_to_reach(steps, curve, 0.95) is None
     # A lucky untrained agent at step 0 does not count as reaching the target by learning.
     lucky = np.array([0.56, 0.1, 0.6, 0.9])
-    assert stats.steps_to_reach(steps, lucky, 0.5) == 0
-    assert stats.steps_to_reach(steps, lucky, 0.5, after=0) == 2000
+    assert estimates.steps_to_reach(steps, lucky, 0.5) == 0
+    assert estimates.steps_to_reach(steps, lucky, 0.5, after=0) == 2000

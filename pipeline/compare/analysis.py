@@ -1,6 +1,7 @@
 """Every number a study report shows, computed once from its finished runs: IQM curves,
 probabilities of improvement over the reference arm, performance profiles (all rliable's),
-the arms' learner settings and their cost."""
+the steps each arm needs to reach the reference arm's final IQM, the arms' learner settings
+and their cost."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Analysis:
     report_steps: list[int]  # the table's steps (each an evaluated step)
     improvement: dict[str, estimates.Estimate]  # arm -> P(arm > reference) per report step
     profiles: dict[str, estimates.Estimate]  # arm -> profile over PROFILE_TAUS, final step
+    reach: dict[str, float | None]  # arm -> first step after 0 at its reference's final IQM
     learner: LearnerCheck
     cpu_min: dict[str, tuple[float, bool]]  # arm -> (CPU-minutes per run, measured?)
 
@@ -60,9 +62,20 @@ def analyse(cfg: CompareConfig, records: list[RunRecord]) -> Analysis:
     report_steps = sorted({_at_or_before(steps, s) for s in cfg.steps_to_report()})
     columns = [int(np.flatnonzero(steps == s)[0]) for s in report_steps]
     reps = cfg.bootstrap_reps
+    curves = estimates.iqm_curves(scores, reps)
+    target = float(curves[cfg.reference_arm].value[-1])
+    # After step 0: an untrained actor that happens to steer straight can score ~0.5 before
+    # any update (seen in the study), which is luck, not learning.
+    reach = {arm: estimates.steps_to_reach(steps, curve.value, target, after=0)
+             for arm, curve in curves.items()}  # fmt: skip
     return Analysis(
-        steps, scores, estimates.iqm_curves(scores, reps), report_steps,
-        estimates.improvement(scores, cfg.reference_arm, columns, reps),
-        estimates.profiles({arm: m[:, -1] for arm, m in scores.items()}, reps),
-        check_learner(cfg), _cpu_minutes(cfg, records),
-    )  # fmt: skip
+        steps=steps,
+        scores=scores,
+        curves=curves,
+        report_steps=report_steps,
+        improvement=estimates.improvement(scores, cfg.reference_arm, columns, reps),
+        profiles=estimates.profiles({arm: m[:, -1] for arm, m in scores.items()}, reps),
+        reach=reach,
+        learner=check_learner(cfg),
+        cpu_min=_cpu_minutes(cfg, records),
+    )

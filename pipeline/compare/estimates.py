@@ -1,7 +1,8 @@
 """Every aggregate of a study report, from rliable (Agarwal et al. 2021, "Deep RL at the edge of
 the statistical precipice"): IQM with stratified bootstrap intervals, the probability of
 improvement of each arm over the reference arm with its interval, and performance profiles
-with bands.
+with bands; and one number rliable does not compute, the first step at which an IQM curve
+reaches a threshold (sample efficiency read off the curve).
 
 Scores are per arm (runs, tasks, steps) arrays; one task here, so stratification is over that
 one column and carries over unchanged to several tasks. Point estimates are rliable's metrics
@@ -127,3 +128,13 @@ def profiles(
             confidence_interval_size=CONFIDENCE,
         )  # fmt: skip
     return _estimates(points, intervals)
+
+
+def steps_to_reach(
+    steps: np.ndarray, curve: np.ndarray, threshold: float, after: float | None = None
+) -> float | None:
+    """The first evaluated step (only steps > ``after``, if given) at which ``curve`` reaches
+    ``threshold``, or None."""
+    steps, curve = np.asarray(steps), np.asarray(curve)
+    hits = np.flatnonzero((curve >= threshold) & (steps > (-np.inf if after is None else after)))
+    return float(steps[hits[0]]) if len(hits) else None

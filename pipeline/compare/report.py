@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline.compare import estimates, stats
+from pipeline.compare import estimates
 from pipeline.compare.analysis import Analysis, analyse
 from pipeline.compare.carry import save_encoders
 from pipeline.compare.config import CompareConfig
@@ -72,9 +72,7 @@ def _steps_to_reach(cfg: CompareConfig, a: Analysis) -> list[str]:
     for arm in a.scores:
         if arm == ref:
             continue
-        # After step 0: an untrained actor that happens to steer straight can score
-        # ~0.5 before any update (seen in the study), which is luck, not learning.
-        reached = stats.steps_to_reach(a.steps, a.curves[arm].value, target, after=0)
+        reached = a.reach[arm]
         lines.append(f"- {arm}: " + (f"not reached by step {int(a.steps[-1])}" if reached is None
                      else f"step {int(reached)} ({reached / a.steps[-1]:.2f}x the budget)"))  # fmt: skip
     return [*lines, ""]
@@ -143,7 +141,7 @@ def _results_json(cfg: CompareConfig, a: Analysis, records: list[RunRecord]) -> 
     return json.dumps(results, indent=1) + "\n"
 
 
-def write_report(
+def write_results_folder(
     cfg: CompareConfig,
     records: list[RunRecord],
     folder: Path,
