@@ -64,7 +64,7 @@ def test_a_matched_variant_differs_from_matched_in_one_setting_alone(
     assert load("matched").arms == load(name).arms
 
 
-STUDIES = Path(__file__).resolve().parents[1] / "benchmarks" / "studies"
+STUDIES = Path(__file__).resolve().parents[1] / "pipeline" / "presets" / "compare"
 # A 20k continuation reads its 10k preset's runs from the same --out: same arms, same learner.
 CONTINUATIONS = [("matched_20k", "matched"), ("matched_smooth_20k", "matched_smooth"),
                  ("matched_ent1_20k", "matched_ent1")]  # fmt: skip
