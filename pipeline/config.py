@@ -146,8 +146,8 @@ def resolve_config(value: str | Path, stage: str = "") -> Path:
     )
 
 
-# A config that starts from another names it under this key: a preset of the same stage, or
-# a YAML path (relative to the file that names it).
+# A config that starts from another names it under this key: a YAML file beside it (NAME.yaml
+# or a path relative to its folder), else a preset of the same stage.
 BASE_KEY = "base"
 
 
@@ -168,8 +168,10 @@ def compose(data: dict, base: dict) -> dict:
 def _base_path(base: object, path: Path, stage: str) -> Path:
     if not isinstance(base, str) or not base:
         raise SemoreError(f"{path}: {BASE_KEY} is {base!r}: expected a preset name or a YAML path")
-    beside = path.parent / base
-    return beside if beside.is_file() else resolve_config(base, stage)
+    for beside in (path.parent / base, path.parent / f"{base}.yaml"):
+        if beside.is_file():
+            return beside
+    return resolve_config(base, stage)
 
 
 def load_composed(path: Path, stage: str = "", seen: tuple[Path, ...] = ()) -> dict:
@@ -190,9 +192,9 @@ def load_config(
 ) -> T:
     """Load ``cls`` from a YAML file or ``stage`` preset (defaults when None) plus overrides.
 
-    A config may start from another: ``base: NAME`` (a preset of ``stage``, or a YAML path
-    relative to the file) takes NAME's config, itself composed the same way, and lays this
-    file over it:
+    A config may start from another: ``base: NAME`` (a YAML file beside it, ``NAME`` or
+    ``NAME.yaml``, else the preset NAME of ``stage``) takes NAME's config, itself composed the
+    same way, and lays this file over it:
 
     - a mapping merges key by key, at any depth: a study's ``arms``, ``encoders``,
       ``overrides``, an arm's own ``overrides``, a ``dataset`` or ``launcher`` section;
