@@ -4,15 +4,23 @@ on one learner (issue 17), so their tables never carry the "Not one learner" fla
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.compare.config import CompareConfig
-from pipeline.compare.learner import check_learner
-from pipeline.config import load_config, merge, preset_names, resolve_config, to_dict
+from pipeline.compare.config import ArmConfig, CompareConfig
+from pipeline.compare.learner import (
+    ARM_FIELDS,
+    check_learner,
+    compare_settings,
+    learner_settings,
+)
+from pipeline.config import flatten, load_config, merge, preset_names, resolve_config, to_dict
 from pipeline.errors import SemoreError
+from pipeline.finetune.config import FinetuneConfig
 
 MATCHED = ("quick", "matched", "matched_smooth", "matched_ent1", "study_quick")
 
@@ -48,6 +56,38 @@ def test_the_matched_study_holds_the_five_regimes_on_five_seeds(name):
     assert set(trained.values()) == {"projection"}
     assert len(cfg.seeds) >= 5 and cfg.num_eval_episodes == 10 and cfg.num_train_steps == 10_000
     assert check_learner(cfg).differing == []
+
+
+def test_the_learner_check_compares_every_fine_tune_field_but_the_arm_fields():
+    """Every field of FinetuneConfig, changed in one arm alone, is flagged unless an arm is
+    about it (ARM_FIELDS, which must name fields that exist)."""
+    default = to_dict(FinetuneConfig())
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    assert set(ARM_FIELDS) <= names
+    for key, value in flatten(default).items():
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        changed = copy.deepcopy(default)
+        *sections, leaf = key.split(".")
+        node = changed
+        for section in sections:
+            node = node[section]
+        node[leaf] = value + 1 if numeric else "changed"
+        check = compare_settings({"a": learner_settings(default), "b": learner_settings(changed)})
+        expected = set() if key.split(".")[0] in ARM_FIELDS else {key}
+        if key in ("update_every", "updates_per_step"):
+            expected.add("utd")
+        assert set(check.differing) == expected, key
+    assert {k.split(".")[0] for k in flatten(default)} == names  # every field was changed
+
+
+def test_a_study_whose_arms_differ_in_precision_is_not_one_learner():
+    cfg = CompareConfig(arms={
+        "scratch": ArmConfig(overrides={"fabric": {"precision": "32-true"}}),
+        "frozen": ArmConfig(overrides={"encoder_mode": "frozen", "encoder_lr": 1e-5}),
+    })  # fmt: skip
+    check = check_learner(cfg)
+    assert check.differing == ["fabric.precision"] and not check.matched
+    assert check.note("scratch") == "fabric.precision 32-true"
 
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
