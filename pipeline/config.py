@@ -103,6 +103,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
         raise SemoreError(f"{where} is a {type(data).__name__}: expected a mapping")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = _without_retired(cls, data, where)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise SemoreError(
@@ -113,6 +114,24 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
         raise SemoreError(f"{where}: {err}") from None
+
+
+# Class attribute of a config dataclass: {name: value} of fields it no longer has, each with
+# the one value it could take. A config or a checkpoint saved with such a field still loads
+# when it holds that value (it meant what the code now always does); any other value is an
+# error, since the code can no longer do what it asks.
+RETIRED = "RETIRED"
+
+
+def _without_retired(cls: type, data: dict, where: str) -> dict:
+    retired = getattr(cls, RETIRED, {})
+    for name in sorted(set(data) & set(retired)):
+        if data[name] != retired[name]:
+            raise SemoreError(
+                f"{where}.{name} is {data[name]!r}: the field was removed (it could only be "
+                f"{retired[name]!r}); expected it left out"
+            )
+    return {k: v for k, v in data.items() if k not in retired}
 
 
 # Presets ship inside the package (pipeline/presets/<stage>/<name>.yaml), so an installed

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import load_config
+from pipeline.config import from_dict, load_config, to_dict
 from pipeline.errors import SemoreError
 from pipeline.finetune import run as finetune_mod
 from pipeline.finetune.config import FinetuneConfig
@@ -277,6 +277,18 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     assert "batch_size" in error_line(capsys)
     assert main([*TINY, "--encoder", str(export), "--out", out, "--resume"]) == 2
     assert "--encoder" in error_line(capsys)
+
+
+def test_the_removed_fabric_devices_loads_only_as_the_one_value_it_had():
+    """Configs and checkpoints written while fabric.devices existed carry devices: 1."""
+    cfg = from_dict(FinetuneConfig, {"fabric": {"devices": 1, "precision": "bf16-mixed"}})
+    assert cfg.fabric.precision == "bf16-mixed" and "devices" not in to_dict(cfg)["fabric"]
+    with pytest.raises(SemoreError) as err:
+        from_dict(FinetuneConfig, {"fabric": {"devices": 2}}, where="old.yaml")
+    assert str(err.value) == (
+        "old.yaml.fabric.devices is 2: the field was removed (it could only be 1); expected it "
+        "left out"
+    )
 
 
 def test_the_encoder_lr_has_one_source(tmp_path, capsys):

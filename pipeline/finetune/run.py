@@ -196,7 +196,7 @@ def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = Fa
 
     fabric = Fabric(
         accelerator=cfg.fabric.accelerator,
-        devices=cfg.fabric.devices,
+        devices=1,  # one simulator feeds one learner (FabricConfig)
         precision=cfg.fabric.precision,
         loggers=TensorBoardLogger(root_dir=out, name="tb"),
     )
