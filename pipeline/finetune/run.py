@@ -30,17 +30,12 @@ from pipeline.config import (
     load_config,
     override_flags,
 )
+from pipeline.data.checkpoint import last_checkpoint, read_checkpoint
 from pipeline.errors import SemoreError
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.features import replay_features
 from pipeline.finetune.guide import build_guide, guide_captions
-from pipeline.finetune.loop import (
-    CHECKPOINT_DIR,
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
-    LAST_CHECKPOINT,
-    OnlineTrainer,
-)
+from pipeline.finetune.loop import OnlineTrainer
 from pipeline.finetune.reference import REFERENCE_NAME, reference_for
 from pipeline.sim import backend_spec, make_env
 from pipeline.sim.base import ACTION_DIM
@@ -121,27 +116,6 @@ ADDED_OFF = {
 }
 
 
-def read_checkpoint(path: Path) -> dict:
-    """The ``semore-finetune`` checkpoint at ``path``; a one-line error when it is unreadable,
-    foreign or of another format version."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for foreign or corrupt files
-        raise SemoreError(
-            f"{path} is not readable ({type(err).__name__}): expected a checkpoint "
-            "written by semore-finetune"
-        ) from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise SemoreError(
-            f"{path} is not a semore-finetune checkpoint: expected {CHECKPOINT_FORMAT!r}"
-        )
-    if checkpoint.get("format_version") != CHECKPOINT_VERSION:
-        raise SemoreError(
-            f"{path} has format_version {checkpoint.get('format_version')!r}: expected {CHECKPOINT_VERSION}"
-        )
-    return checkpoint
-
-
 def _check_resume(cfg: FinetuneConfig, checkpoint: dict, path: Path, source: str) -> None:
     """One-line error when --resume would continue a run with another config or encoder."""
     saved = content_of(FinetuneConfig, checkpoint["config"])
@@ -175,7 +149,7 @@ def baseline_encoder_flags(export: str | Path) -> list[str]:
 
 def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = False) -> dict:
     """Run (or continue) one fine-tuning run; returns the summary written to out."""
-    ckpt_path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
+    ckpt_path = last_checkpoint(out)
     checkpoint = None
     if ckpt_path.is_file():
         if not resume:

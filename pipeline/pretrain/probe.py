@@ -27,6 +27,12 @@ from torch import nn
 
 from pipeline import cli
 from pipeline.data import schema
+from pipeline.data.checkpoint import (
+    LAST_CHECKPOINT,
+    checkpoint_encoder,
+    last_checkpoint,
+    read_checkpoint,
+)
 from pipeline.data.source import iter_pairs, read_dataset_info, shard_urls
 from pipeline.data.windows import Collate, EpisodeSplit, iter_windows
 from pipeline.errors import SemoreError
@@ -234,29 +240,17 @@ def load_probe_encoder(spec: str, data_dir: str | Path, frame_stack: int) -> tup
         return random_encoder(data_dir, frame_stack), {}
     path = Path(spec)
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
-    if path.suffix == ".pt" and path.name == "last.pt":
+        path = last_checkpoint(path)
+    if path.suffix == ".pt" and path.name == LAST_CHECKPOINT:
         return finetuned_encoder(path)
     return load_export(spec)
 
 
 def finetuned_encoder(checkpoint_path: Path) -> tuple[nn.Module, dict]:
     """The encoder of a ``semore-finetune`` checkpoint, as RL left it."""
-    if not checkpoint_path.is_file():
-        raise SemoreError(
-            f"{checkpoint_path} not found: expected a semore-finetune run (RUN or RUN/checkpoints/last.pt)"
-        )
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    if checkpoint.get("format") != "semore-finetune" or "encoder_config" not in checkpoint:
-        raise SemoreError(f"{checkpoint_path} is not a semore-finetune checkpoint")
-    encoder = SemoreEncoder.from_config(EncoderConfig(**checkpoint["encoder_config"]))
-    prefix = "encoder."
-    state = {
-        k[len(prefix) :]: v for k, v in checkpoint["agent"]["agent"].items() if k.startswith(prefix)
-    }
-    encoder.load_state_dict(state)
+    checkpoint = read_checkpoint(checkpoint_path)
     metadata = {"finetune_step": checkpoint["step"], "encoder_source": checkpoint["encoder_source"]}
-    return encoder, metadata
+    return checkpoint_encoder(checkpoint), metadata
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
