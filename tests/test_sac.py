@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semore.actor_critic import Actor, Critic
 from semore.encoder import SemoreEncoder
 from semore.replay import FrameStack, ReplayBuffer
-from semore.sac import Actor, Critic, SACAgent, SACConfig
+from semore.sac import SACAgent, SACConfig
 
 K, H, W, A = 3, 16, 16, 2
 

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from pipeline.config import resumable
 from pipeline.sim import EnvConfig, backend_spec
 from semore.encoder import EncoderArch
-from semore.sac import SACConfig
+from semore.sac_config import SACConfig
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import webdataset as wds
+from torch import nn
 
 from pipeline.data import schema
 from pipeline.data.source import DatasetInfo, read_dataset_info, shard_urls
@@ -37,7 +38,6 @@ from semore.guide import FROM_REPLAY, PretrainGuide
 from semore.heads import SemorePretrainModel
 from semore.losses import SemorePretrainLoss
 from semore.replay import ReplayBuffer
-from semore.sac import SACAgent
 from semore.trunk_cache import tokens_to_cache
 
 if TYPE_CHECKING:
@@ -203,12 +203,16 @@ def _heads_spec(info: DatasetInfo, saved: dict | None) -> dict:
 
 
 def build_guide(
-    agent: SACAgent, cfg: FinetuneConfig, export: Path | None, metadata: dict,
+    encoder: nn.Module,
+    cfg: FinetuneConfig,
+    export: Path | None,
+    metadata: dict,
     replay: ReplayBuffer | None = None,
-) -> PretrainGuide:  # fmt: skip
-    """The guide for ``agent`` from the export's heads (fresh heads for an export without, or
-    --encoder none) on the guide dataset, and on ``replay``'s annotated frames every
-    ``guide.replay_every``-th batch; SemoreError naming what does not fit."""
+) -> PretrainGuide:
+    """The guide of the agent's ``encoder`` (on the device it trains on) from the export's
+    heads (fresh heads for an export without, or --encoder none) on the guide dataset, and on
+    ``replay``'s annotated frames every ``guide.replay_every``-th batch; SemoreError naming
+    what does not fit. The agent calls it as it is built (``SACAgent(guide=...)``)."""
     data = _guide_data(cfg, metadata)
     try:
         info = read_dataset_info(data, with_ann=True)
@@ -218,14 +222,15 @@ def build_guide(
     if saved is None:
         log.warning("guided: %s has no pretraining heads; they start fresh", export or "none")
     spec = _heads_spec(info, saved)
-    _check_dataset(info, str(data), agent.encoder, spec)
+    _check_dataset(info, str(data), encoder, spec)
     recorded = metadata.get("dataset", {})
     if recorded.get("manifest_sha256") not in (None, info.dataset_id()["manifest_sha256"]):
         log.warning("guide dataset %s changed since pretraining (manifest hash differs)", data)
-    model = SemorePretrainModel(agent.encoder, **spec).to(agent.device)
+    device = next(encoder.parameters()).device
+    model = SemorePretrainModel(encoder, **spec).to(device)
     loss_kwargs = dict(saved["loss"]) if saved is not None else {}
     loss_kwargs["state_weight"] = 0.0  # the no-language control's term needs state targets
-    loss = SemorePretrainLoss(**loss_kwargs).to(agent.device)
+    loss = SemorePretrainLoss(**loss_kwargs).to(device)
     if saved is not None:
         _load_heads(model, loss, saved, export)
     if "motion_mean" in metadata:
@@ -234,8 +239,8 @@ def build_guide(
         stats = train_stats(shard_urls(data, with_ann=True), EpisodeSplit(_holdout(metadata)))
     hw = (info.image_height, info.image_width)
     table = None
-    if cfg.guide.cache_tokens and getattr(agent.encoder, "frozen_below", None) is not None:
-        table = _cached_table(agent, data, cfg, hw, _holdout(metadata), stats)
+    if cfg.guide.cache_tokens and getattr(encoder, "frozen_below", None) is not None:
+        table = _cached_table(encoder, device, data, cfg, hw, _holdout(metadata), stats)
 
     def open_dataset(num_drawn: int) -> Iterator[dict[str, torch.Tensor]]:
         seed = int(np.random.SeedSequence([cfg.seed, num_drawn]).generate_state(1)[0])
@@ -255,16 +260,20 @@ def build_guide(
 
     guide = PretrainGuide(model, loss, open_stream, cfg.guide.weight, cfg.guide.every,
                           cfg.guide.heads_lr, cfg.sac.aug_pad)  # fmt: skip
-    return guide.to(agent.device)
+    return guide.to(device)
 
 
 def _cached_table(
-    agent: SACAgent, data: str, cfg: FinetuneConfig, hw: tuple[int, int], holdout_every: int,
+    encoder: nn.Module,
+    device: torch.device,
+    data: str,
+    cfg: FinetuneConfig,
+    hw: tuple[int, int],
+    holdout_every: int,
     stats: TrainStats,
-) -> dict[str, torch.Tensor]:  # fmt: skip
+) -> dict[str, torch.Tensor]:
     start_s = time.perf_counter()
-    table = token_table(agent.encoder, data, cfg.frame_stack, hw, holdout_every, stats,
-                        agent.device)  # fmt: skip
+    table = token_table(encoder, data, cfg.frame_stack, hw, holdout_every, stats, device)
     num_rows = len(table["obs_tokens"])
     if num_rows < cfg.guide.batch_size:
         raise SemoreError(
