@@ -19,7 +19,7 @@ from pipeline.compare.config import ENCODER_REF, CompareConfig
 from pipeline.config import load_config, override_flags
 from pipeline.errors import SemoreError
 from pipeline.files import atomic_write
-from pipeline.finetune.loop import SUMMARY_NAME
+from pipeline.finetune.eval import SUMMARY_NAME
 from pipeline.finetune.run import baseline_encoder_flags
 from pipeline.launch.submit import task_env
 from pipeline.pretrain.config import PretrainConfig

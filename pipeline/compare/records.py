@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.compare.jobs import Job, cost_path
 from pipeline.errors import SemoreError
-from pipeline.finetune.loop import METRICS_NAME, SUMMARY_NAME
+from pipeline.finetune.eval import METRICS_NAME, SUMMARY_NAME
 from pipeline.finetune.reference import REFERENCE_NAME
 
 SCORE = "normalized_return"

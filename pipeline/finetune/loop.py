@@ -25,7 +25,6 @@ training simulator when the run resumes; the replayed sums must match the saved 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections import defaultdict
@@ -38,15 +37,15 @@ import torch
 from pipeline.config import to_dict
 from pipeline.data import checkpoint as ckpt
 from pipeline.errors import SemoreError
-from pipeline.files import atomic_save, atomic_write
+from pipeline.files import atomic_save
 from pipeline.finetune.eval import (
+    METRICS_NAME,
     EpisodeStats,
     MetricsLog,
     evaluate,
     own_random_streams,
-    plot_learning_curve,
-    read_metrics,
     replay_episode,
+    write_summary,
 )
 from pipeline.finetune.features import acting_features, stored_features
 from pipeline.sim.driver import AgentStep, Driver, EpisodeLost
@@ -62,10 +61,6 @@ if TYPE_CHECKING:
     from pipeline.finetune.reference import ReferenceScores
 
 log = logging.getLogger(__name__)
-
-METRICS_NAME = "metrics.csv"
-CURVE_NAME = "learning_curve.png"
-SUMMARY_NAME = "summary.json"
 
 
 class OnlineTrainer:
@@ -374,17 +369,8 @@ class OnlineTrainer:
 
     def finish(self) -> dict:
         """Write learning_curve.png and summary.json from metrics.csv."""
-        plot_learning_curve(
-            self.out / METRICS_NAME,
-            self.out / CURVE_NAME,
-            title=f"encoder: {self.run_info['encoder_source']}",
-        )
-        evals = [r for r in read_metrics(self.out / METRICS_NAME) if r["phase"] == "eval"]
-        final = {k: float(v) for k, v in evals[-1].items() if k != "phase" and v != ""}
         wall_time_s = self._wall_time()
-        summary = {
-            "final_eval": final,
-            "best_eval_return": max(float(r["episode_return"]) for r in evals),
+        counters = {
             "step": self.step,
             "num_train_steps": self.cfg.num_train_steps,
             "sim_steps": self.sim_steps,
@@ -397,5 +383,5 @@ class OnlineTrainer:
             "backend": self.cfg.env.backend,
             **self.run_info,
         }
-        atomic_write(self.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
-        return summary
+        title = f"encoder: {self.run_info['encoder_source']}"
+        return write_summary(self.out, title, counters)
