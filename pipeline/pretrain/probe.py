@@ -141,6 +141,27 @@ def run_probe(
             f"(episode % {holdout_every} == {holdout_every - 1}) and some to train on"
         )
     h = features["h"]
+    r2, intervals, alphas = _fit_targets(features, heldout, alpha)
+    return {
+        "r2": r2,
+        "r2_interval": intervals,
+        "heldout_episodes": heldout_episodes,
+        "num_train_episodes": len(train_episodes),
+        "num_train_samples": int((~heldout).sum()),
+        "num_heldout_samples": int(heldout.sum()),
+        "holdout_every": holdout_every,
+        "alpha": alphas,
+        "repr_dim": int(h.shape[1]),
+        "lead_distance_cap_m": schema.LEAD_RANGE_M,
+    }
+
+
+def _fit_targets(
+    features: dict[str, torch.Tensor], heldout: torch.Tensor, alpha: float | None
+) -> tuple[dict[str, float | None], dict[str, list[float] | None], dict[str, float | None]]:
+    """Per target of PROBE_TARGETS: the held-out R², its episode-bootstrap interval and the
+    ridge penalty (None for a target with too few recorded values)."""
+    h = features["h"]
     r2: dict[str, float | None] = {}
     intervals: dict[str, list[float] | None] = {}
     alphas: dict[str, float | None] = {}
@@ -161,18 +182,7 @@ def run_probe(
         predicted = probe.predict(h[test_rows]).reshape(-1).double()
         intervals[name] = episode_bootstrap_r2(target[test_rows], predicted, episode_ids[test_rows])
         alphas[name] = chosen
-    return {
-        "r2": r2,
-        "r2_interval": intervals,
-        "heldout_episodes": heldout_episodes,
-        "num_train_episodes": len(train_episodes),
-        "num_train_samples": int((~heldout).sum()),
-        "num_heldout_samples": int(heldout.sum()),
-        "holdout_every": holdout_every,
-        "alpha": alphas,
-        "repr_dim": int(h.shape[1]),
-        "lead_distance_cap_m": schema.LEAD_RANGE_M,
-    }
+    return r2, intervals, alphas
 
 
 def summary_line(result: dict) -> str:
