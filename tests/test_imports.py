@@ -108,7 +108,7 @@ def test_the_cycle_finder_finds_a_circle_and_only_one():
 def test_the_graph_sees_type_checking_and_function_level_imports():
     graph = import_graph()
     assert "pipeline.sim.highway" in graph["pipeline.sim"]  # inside make_env
-    assert "semore.sac" in graph["pipeline.finetune.config"]
+    assert "pipeline.finetune.reference" in graph["pipeline.finetune.loop"]  # TYPE_CHECKING
 
 
 def test_no_import_circle_in_pipeline_or_semore():
