@@ -83,7 +83,8 @@ def _per_column(metric, *arrays: np.ndarray) -> np.ndarray:
 
 def iqm_curves(scores: dict[str, np.ndarray], reps: int, seed: int = 0) -> dict[str, Estimate]:
     """IQM of each arm's (runs, steps) scores at every step, with stratified bootstrap
-    intervals (one bootstrap per arm: each resample of runs serves every step)."""
+    intervals: one bootstrap call per arm, in which rliable's stratified resampling draws the
+    runs of every step on its own, as a per-step (marginal) interval needs."""
     data = {arm: m[:, None, :] for arm, m in scores.items()}
     with _seeded(seed):
         _, intervals = rly.get_interval_estimates(
