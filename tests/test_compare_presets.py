@@ -46,13 +46,19 @@ def test_regime_presets_run_every_arm_on_one_learner(name):
 def test_the_matched_study_holds_the_five_regimes_on_five_seeds(name):
     cfg = load(name)
     modes = {name: arm.overrides.get("encoder_mode", "finetune") for name, arm in cfg.arms.items()}
-    assert modes == {"semore_frozen": "frozen", "semore_finetune": "finetune",
-                     "semore_guided": "guided", "scratch": "finetune",
-                     "random_frozen": "frozen"}  # fmt: skip
+    assert modes == {
+        "semore_frozen": "frozen",
+        "semore_finetune": "finetune",
+        "semore_guided": "guided",
+        "scratch": "finetune",
+        "random_frozen": "frozen",
+    }
     assert cfg.arms["scratch"].encoder == "none" and cfg.reference_arm == "scratch"
     # scratch trains the layers finetune and guided train: the arms differ in the weights alone.
-    trained = {name: cfg.arms[name].overrides["encoder_trainable_from"]
-               for name in ("semore_finetune", "semore_guided", "scratch")}  # fmt: skip
+    trained = {
+        name: cfg.arms[name].overrides["encoder_trainable_from"]
+        for name in ("semore_finetune", "semore_guided", "scratch")
+    }
     assert set(trained.values()) == {"projection"}
     assert len(cfg.seeds) >= 5 and cfg.num_eval_episodes == 10 and cfg.num_train_steps == 10_000
     assert check_learner(cfg).differing == []
@@ -81,10 +87,12 @@ def test_the_learner_check_compares_every_fine_tune_field_but_the_arm_fields():
 
 
 def test_a_study_whose_arms_differ_in_precision_is_not_one_learner():
-    cfg = CompareConfig(arms={
-        "scratch": ArmConfig(overrides={"fabric": {"precision": "32-true"}}),
-        "frozen": ArmConfig(overrides={"encoder_mode": "frozen", "encoder_lr": 1e-5}),
-    })  # fmt: skip
+    cfg = CompareConfig(
+        arms={
+            "scratch": ArmConfig(overrides={"fabric": {"precision": "32-true"}}),
+            "frozen": ArmConfig(overrides={"encoder_mode": "frozen", "encoder_lr": 1e-5}),
+        }
+    )
     check = check_learner(cfg)
     assert check.differing == ["fabric.precision"] and not check.matched
     assert check.note("scratch") == "fabric.precision 32-true"
@@ -114,8 +122,14 @@ def test_a_committed_study_is_what_its_composed_preset_resolves_to(name):
 def test_the_matched_family_writes_the_learner_of_record_once():
     """Only matched_ent1 names the learner; each of the others states how it differs."""
     folder = resolve_config("matched_ent1", "compare").parent
-    for name in ("matched", "matched_smooth", "matched_20k", "matched_ent1_20k",
-                 "matched_smooth_20k", "tune_learner"):  # fmt: skip
+    for name in (
+        "matched",
+        "matched_smooth",
+        "matched_20k",
+        "matched_ent1_20k",
+        "matched_smooth_20k",
+        "tune_learner",
+    ):
         own = yaml.safe_load((folder / f"{name}.yaml").read_text())
         assert own["base"] in ("matched_ent1", "matched", "matched_smooth"), name
         assert "batch_size" not in own.get("overrides", {}), name
@@ -143,24 +157,41 @@ BASE_STUDY = {
 
 def test_a_study_composes_with_its_base(tmp_path):
     write(tmp_path, "parent", BASE_STUDY)
-    child = write(tmp_path, "child", {
-        "base": "parent.yaml",
-        "overrides": {"sac": {"target_entropy_per_dim": -4.0}, "nstep": 5},
-        "arms": {"frozen": None, "scratch": {"overrides": {"encoder_mode": "finetune"}},
-                 "guided": {"encoder": "none", "overrides": {"encoder_mode": "guided"}}},
-        "seeds": [7],
-    })  # fmt: skip
+    child = write(
+        tmp_path,
+        "child",
+        {
+            "base": "parent.yaml",
+            "overrides": {"sac": {"target_entropy_per_dim": -4.0}, "nstep": 5},
+            "arms": {
+                "frozen": None,
+                "scratch": {"overrides": {"encoder_mode": "finetune"}},
+                "guided": {"encoder": "none", "overrides": {"encoder_mode": "guided"}},
+            },
+            "seeds": [7],
+        },
+    )
     cfg = load_config(CompareConfig, child, stage="compare")
     # Mappings merge at any depth; a list replaces; a null arm leaves the study.
-    assert cfg.overrides == {"batch_size": 128, "nstep": 5,
-                             "sac": {"critic_lr": 1.0e-3, "target_entropy_per_dim": -4.0}}  # fmt: skip
+    assert cfg.overrides == {
+        "batch_size": 128,
+        "nstep": 5,
+        "sac": {"critic_lr": 1.0e-3, "target_entropy_per_dim": -4.0},
+    }
     assert list(cfg.arms) == ["scratch", "guided"]
     assert cfg.arms["scratch"].overrides == {"encoder_lr": 1.0e-3, "encoder_mode": "finetune"}
     assert cfg.seeds == [7]
     # A null override goes back to the fine-tune preset's value; a null field to its default.
-    grandchild = write(tmp_path, "grandchild", {
-        "base": "child", "overrides": {"sac": None}, "seeds": None, "reference_arm": "guided",
-    })  # fmt: skip
+    grandchild = write(
+        tmp_path,
+        "grandchild",
+        {
+            "base": "child",
+            "overrides": {"sac": None},
+            "seeds": None,
+            "reference_arm": "guided",
+        },
+    )
     cfg = load_config(CompareConfig, grandchild, stage="compare")
     assert cfg.overrides == {"batch_size": 128, "nstep": 5} and cfg.seeds == [0, 1, 2, 3, 4]
     # Command-line overrides apply after the composition.

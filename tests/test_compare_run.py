@@ -65,8 +65,11 @@ def test_study_runs_reports_and_skips_finished_runs(tmp_path, capsys):
     assert str(tmp_path) not in table and "`" not in table
     assert (report / "curves.png").stat().st_size > 1000
     assert sorted(p.name for p in (report / "runs").glob("*.csv")) == [
-        "frozen-seed0.csv", "frozen-seed1.csv", "scratch-seed0.csv", "scratch-seed1.csv"
-    ]  # fmt: skip
+        "frozen-seed0.csv",
+        "frozen-seed1.csv",
+        "scratch-seed0.csv",
+        "scratch-seed1.csv",
+    ]
     commands = (report / "commands.sh").read_text().splitlines()
     assert sum(line.startswith("semore-finetune ") for line in commands) == 4
     assert str(tmp_path) not in "\n".join(commands)  # the export beside OUT: $OUT/../
@@ -171,8 +174,12 @@ def test_study_builds_its_dataset_and_encoders_first(tmp_path, capsys):
     # Provenance: every command from the dataset on, the dataset's hash, the encoder's config.
     commands = (report / "commands.sh").read_text().splitlines()[3:]
     assert [line.split()[0] for line in commands] == [
-        "semore-collect", "semore-annotate", "semore-pretrain", "semore-finetune", "semore-finetune"
-    ]  # fmt: skip
+        "semore-collect",
+        "semore-annotate",
+        "semore-pretrain",
+        "semore-finetune",
+        "semore-finetune",
+    ]
     assert "--resume" not in commands[2]
     dataset = json.loads((report / "dataset.json").read_text())
     assert len(dataset["manifest_sha256"]) == 64 and dataset["raw"]["totals"]["num_episodes"] == 4
@@ -223,8 +230,12 @@ def test_printed_commands_the_local_runner_and_slurm_run_one_plan(tmp_path, monk
 
     def jobs(todo, num_jobs):
         pretrain = todo[0].module == "pipeline.pretrain.run"
-        ran.append(("encoders" if pretrain else "fine-tuning runs",
-                    [[job.module, *job.argv] for job in todo]))  # fmt: skip
+        ran.append(
+            (
+                "encoders" if pretrain else "fine-tuning runs",
+                [[job.module, *job.argv] for job in todo],
+            )
+        )
         return [] if pretrain else ["stopped before running"]
 
     monkeypatch.setattr(compare_run, "run_in_process", in_process)

@@ -203,8 +203,14 @@ def test_pretrained_export_initialises_agent_encoder(tmp_path):
 
 
 def test_motion_targets_are_raw_state_values():
-    names = ("speed_mps", "acceleration_mps2", "yaw_rate_radps", "lat_speed_mps",
-             "lateral_offset_m", "heading_rad")  # fmt: skip
+    names = (
+        "speed_mps",
+        "acceleration_mps2",
+        "yaw_rate_radps",
+        "lat_speed_mps",
+        "lateral_offset_m",
+        "heading_rad",
+    )
     state = dict(zip(names, (20.0, 1.0, 0.1, -0.5, 0.3, 0.02), strict=True))
     assert np.allclose(motion_targets(state), [20.0, 1.0, 0.1, -0.5, 0.3, 0.02])
     assert MOTION_DIM == 6
@@ -331,8 +337,14 @@ class FlakyCarla:
         return self.rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
 
     def _state(self, steer):
-        return {"speed_mps": 10.0, "acceleration_mps2": 0.0, "yaw_rate_radps": 0.0,
-                "lat_speed_mps": 0.0, "steer": float(steer), "collision": False}  # fmt: skip
+        return {
+            "speed_mps": 10.0,
+            "acceleration_mps2": 0.0,
+            "yaw_rate_radps": 0.0,
+            "lat_speed_mps": 0.0,
+            "steer": float(steer),
+            "collision": False,
+        }
 
     def step(self, action):
         self.calls += 1
@@ -340,9 +352,14 @@ class FlakyCarla:
             raise SimulatorConnectionError("carla server at localhost:2000 timed out")
         self.t += 1
         return StepResult(
-            {"rgb": self._frame()}, np.asarray(action), 0.5, False, self.t >= 24,
-            self._state(action[0]), distance_m=0.5,
-        )  # fmt: skip
+            {"rgb": self._frame()},
+            np.asarray(action),
+            0.5,
+            False,
+            self.t >= 24,
+            self._state(action[0]),
+            distance_m=0.5,
+        )
 
     def reconnect(self):
         self.reconnects += 1

@@ -182,9 +182,11 @@ def test_a_frozen_trunk_guides_from_its_tokens_computed_once(pretrained):
     again = next(guide._open(0))
     assert torch.equal(again["obs_tokens"], batch["obs_tokens"])
     replay = {
-        "obs_tokens": table["obs_tokens"][:8], "next_obs_tokens": table["obs_tokens"][8:16],
-        "action": torch.rand(8, 2) * 2 - 1, "reward": torch.rand(8),
+        "obs_tokens": table["obs_tokens"][:8],
+        "next_obs_tokens": table["obs_tokens"][8:16],
+        "action": torch.rand(8, 2) * 2 - 1,
+        "reward": torch.rand(8),
         "discount": torch.full((8,), 0.99),
-    }  # fmt: skip
+    }
     losses = [agent.update(replay, step)["guide_loss"] for step in range(40)]
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses

@@ -117,9 +117,12 @@ def test_no_import_circle_in_pipeline_or_semore():
 
 
 def test_a_circle_between_packages_is_seen_though_no_module_circle_is():
-    graph = {"pipeline.compare.run": {"pipeline.launch.cli"},
-             "pipeline.launch.study": {"pipeline.compare.jobs"},
-             "pipeline.launch.cli": set(), "pipeline.compare.jobs": set()}  # fmt: skip
+    graph = {
+        "pipeline.compare.run": {"pipeline.launch.cli"},
+        "pipeline.launch.study": {"pipeline.compare.jobs"},
+        "pipeline.launch.cli": set(),
+        "pipeline.compare.jobs": set(),
+    }
     assert find_cycle(graph) is None
     cycle = find_cycle(package_graph(graph))
     assert cycle is not None and set(cycle) == {"pipeline.compare", "pipeline.launch"}

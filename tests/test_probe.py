@@ -145,8 +145,11 @@ def test_lead_distance_target_is_capped_at_the_lead_range(raw_dataset: Path):
     from pipeline.data.source import iter_pairs, shard_urls
     from pipeline.data.windows import iter_windows
 
-    samples = [s for raw, _ in shard_urls(raw_dataset, with_ann=False)
-               for s in iter_windows(iter_pairs(raw, None), FRAME_STACK)]  # fmt: skip
+    samples = [
+        s
+        for raw, _ in shard_urls(raw_dataset, with_ann=False)
+        for s in iter_windows(iter_pairs(raw, None), FRAME_STACK)
+    ]
     for sample in samples:
         state = conftest.synthetic_state(sample["episode"], sample["step"], 0.2)
         expected = state["lead_distance_m"] if state["lead_present"] else LEAD_DISTANCE_CAP_M

@@ -300,9 +300,14 @@ def test_auxiliary_targets_are_standardised_with_the_set_statistics():
         ).item()
         next_h = agent.encoder(batch["next_obs"].float())
     metrics = agent.update_critic(
-        h, batch["action"], batch["reward"], batch["discount"], next_h,
-        batch["reward1"], batch["motion"],
-    )  # fmt: skip
+        h,
+        batch["action"],
+        batch["reward"],
+        batch["discount"],
+        next_h,
+        batch["reward1"],
+        batch["motion"],
+    )
     assert metrics["reward_aux_loss"] == pytest.approx(expected_reward, rel=1e-5)
     assert metrics["motion_aux_loss"] == pytest.approx(expected_motion, rel=1e-5)
 

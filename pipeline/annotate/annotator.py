@@ -146,8 +146,13 @@ class Annotator:
         enc = self.encoder
         log.info(
             "%s: %d samples, %d captioned, %d caption lookups, %d encoded, cache hit rate %.1f%%",
-            ann_path.name, n, counts["captioned_steps"], enc.lookups, enc.calls, 100 * enc.hits / max(1, enc.lookups),
-        )  # fmt: skip
+            ann_path.name,
+            n,
+            counts["captioned_steps"],
+            enc.lookups,
+            enc.calls,
+            100 * enc.hits / max(1, enc.lookups),
+        )
         return {
             "num_samples": n,
             **counts,

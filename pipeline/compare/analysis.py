@@ -49,16 +49,19 @@ def _cpu_minutes(cfg: CompareConfig, records: list[RunRecord]) -> dict[str, tupl
         measured = rec.cpu_s is not None
         seconds = rec.cpu_s if measured else rec.wall_time_s * threads
         out.setdefault(rec.arm, []).append((seconds / 60, measured))
-    return {arm: (float(np.mean([m for m, _ in v])), all(ok for _, ok in v))
-            for arm, v in out.items()}  # fmt: skip
+    return {
+        arm: (float(np.mean([m for m, _ in v])), all(ok for _, ok in v)) for arm, v in out.items()
+    }
 
 
 def analyse(cfg: CompareConfig, records: list[RunRecord]) -> Analysis:
     """The report's statistics (rliable's, ``cfg.bootstrap_reps`` resamples each)."""
     steps, scores = score_matrix(records)
     if cfg.reference_arm not in scores:
-        raise SemoreError(f"reference arm {cfg.reference_arm} has no finished run: expected "
-                          f"at least one (finished: {', '.join(scores)})")  # fmt: skip
+        raise SemoreError(
+            f"reference arm {cfg.reference_arm} has no finished run: expected "
+            f"at least one (finished: {', '.join(scores)})"
+        )
     report_steps = sorted({_at_or_before(steps, s) for s in cfg.steps_to_report()})
     columns = [int(np.flatnonzero(steps == s)[0]) for s in report_steps]
     reps = cfg.bootstrap_reps
@@ -66,8 +69,10 @@ def analyse(cfg: CompareConfig, records: list[RunRecord]) -> Analysis:
     target = float(curves[cfg.reference_arm].value[-1])
     # After step 0: an untrained actor that happens to steer straight can score ~0.5 before
     # any update (seen in the study), which is luck, not learning.
-    reach = {arm: estimates.steps_to_reach(steps, curve.value, target, after=0)
-             for arm, curve in curves.items()}  # fmt: skip
+    reach = {
+        arm: estimates.steps_to_reach(steps, curve.value, target, after=0)
+        for arm, curve in curves.items()
+    }
     return Analysis(
         steps=steps,
         scores=scores,

@@ -106,8 +106,13 @@ class CompareConfig:
                     )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds} must be distinct and not empty")
-        for name in ("num_train_steps", "eval_every_steps", "num_eval_episodes", "jobs",
-                     "bootstrap_reps"):  # fmt: skip
+        for name in (
+            "num_train_steps",
+            "eval_every_steps",
+            "num_eval_episodes",
+            "jobs",
+            "bootstrap_reps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} is {getattr(self, name)}: expected an int >= 1")
 

@@ -124,10 +124,12 @@ def profiles(
     scores, with bootstrap bands, through rliable's ``create_performance_profile``."""
     with _seeded(seed):
         points, intervals = rly.create_performance_profile(
-            {arm: v.reshape(-1, 1) for arm, v in final.items()}, taus,
-            custom_profile_func=_score_distribution, reps=reps,
+            {arm: v.reshape(-1, 1) for arm, v in final.items()},
+            taus,
+            custom_profile_func=_score_distribution,
+            reps=reps,
             confidence_interval_size=CONFIDENCE,
-        )  # fmt: skip
+        )
     return _estimates(points, intervals)
 
 

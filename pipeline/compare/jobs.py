@@ -140,8 +140,11 @@ def _add_cost(job: Job, cpu_s: float, wall_s: float, threads: int) -> None:
     """Add one process's CPU and wall seconds to the job's totals (a resume adds to them)."""
     path = cost_path(job)
     total = json.loads(path.read_text()) if path.is_file() else {"cpu_s": 0.0, "wall_s": 0.0}
-    total = {"cpu_s": total["cpu_s"] + cpu_s, "wall_s": total["wall_s"] + wall_s,
-             "threads": threads}  # fmt: skip
+    total = {
+        "cpu_s": total["cpu_s"] + cpu_s,
+        "wall_s": total["wall_s"] + wall_s,
+        "threads": threads,
+    }
     atomic_write(path, json.dumps(total, indent=1) + "\n")
 
 
@@ -169,8 +172,15 @@ def run_jobs(jobs: list[Job], num_jobs: int) -> list[str]:
             pool.map(lambda j: _run_job(j, threads), jobs), start=1
         ):
             status = "done" if code == 0 else f"FAILED (exit {code}, see {job.out}.log)"
-            log.info("[%d/%d] %s seed %d %s in %.0f s",
-                     done, len(jobs), job.arm, job.seed, status, seconds)  # fmt: skip
+            log.info(
+                "[%d/%d] %s seed %d %s in %.0f s",
+                done,
+                len(jobs),
+                job.arm,
+                job.seed,
+                status,
+                seconds,
+            )
             if code != 0:
                 failures.append(f"{job.arm} seed {job.seed} (exit {code}, see {job.out}.log)")
     return failures

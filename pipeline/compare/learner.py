@@ -48,8 +48,11 @@ def learner_settings(resolved: dict) -> dict[str, object]:
 
 def arm_settings(cfg: CompareConfig) -> dict[str, dict[str, object]]:
     """Per arm, its resolved learner settings (:func:`learner_settings`)."""
-    budget = {"num_train_steps": cfg.num_train_steps, "eval_every_steps": cfg.eval_every_steps,
-              "num_eval_episodes": cfg.num_eval_episodes}  # fmt: skip
+    budget = {
+        "num_train_steps": cfg.num_train_steps,
+        "eval_every_steps": cfg.eval_every_steps,
+        "num_eval_episodes": cfg.num_eval_episodes,
+    }
     out = {}
     for name, arm in cfg.arms.items():
         overrides = merge(merge(cfg.overrides, arm.overrides), budget)
@@ -72,8 +75,12 @@ class LearnerCheck:
 
     def note(self, arm: str) -> str:
         """``batch_size 128, utd 2`` for the differing settings of ``arm`` ("" when none)."""
-        return ", ".join(f"{k} {self.values[arm][k]:g}" if isinstance(self.values[arm][k], float)
-                         else f"{k} {self.values[arm][k]}" for k in self.differing)  # fmt: skip
+        return ", ".join(
+            f"{k} {self.values[arm][k]:g}"
+            if isinstance(self.values[arm][k], float)
+            else f"{k} {self.values[arm][k]}"
+            for k in self.differing
+        )
 
 
 def compare_settings(

@@ -60,8 +60,10 @@ def dataset_commands(cfg: CompareConfig, out: Path) -> list[Command]:
     data, ds = str(out / DATA_DIR), cfg.dataset
     collect = ["--config", ds.collect, "--out", data, *override_flags(ds.collect_overrides)]
     annotate = ["--config", ds.annotate, "--data", data, *override_flags(ds.annotate_overrides)]
-    return [Command(COLLECT_MODULE, [*collect, "--quiet"]),
-            Command(ANNOTATE_MODULE, [*annotate, "--quiet"])]  # fmt: skip
+    return [
+        Command(COLLECT_MODULE, [*collect, "--quiet"]),
+        Command(ANNOTATE_MODULE, [*annotate, "--quiet"]),
+    ]
 
 
 def dataset_done(cfg: CompareConfig, out: Path) -> bool:

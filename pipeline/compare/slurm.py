@@ -29,8 +29,9 @@ def _task(command: Command, out: Path, threads: int) -> Task:
 
 def study_stages(plan: StudyPlan, out: Path, threads: int) -> list[Stage]:
     """The plan's stages as tasks of ``threads`` cores each, the report last."""
-    stages = [Stage(name, [_task(c, out, threads) for c in commands])
-              for name, commands in plan.stages()]  # fmt: skip
+    stages = [
+        Stage(name, [_task(c, out, threads) for c in commands]) for name, commands in plan.stages()
+    ]
     report = Task("report", plan.report.command, out / LOGS_DIR / "report.log", threads)
     stages.append(Stage("report", [report]))
     return stages

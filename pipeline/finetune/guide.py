@@ -67,15 +67,20 @@ def export_stats(metadata: dict, state_dim: int) -> TrainStats:
 
 
 def guide_batches(
-    data: str, frame_stack: int, image_hw: tuple[int, int], holdout_every: int,
-    stats: TrainStats, cfg: GuideConfig, seed: int,
-) -> Iterator[dict[str, torch.Tensor]]:  # fmt: skip
+    data: str,
+    frame_stack: int,
+    image_hw: tuple[int, int],
+    holdout_every: int,
+    stats: TrainStats,
+    cfg: GuideConfig,
+    seed: int,
+) -> Iterator[dict[str, torch.Tensor]]:
     """An endless, seeded stream of pretraining batches of ``data``'s training episodes."""
     urls = shard_urls(data, with_ann=True)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(
             [raw for raw, _ in urls], seed=seed, worker_seed=lambda: 0, deterministic=True
-        ),  # fmt: skip
+        ),
         ShardPairReader(dict(urls), frame_stack, EpisodeSplit(holdout_every, "train"), image_hw),
         wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=random.Random(seed)),
         wds.batched(cfg.batch_size, collation_fn=Collate(stats), partial=False),
@@ -84,9 +89,14 @@ def guide_batches(
 
 
 def token_table(
-    encoder: SemoreEncoder, data: str, frame_stack: int, image_hw: tuple[int, int],
-    holdout_every: int, stats: TrainStats, device: torch.device,
-) -> dict[str, torch.Tensor]:  # fmt: skip
+    encoder: SemoreEncoder,
+    data: str,
+    frame_stack: int,
+    image_hw: tuple[int, int],
+    holdout_every: int,
+    stats: TrainStats,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
     """Every training frame stack of ``data`` as a guide batch row, its pixels replaced by the
     frozen trunk's flat tokens ("obs_tokens", float16): one pass, in shard order."""
     urls = shard_urls(data, with_ann=True)
@@ -198,8 +208,13 @@ def guide_captions(cfg: FinetuneConfig, metadata: dict) -> OnlineCaptions:
 def _heads_spec(info: DatasetInfo, saved: dict | None) -> dict:
     if saved is not None:
         return saved["model"]
-    return {"text_dim": info.embedding_dim, "motion_dim": len(info.motion_targets),
-            "action_dim": info.action_dim, "heads_read": "h", "state_dim": 0}  # fmt: skip
+    return {
+        "text_dim": info.embedding_dim,
+        "motion_dim": len(info.motion_targets),
+        "action_dim": info.action_dim,
+        "heads_read": "h",
+        "state_dim": 0,
+    }
 
 
 def build_guide(
@@ -258,8 +273,15 @@ def build_guide(
             return open_dataset(num_drawn)
         return mixed_batches(open_dataset, replay_batch, cfg.guide.replay_every, num_drawn)
 
-    guide = PretrainGuide(model, loss, open_stream, cfg.guide.weight, cfg.guide.every,
-                          cfg.guide.heads_lr, cfg.sac.aug_pad)  # fmt: skip
+    guide = PretrainGuide(
+        model,
+        loss,
+        open_stream,
+        cfg.guide.weight,
+        cfg.guide.every,
+        cfg.guide.heads_lr,
+        cfg.sac.aug_pad,
+    )
     return guide.to(device)
 
 
@@ -281,8 +303,13 @@ def _cached_table(
             f"guide.batch_size ({cfg.guide.batch_size})"
         )
     size_mb = sum(value.nbytes for value in table.values()) / 2**20
-    log.info("guide: %d frame stacks of %s tokenised once (%.0f MB, %.1f s)", num_rows, data,
-             size_mb, time.perf_counter() - start_s)  # fmt: skip
+    log.info(
+        "guide: %d frame stacks of %s tokenised once (%.0f MB, %.1f s)",
+        num_rows,
+        data,
+        size_mb,
+        time.perf_counter() - start_s,
+    )
     return table
 
 
