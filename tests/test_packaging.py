@@ -29,6 +29,7 @@ def test_wheel_ships_presets_and_an_installed_copy_finds_them(tmp_path: Path):
     for preset in ("collect", "annotate", "pretrain", "finetune"):
         assert f"pipeline/presets/{preset}/quickstart.yaml" in names
     assert "pipeline/presets/compare/quick.yaml" in names
+    assert "pipeline/presets/compare/matched_ent1_20k.yaml" in names  # every study preset
     assert "pipeline/share/card_template.md" in names
     assert "pipeline/annotate/prompts/semantic.txt" in names
 

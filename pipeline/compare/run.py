@@ -5,9 +5,11 @@
 A study with a ``dataset`` section first collects and annotates it into ``OUT/data``, then
 pretrains each of its ``encoders`` on it into ``OUT/encoders/NAME`` (N at a time). Each
 fine-tuning run is an independent ``semore-finetune`` process writing ``OUT/runs/ARM/seedS``.
-A rerun skips what is finished and resumes what was interrupted. ``--print-commands`` prints
-one command per unfinished job instead, stage by stage (hand each stage to a cluster's job
-array), and a later ``semore-compare --report-only`` aggregates whatever has finished.
+A rerun skips what is finished and resumes what was interrupted: what is left is worked out
+once (``pipeline.compare.plan``), and run here, submitted to SLURM (``--launcher slurm``) or,
+with ``--print-commands``, printed: one command per unfinished job, stage by stage (hand each
+stage to a cluster's job array), then the ``--report-only`` command that aggregates whatever
+has finished.
 ``semore-compare --from-results DIR`` rebuilds a results folder's report from the run CSVs and
 ``study.yaml`` it keeps, when the run folders are gone. A study that spans sessions goes on
 from its committed results folder: rerun with the same ``--report`` on a fresh checkout and it
