@@ -233,21 +233,8 @@ def build_guide(
         info = read_dataset_info(data, with_ann=True)
     except SemoreError as err:
         raise SemoreError(f"guide dataset: {err}") from None
-    saved = load_pretrain_heads(export) if export is not None else None
-    if saved is None:
-        log.warning("guided: %s has no pretraining heads; they start fresh", export or "none")
-    spec = _heads_spec(info, saved)
-    _check_dataset(info, str(data), encoder, spec)
-    recorded = metadata.get("dataset", {})
-    if recorded.get("manifest_sha256") not in (None, info.dataset_id()["manifest_sha256"]):
-        log.warning("guide dataset %s changed since pretraining (manifest hash differs)", data)
     device = next(encoder.parameters()).device
-    model = SemorePretrainModel(encoder, **spec).to(device)
-    loss_kwargs = dict(saved["loss"]) if saved is not None else {}
-    loss_kwargs["state_weight"] = 0.0  # the no-language control's term needs state targets
-    loss = SemorePretrainLoss(**loss_kwargs).to(device)
-    if saved is not None:
-        _load_heads(model, loss, saved, export)
+    model, loss = _pretraining_model(encoder, info, data, export, metadata, device)
     if "motion_mean" in metadata:
         stats = export_stats(metadata, len(schema.CAPTION_STATE_FIELDS))
     else:  # --encoder none: standardise with the dataset's own training statistics
@@ -283,6 +270,33 @@ def build_guide(
         cfg.sac.aug_pad,
     )
     return guide.to(device)
+
+
+def _pretraining_model(
+    encoder: nn.Module,
+    info: DatasetInfo,
+    data: str,
+    export: Path | None,
+    metadata: dict,
+    device: torch.device,
+) -> tuple[SemorePretrainModel, SemorePretrainLoss]:
+    """The pretraining model around ``encoder`` with the export's heads and loss (fresh ones
+    without), checked against the guide dataset ``data`` (read as ``info``)."""
+    saved = load_pretrain_heads(export) if export is not None else None
+    if saved is None:
+        log.warning("guided: %s has no pretraining heads; they start fresh", export or "none")
+    spec = _heads_spec(info, saved)
+    _check_dataset(info, str(data), encoder, spec)
+    recorded = metadata.get("dataset", {})
+    if recorded.get("manifest_sha256") not in (None, info.dataset_id()["manifest_sha256"]):
+        log.warning("guide dataset %s changed since pretraining (manifest hash differs)", data)
+    model = SemorePretrainModel(encoder, **spec).to(device)
+    loss_kwargs = dict(saved["loss"]) if saved is not None else {}
+    loss_kwargs["state_weight"] = 0.0  # the no-language control's term needs state targets
+    loss = SemorePretrainLoss(**loss_kwargs).to(device)
+    if saved is not None:
+        _load_heads(model, loss, saved, export)
+    return model, loss
 
 
 def _cached_table(
