@@ -111,8 +111,10 @@ def main() -> None:
     collect_rate = samples / collect_s
     annotate_rate = samples / annotate_s
     steady_rate = steady_samples / steady_s
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"load average {os.getloadavg()[0]:.1f}; annotate threads: {args.num_threads or 'preset default'}")  # fmt: skip
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"load average {os.getloadavg()[0]:.1f}; annotate threads: {args.num_threads or 'preset default'}"
+    )
     print(f"samples: {samples} ({args.episodes} highway episodes, {totals['num_shards']} shards)")
     print("                  wall s   samples/s   CPU s   samples/CPU-s")
     for name, n, wall, cpu in (
@@ -121,12 +123,16 @@ def main() -> None:
         ("annotate (warm)", steady_samples, steady_s, steady_cpu),
     ):
         print(f"{name:16s} {wall:7.2f} {n / wall:11.1f} {cpu:7.2f} {n / cpu:15.1f}")
-    print(f"ratio annotate/collect (target >= 5x): {annotate_rate / collect_rate:.1f}x end to end, "
-          f"{steady_rate / collect_rate:.1f}x warm; per CPU-second {collect_cpu / annotate_cpu:.1f}x end to end, "
-          f"{(steady_samples / steady_cpu) / (samples / collect_cpu):.1f}x warm")  # fmt: skip
-    print(f"text encoder: {totals['encoder_calls']} captions encoded for {totals['caption_lookups']} lookups "
-          f"(cache hit rate {100 * totals['cache_hits'] / totals['caption_lookups']:.1f}%); distinct captions: "
-          f"{per_shard_unique} summed per shard (target: equal to encoded), {len(everything)} over the dataset")  # fmt: skip
+    print(
+        f"ratio annotate/collect (target >= 5x): {annotate_rate / collect_rate:.1f}x end to end, "
+        f"{steady_rate / collect_rate:.1f}x warm; per CPU-second {collect_cpu / annotate_cpu:.1f}x end to end, "
+        f"{(steady_samples / steady_cpu) / (samples / collect_cpu):.1f}x warm"
+    )
+    print(
+        f"text encoder: {totals['encoder_calls']} captions encoded for {totals['caption_lookups']} lookups "
+        f"(cache hit rate {100 * totals['cache_hits'] / totals['caption_lookups']:.1f}%); distinct captions: "
+        f"{per_shard_unique} summed per shard (target: equal to encoded), {len(everything)} over the dataset"
+    )
 
 
 if __name__ == "__main__":

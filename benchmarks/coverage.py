@@ -63,9 +63,11 @@ def main(argv: list[str] | None = None) -> int:
                 "histogram": np.histogram(lateral, bins=np.linspace(-2, 2, 17))[0].tolist(),
             }
             r = results[policy]
-            print(f"{policy:10s} {r['samples']:6d} samples  |offset|>0.5 m {r['frac_offset_over_0.5m']:.3f}"
-                  f"  >1 m {r['frac_offset_over_1m']:.3f}  within 2 m of an edge "
-                  f"{r['frac_within_2m_of_edge']:.3f}")  # fmt: skip
+            print(
+                f"{policy:10s} {r['samples']:6d} samples  |offset|>0.5 m {r['frac_offset_over_0.5m']:.3f}"
+                f"  >1 m {r['frac_offset_over_1m']:.3f}  within 2 m of an edge "
+                f"{r['frac_within_2m_of_edge']:.3f}"
+            )
 
     import matplotlib
 
@@ -77,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     for policy, r in results.items():
         share = np.asarray(r["histogram"]) / max(1, r["samples"])
         ax.step(edges[:-1], share, where="post", label=f"{policy} ({r['samples']} samples)")
-    ax.set(xlabel="lateral offset from the lane centre (m, > 0 right)", ylabel="share of samples",
-           yscale="log", title=f"{args.episodes} quickstart episodes per policy")  # fmt: skip
+    ax.set(
+        xlabel="lateral offset from the lane centre (m, > 0 right)",
+        ylabel="share of samples",
+        yscale="log",
+        title=f"{args.episodes} quickstart episodes per policy",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out / "lateral_offset.png", dpi=100)

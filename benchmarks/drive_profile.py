@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.config import from_dict
+from pipeline.data.checkpoint import last_checkpoint, read_checkpoint
 from pipeline.errors import SemoreError
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.run import build_agent
@@ -54,15 +55,8 @@ COLUMNS = (
 def load_run(run: Path) -> tuple[FinetuneConfig, torch.nn.Module]:
     """The run's config and its agent as the last checkpoint left it (guide terms dropped:
     acting needs the encoder and actor only)."""
-    path = run / "checkpoints" / "last.pt"
-    if not path.is_file():
-        raise SemoreError(f"{path} not found: expected a semore-finetune run folder")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for foreign or corrupt files
-        raise SemoreError(f"{path} is not readable ({type(err).__name__})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != "semore-finetune":
-        raise SemoreError(f"{path} is not a semore-finetune checkpoint")
+    path = last_checkpoint(run)
+    checkpoint = read_checkpoint(path)
     cfg = from_dict(FinetuneConfig, checkpoint["config"], where=str(path))
     encoder = SemoreEncoder.from_config(EncoderConfig(**checkpoint["encoder_config"]))
     agent = build_agent(encoder, cfg, pretrained=checkpoint["encoder_source"] != "none")

@@ -128,10 +128,13 @@ def guide_for(encoder, batch_size: int, tokens: bool = False) -> PretrainGuide:
 
 
 def agent_of(encoder, guide_batch_size: int = 0, guide_tokens: bool = False, **kw) -> SACAgent:
-    agent = SACAgent(encoder, 2, SACConfig(), **kw)
+    guide = None
     if guide_batch_size:
-        agent.guide = guide_for(encoder, guide_batch_size, guide_tokens)
-    return agent
+
+        def guide(enc):
+            return guide_for(enc, guide_batch_size, guide_tokens)
+
+    return SACAgent(encoder, 2, SACConfig(), guide=guide, **kw)
 
 
 def one_update(agent: SACAgent, batch: dict, step: int) -> float:

@@ -16,6 +16,22 @@ log = logging.getLogger(__name__)
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+# A stage's console script is named after its package: semore-collect runs pipeline.collect.run.
+SCRIPT_PREFIX = "semore-"
+
+
+def stage_name(module: str) -> str:
+    """``pipeline.collect.run`` -> ``collect``: the stage whose command module ``module`` is."""
+    package, _, rest = module.partition(".")
+    if package != "pipeline" or not rest:
+        raise ValueError(f"{module} is not a stage's module: expected pipeline.STAGE.MODULE")
+    return rest.split(".")[0]
+
+
+def script_name(module: str) -> str:
+    """``pipeline.collect.run`` -> ``semore-collect``: the console script of a stage's ``run``
+    module (what a user types for ``python -m MODULE``)."""
+    return SCRIPT_PREFIX + stage_name(module)
 
 
 def make_parser(

@@ -1,8 +1,9 @@
 """Typed configs: nested dataclasses loaded from YAML, with dotted command-line overrides.
 
 Each stage defines a dataclass tree; ``load_config(StageConfig, path, ["--a.b", "3"])``
-reads the YAML, applies overrides and checks every value against the field's type, so a
-typo or a wrong type is a one-line error naming the file, the field and what was expected.
+reads the YAML (composed with the config it starts from, ``base: NAME``), applies overrides
+and checks every value against the field's type, so a typo or a wrong type is a one-line
+error naming the file, the field and what was expected.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
         raise SemoreError(f"{where} is a {type(data).__name__}: expected a mapping")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = _without_retired(cls, data, where)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise SemoreError(
@@ -112,6 +114,24 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
         raise SemoreError(f"{where}: {err}") from None
+
+
+# Class attribute of a config dataclass: {name: value} of fields it no longer has, each with
+# the one value it could take. A config or a checkpoint saved with such a field still loads
+# when it holds that value (it meant what the code now always does); any other value is an
+# error, since the code can no longer do what it asks.
+RETIRED = "RETIRED"
+
+
+def _without_retired(cls: type, data: dict, where: str) -> dict:
+    retired = getattr(cls, RETIRED, {})
+    for name in sorted(set(data) & set(retired)):
+        if data[name] != retired[name]:
+            raise SemoreError(
+                f"{where}.{name} is {data[name]!r}: the field was removed (it could only be "
+                f"{retired[name]!r}); expected it left out"
+            )
+    return {k: v for k, v in data.items() if k not in retired}
 
 
 # Presets ship inside the package (pipeline/presets/<stage>/<name>.yaml), so an installed
@@ -145,13 +165,69 @@ def resolve_config(value: str | Path, stage: str = "") -> Path:
     )
 
 
+# A config that starts from another names it under this key: a YAML file beside it (NAME.yaml
+# or a path relative to its folder), else a preset of the same stage.
+BASE_KEY = "base"
+
+
+def compose(data: dict, base: dict) -> dict:
+    """``data`` laid over ``base`` (the rules of ``base:``, see :func:`load_config`)."""
+    out = dict(base)
+    for key, value in data.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict):
+            below = out.get(key)
+            out[key] = compose(value, below if isinstance(below, dict) else {})
+        else:
+            out[key] = value
+    return out
+
+
+def _base_path(base: object, path: Path, stage: str) -> Path:
+    if not isinstance(base, str) or not base:
+        raise SemoreError(f"{path}: {BASE_KEY} is {base!r}: expected a preset name or a YAML path")
+    for beside in (path.parent / base, path.parent / f"{base}.yaml"):
+        if beside.is_file():
+            return beside
+    return resolve_config(base, stage)
+
+
+def load_composed(path: Path, stage: str = "", seen: tuple[Path, ...] = ()) -> dict:
+    """The YAML mapping at ``path`` composed with the chain of configs it starts from."""
+    data = load_yaml(path)
+    if BASE_KEY not in data:
+        return data
+    base = _base_path(data.pop(BASE_KEY), path, stage)
+    chain = (*seen, path.resolve())
+    if base.resolve() in chain:
+        names = " -> ".join(p.stem for p in (*chain, base))
+        raise SemoreError(f"{path}: {BASE_KEY} goes round in a circle ({names}): expected a chain")
+    return compose(data, load_composed(base, stage, chain))
+
+
 def load_config(
     cls: type[T], path: str | Path | None, overrides: list[str] | dict = (), stage: str = ""
 ) -> T:
-    """Load ``cls`` from a YAML file or ``stage`` preset (defaults when None) plus overrides."""
+    """Load ``cls`` from a YAML file or ``stage`` preset (defaults when None) plus overrides.
+
+    A config may start from another: ``base: NAME`` (a YAML file beside it, ``NAME`` or
+    ``NAME.yaml``, else the preset NAME of ``stage``) takes NAME's config, itself composed the
+    same way, and lays this file over it:
+
+    - a mapping merges key by key, at any depth: a study's ``arms``, ``encoders``,
+      ``overrides``, an arm's own ``overrides``, a ``dataset`` or ``launcher`` section;
+    - any other value (a number, a string, a list such as ``seeds``) replaces the base's;
+    - a key set to null removes the base's key: an arm or encoder leaves the study, an
+      override goes back to the fine-tune preset's value, a field to its default (so a config
+      with a base cannot set a field to null; one without a base can);
+    - keys keep the base's order, and keys new in this file follow it.
+
+    Command-line ``overrides`` then apply as they do to any config (a null there is a null).
+    """
     if path is not None:
         path = resolve_config(path, stage)
-    data = load_yaml(path) if path is not None else {}
+    data = load_composed(path, stage) if path is not None else {}
     extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
     return from_dict(cls, merge(data, extra), where=str(path) if path else "config")
 

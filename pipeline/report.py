@@ -84,13 +84,14 @@ def _study_sections(table_md: str) -> tuple[str, str]:
     head, _, rest = table_md.partition("## What it shows")
     verdicts, _, tables = rest.partition("\n## ")
     tables = "## " + tables if tables else head
-    demoted = "\n".join("#" + line if line.startswith("#") else line
-                         for line in tables.splitlines())  # fmt: skip
+    demoted = "\n".join(
+        "#" + line if line.startswith("#") else line for line in tables.splitlines()
+    )
     render = lambda text: markdown.markdown(text, extensions=["tables"])  # noqa: E731
     return render(verdicts), render(demoted)
 
 
-def write_report(
+def write_run_report(
     out: Path,
     data: Path,
     probes: dict[str, dict],

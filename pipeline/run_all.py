@@ -16,8 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import cli
+from pipeline.annotate import run as annotate_run
+from pipeline.collect import run as collect_run
+from pipeline.compare import run as compare_run
 from pipeline.config import load_config, override_flags, resolve_config
 from pipeline.errors import SemoreError
+from pipeline.pretrain import probe
+from pipeline.pretrain import run as pretrain_run
+from pipeline.report import write_run_report
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +74,12 @@ def _call(name: str, main, argv: list[str]) -> None:
         raise SemoreError(f"stage {name} failed with exit code {code} (its error is printed above)")
 
 
-def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> Path:
-    """Run (or resume) every stage into ``out``; returns the report's path."""
-    from pipeline.annotate import run as annotate_run
-    from pipeline.collect import run as collect
-    from pipeline.compare import run as compare
-    from pipeline.pretrain import probe
-    from pipeline.pretrain import run as pretrain
-
-    common = ["--debug"] if debug else []
+def _pretrained_encoder(cfg: RunConfig, out: Path, root: Path, common: list[str]) -> Path:
+    """Collect, annotate and pretrain into ``out``; returns the encoder's export."""
     data = out / "data"
     _call(
         "collect",
-        collect.main,
+        collect_run.main,
         [*_flags(cfg.collect, "collect", root), "--out", str(data), *common],
     )
     _call(
@@ -88,35 +87,19 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
         annotate_run.main,
         [*_flags(cfg.annotate, "annotate", root), "--data", str(data), *common],
     )
-
     pre = out / "pretrain"
-    encoder = pre / pretrain.ENCODER_EXPORT
+    encoder = pre / pretrain_run.ENCODER_EXPORT
     if not encoder.is_file():
-        last = pre / pretrain.CHECKPOINT_DIR / pretrain.LAST_CHECKPOINT
+        last = pre / pretrain_run.CHECKPOINT_DIR / pretrain_run.LAST_CHECKPOINT
         resume = ["--resume"] if last.is_file() else []
-        _call(
-            "pretrain",
-            pretrain.main,
-            [
-                *_flags(cfg.pretrain, "pretrain", root),
-                "--data",
-                str(data),
-                "--out",
-                str(pre),
-                *resume,
-                *common,
-            ],
-        )
+        flags = [*_flags(cfg.pretrain, "pretrain", root), "--data", str(data), "--out", str(pre)]
+        _call("pretrain", pretrain_run.main, [*flags, *resume, *common])
+    return encoder
 
-    study = out / "compare"
-    _call(
-        "compare",
-        compare.main,
-        [*_flags(cfg.compare, "compare", root), "--pretrained", str(encoder),
-         "--out", str(study), *common],
-    )  # fmt: skip
 
-    # Probes: the pretrained encoder, a random one, and (if named) an encoder RL trained.
+def _probes(cfg: RunConfig, out: Path, encoder: Path, study: Path, common: list[str]) -> dict:
+    """Probe results by label: the pretrained encoder, a random one, and (if named) the
+    encoder an end-to-end arm's seed-0 run left; each probe runs once."""
     sources = [("pretrained", str(encoder)), ("random", "random")]
     if cfg.rl_probe_arm is not None:
         rl_encoder = study / "runs" / cfg.rl_probe_arm / "seed0"
@@ -130,17 +113,22 @@ def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> 
     for label, source in sources:
         path = out / f"probe_{label.split()[0].lower()}.json"
         if not path.is_file():
-            _call(
-                f"probe ({label})",
-                probe.main,
-                ["--encoder", source, "--data", str(data), "--out", str(path), *common],
-            )
+            argv = ["--encoder", source, "--data", str(out / "data"), "--out", str(path)]
+            _call(f"probe ({label})", probe.main, [*argv, *common])
         probes[label] = json.loads(path.read_text())
+    return probes
 
-    from pipeline.report import write_report
 
-    return write_report(
-        out, data, probes, study / "report", cfg.report_episodes, cfg.report_max_steps
+def run_pipeline(cfg: RunConfig, out: Path, root: Path, debug: bool = False) -> Path:
+    """Run (or resume) every stage into ``out``; returns the report's path."""
+    common = ["--debug"] if debug else []
+    encoder = _pretrained_encoder(cfg, out, root, common)
+    study = out / "compare"
+    flags = [*_flags(cfg.compare, "compare", root), "--pretrained", str(encoder)]
+    _call("compare", compare_run.main, [*flags, "--out", str(study), *common])
+    probes = _probes(cfg, out, encoder, study, common)
+    return write_run_report(
+        out, out / "data", probes, study / "report", cfg.report_episodes, cfg.report_max_steps
     )
 
 

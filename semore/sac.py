@@ -8,176 +8,30 @@ update. A frozen encoder's features can be computed once per stored observation 
 in the batch (``obs_h`` / ``next_obs_h``): updates then touch only the MLP heads. Cached
 token grids of frozen lower layers (``obs_tokens``, :mod:`semore.trunk_cache`) run only the
 layers above them; a guide (``SACAgent.guide``, :mod:`semore.guide`) adds the pretraining
-terms to the critic loss.
+terms to the critic loss. The networks are in :mod:`semore.actor_critic`, the
+hyper-parameters in :mod:`semore.sac_config`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semore.actor_critic import Actor, Critic, eval_mode, soft_update
 from semore.augment import RandomShift
-from semore.layers import mlp, orthogonal_init
+from semore.guide import PretrainGuide
+from semore.layers import mlp
+from semore.sac_config import SACConfig
 from semore.trunk_cache import encode_cached_batch
 
-
-@torch.no_grad()
-def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """target <- (1 - tau) * target + tau * online, for parameters (buffers are left as they are)."""
-    for target_param, online_param in zip(target.parameters(), online.parameters(), strict=True):
-        target_param.lerp_(online_param, tau)
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    was_training = module.training
-    module.train(False)
-    try:
-        yield
-    finally:
-        module.train(was_training)
-
-
-class Actor(nn.Module):
-    """Tanh-squashed diagonal Gaussian policy over its own projection of a representation h.
-
-    The projection (Linear + LayerNorm + tanh, as DrQ's actor trunk) lets the actor re-weight
-    the detached features instead of reading the critic's representation as is.
-    """
-
-    def __init__(
-        self,
-        repr_dim: int,
-        action_dim: int,
-        hidden_dim: int,
-        feature_dim: int,
-        log_std_min: float = -10.0,
-        log_std_max: float = 2.0,
-    ) -> None:
-        super().__init__()
-        self.log_std_min = log_std_min
-        self.log_std_max = log_std_max
-        self.proj = nn.Sequential(
-            nn.Linear(repr_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh()
-        )
-        self.trunk = mlp(feature_dim, hidden_dim, 2 * action_dim, num_hidden_layers=2)
-        self.apply(orthogonal_init)
-
-    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """Return (mu, log_std) of the pre-tanh Gaussian, each (B, action_dim)."""
-        mu, log_std = self.trunk(self.proj(h.detach())).chunk(2, dim=-1)
-        # Squash smoothly into [min, max] instead of clamping, so log_std keeps a gradient.
-        log_std = torch.tanh(log_std)
-        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
-        return mu, log_std
-
-    def sample(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """Reparameterised action in (-1, 1) (B, A) and its log-probability (B,)."""
-        mu, log_std = self(h)
-        noise = torch.randn_like(mu)
-        pre_tanh = mu + log_std.exp() * noise
-        log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        # Change of variables: log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), stable for large |u|.
-        log_prob = log_prob - (2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))).sum(-1)
-        return torch.tanh(pre_tanh), log_prob
-
-
-class Critic(nn.Module):
-    """Twin Q networks on (h, action); ``forward`` returns (q1, q2), each (B,)."""
-
-    def __init__(self, repr_dim: int, action_dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.q1 = mlp(repr_dim + action_dim, hidden_dim, 1, num_hidden_layers=2)
-        self.q2 = mlp(repr_dim + action_dim, hidden_dim, 1, num_hidden_layers=2)
-        self.apply(orthogonal_init)
-
-    def forward(self, h: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
-        x = torch.cat([h, action], dim=-1)  # (B, repr_dim + A)
-        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
-
-
-@dataclass
-class SACConfig:
-    # 256 instead of SAC-AE's 1024: the heads run on CPU next to the encoder, and h is only 50-d.
-    hidden_dim: int = 256
-    # DrQ's actor trunk width (the actor's own projection of the detached features).
-    actor_feature_dim: int = 50
-    # SAC-AE / DrQ's discount: an effective horizon 1 / (1 - 0.99) = 100 agent steps, 20 s of
-    # 5 Hz control, the length of a quickstart / study highway episode.
-    discount: float = 0.99
-    # SAC-AE / DrQ learning rates for pixel SAC with batch sizes of 128-512.
-    actor_lr: float = 1e-3
-    critic_lr: float = 1e-3
-    # DrQ's temperature rate: SAC-AE's 1e-4 moves log(alpha) only ~0.03 in a 2k-step run, so
-    # exploration after the seed steps was almost nil; with Adam's short memory (beta 0.5).
-    alpha_lr: float = 1e-3
-    alpha_beta: float = 0.5
-    # SAC-AE: the target Q heads track at 1% per target update.
-    critic_tau: float = 0.01
-    # SAC-AE: the actor and the targets change every other update, which steadies Q learning.
-    actor_update_every: int = 2
-    target_update_every: int = 2
-    # SAC-AE: a low start keeps early exploration from drowning the (small) driving reward.
-    init_temperature: float = 0.1
-    # SAC's entropy target, -1 nat per action dimension. On highway that holds the policy too
-    # random: the temperature climbs (0.55 at 3000 steps) and episodes end early off the road;
-    # -4 per dimension scored 0.46 against 0.13 at 750 steps and 0.44 against 0.26 at 3000
-    # (frozen Semore, mean of 2 tuning seeds, benchmarks/results/tune_learner/), so the
-    # matched study sets -4. The default stays SAC's, which the committed quickstart numbers
-    # were made with.
-    target_entropy_per_dim: float = -1.0
-    # DrQ: +-4 px shifts for 84 px frames (not applied to cached frozen features).
-    aug_pad: int = 4
-    # 0 disables the online auxiliary heads (plain SAC); > 0 keeps h reward-/motion-predictive.
-    # Their targets (one-step reward, motion) are standardised with statistics of the seed
-    # steps, the same way whatever the encoder (see SACAgent.set_target_stats).
-    reward_aux_weight: float = 0.0
-    motion_aux_weight: float = 0.0
-    # CAPS' temporal smoothness (Mysore et al. 2021) in the actor loss: weight x the squared
-    # distance between the deterministic actions of a batch's obs and next_obs. A policy
-    # driven only by the critic's action gradient goes bang-bang: trained highway agents
-    # alternated full steering and full throttle/brake from step to step (62% sign changes,
-    # mean |steer| 0.37 against the expert's 0.005) although the reward charges |steer|,
-    # because the critic's action gradient (|dQ/da| ~5-16 at Q ~280) drowns that 1-per-step
-    # cost. 0 is plain SAC.
-    action_smoothness_weight: float = 0.0
-    # The action dimensions the smoothness term covers; null: all. At 5 on every dimension
-    # some highway runs locked into full throttle at 40 m/s and crashed: a term that also
-    # charges changing the acceleration charges braking for the car ahead. [1] is highway's
-    # steering alone.
-    action_smoothness_dims: list[int] | None = None
-
-    def __post_init__(self) -> None:
-        for name in (
-            "hidden_dim",
-            "actor_feature_dim",
-            "actor_update_every",
-            "target_update_every",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sac.{name} is {getattr(self, name)}: expected an int >= 1")
-        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"sac.{name} is {getattr(self, name)}: expected > 0")
-        dims = self.action_smoothness_dims
-        if dims is not None and (not dims or min(dims) < 0 or len(set(dims)) != len(dims)):
-            raise ValueError(
-                f"sac.action_smoothness_dims is {dims}: expected null (all) or distinct "
-                "action indices >= 0"
-            )
-        if self.action_smoothness_weight < 0:
-            raise ValueError(
-                f"sac.action_smoothness_weight is {self.action_smoothness_weight}: "
-                "expected >= 0 (0 = off)"
-            )
+# Builds a guide (encoder_mode "guided") from the agent's encoder; see SACAgent.
+GuideBuilder = Callable[[nn.Module], PretrainGuide]
 
 
 class SACAgent(nn.Module):
@@ -186,8 +40,11 @@ class SACAgent(nn.Module):
     so a pretrained encoder's weights are the starting point. ``encoder_trainable`` False keeps
     it fixed (:meth:`set_encoder_trainable` switches later, e.g. after a warm-up). ``encoder_lr``
     is the encoder's rate when it trains; its caller picks it per regime (the fine-tune config's
-    ``encoder_lr``); 1e-3 is DrQ's rate for an encoder learned from scratch. Move with
-    ``.to(device)`` before the first update; optimiser state then lives on the same device.
+    ``encoder_lr``); 1e-3 is DrQ's rate for an encoder learned from scratch. ``guide`` builds
+    the guide of encoder_mode "guided" from the encoder (:class:`~semore.guide.PretrainGuide`,
+    whose term joins the critic loss); it is called last, so the guide's heads draw their
+    initial weights after the agent's networks. Move with ``.to(device)`` before the first
+    update; optimiser state then lives on the same device.
     """
 
     def __init__(
@@ -198,29 +55,13 @@ class SACAgent(nn.Module):
         motion_dim: int = 0,
         encoder_trainable: bool = True,
         encoder_lr: float = 1e-3,
+        guide: GuideBuilder | None = None,
     ) -> None:
         super().__init__()
-        if not encoder_lr > 0:
-            raise ValueError(f"SACAgent encoder_lr={encoder_lr!r}; expected > 0")
-        repr_dim = getattr(encoder, "repr_dim", None)
-        if not isinstance(repr_dim, int) or repr_dim < 1:
-            raise ValueError(
-                f"SACAgent encoder {type(encoder).__name__} has repr_dim={repr_dim!r}; expected an int >= 1"
-            )
-        dims = cfg.action_smoothness_dims
-        if dims is not None and max(dims) >= action_dim:
-            raise ValueError(
-                f"SACAgent action_smoothness_dims={dims} with action_dim={action_dim}; "
-                f"expected indices < {action_dim}"
-            )
-        if cfg.motion_aux_weight > 0 and motion_dim < 1:
-            raise ValueError(
-                f"SACAgent motion_aux_weight={cfg.motion_aux_weight} with motion_dim={motion_dim}; "
-                "expected motion_dim >= 1 (or motion_aux_weight=0)"
-            )
+        _check_agent_args(encoder, action_dim, cfg, motion_dim, encoder_lr)
         self.cfg = cfg
         self.action_dim = action_dim
-        self.repr_dim = repr_dim
+        self.repr_dim = repr_dim = encoder.repr_dim
         self.target_entropy = cfg.target_entropy_per_dim * float(action_dim)
 
         self.encoder = encoder
@@ -241,7 +82,13 @@ class SACAgent(nn.Module):
         self.register_buffer("reward_std", torch.ones(()))
         self.register_buffer("motion_mean", torch.zeros(motion_dim))
         self.register_buffer("motion_std", torch.ones(motion_dim))
+        self._make_optimizers(encoder_lr)
+        self.encoder_trainable = True
+        self.set_encoder_trainable(encoder_trainable)
+        self.guide: PretrainGuide | None = guide(encoder) if guide is not None else None
 
+    def _make_optimizers(self, encoder_lr: float) -> None:
+        cfg = self.cfg
         # The auxiliary heads share the critic's optimiser: they are stepped by the same loss.
         critic_params = list(self.critic.parameters())
         for head in (self.reward_head, self.motion_head):
@@ -254,10 +101,6 @@ class SACAgent(nn.Module):
         self.alpha_opt = torch.optim.Adam(
             [self.log_alpha], lr=cfg.alpha_lr, betas=(cfg.alpha_beta, 0.999)
         )
-        self.encoder_trainable = True
-        self.set_encoder_trainable(encoder_trainable)
-        # encoder_mode "guided": a semore.guide.PretrainGuide whose term joins the critic loss.
-        self.guide: nn.Module | None = None
 
     @property
     def device(self) -> torch.device:
@@ -488,3 +331,28 @@ class SACAgent(nn.Module):
             "alpha": self.alpha_opt,
             **({"guide": self.guide.opt} if self.guide is not None else {}),
         }
+
+
+def _check_agent_args(
+    encoder: nn.Module, action_dim: int, cfg: SACConfig, motion_dim: int, encoder_lr: float
+) -> None:
+    """ValueError naming the argument of :class:`SACAgent` that does not fit."""
+    if not encoder_lr > 0:
+        raise ValueError(f"SACAgent encoder_lr={encoder_lr!r}; expected > 0")
+    repr_dim = getattr(encoder, "repr_dim", None)
+    if not isinstance(repr_dim, int) or repr_dim < 1:
+        raise ValueError(
+            f"SACAgent encoder {type(encoder).__name__} has repr_dim={repr_dim!r}; "
+            "expected an int >= 1"
+        )
+    dims = cfg.action_smoothness_dims
+    if dims is not None and max(dims) >= action_dim:
+        raise ValueError(
+            f"SACAgent action_smoothness_dims={dims} with action_dim={action_dim}; "
+            f"expected indices < {action_dim}"
+        )
+    if cfg.motion_aux_weight > 0 and motion_dim < 1:
+        raise ValueError(
+            f"SACAgent motion_aux_weight={cfg.motion_aux_weight} with motion_dim={motion_dim}; "
+            "expected motion_dim >= 1 (or motion_aux_weight=0)"
+        )

@@ -178,9 +178,13 @@ class WeatherParameters:
 
 
 WeatherParameters.ClearNoon = WeatherParameters(
-    cloudiness=5.0, wind_intensity=10.0, sun_azimuth_angle=-1.0, sun_altitude_angle=45.0,
-    fog_density=2.0, fog_distance=0.75,
-)  # fmt: skip
+    cloudiness=5.0,
+    wind_intensity=10.0,
+    sun_azimuth_angle=-1.0,
+    sun_altitude_angle=45.0,
+    fog_density=2.0,
+    fog_distance=0.75,
+)
 WeatherParameters.HardRainNight = WeatherParameters(
     cloudiness=100.0, precipitation=100.0, sun_altitude_angle=-90.0, fog_density=7.0
 )

@@ -127,11 +127,16 @@ def test_captions_are_deterministic_and_distinct_states_give_distinct_captions(c
         lead_distance_m=30.0, lead_closing_speed_mps=0.0, acceleration_mps2=0.0, lat_speed_mps=0.0
     )
     variants = [
-        base, _state(**{**base, "lane_index": 1}), _state(**{**base, "lead_distance_m": 60.0}),
-        _state(**{**base, "lead_distance_m": None}), _state(**{**base, "neighbours_per_lane": [0, 3, 0]}),
-        _state(**{**base, "speed_mps": 10.0}), _state(**{**base, "acceleration_mps2": 2.0}),
-        _state(**{**base, "lead_closing_speed_mps": 2.0}), _state(**{**base, "collision": True}),
-    ]  # fmt: skip
+        base,
+        _state(**{**base, "lane_index": 1}),
+        _state(**{**base, "lead_distance_m": 60.0}),
+        _state(**{**base, "lead_distance_m": None}),
+        _state(**{**base, "neighbours_per_lane": [0, 3, 0]}),
+        _state(**{**base, "speed_mps": 10.0}),
+        _state(**{**base, "acceleration_mps2": 2.0}),
+        _state(**{**base, "lead_closing_speed_mps": 2.0}),
+        _state(**{**base, "collision": True}),
+    ]
     captions = [captioner.caption([Step("k", v, base)])[0][:2] for v in variants]
     assert len(set(captions)) == len(variants)
 

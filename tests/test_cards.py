@@ -13,6 +13,7 @@ from huggingface_hub import DatasetCard
 
 from pipeline.errors import SemoreError
 from pipeline.share import card as cards
+from pipeline.share import metadata
 from tests.synthetic_ann import write_synthetic_ann
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def test_raw_only_card_has_no_annotation_config(raw_dataset):
     ],
 )
 def test_size_category_uses_hub_bins(num_samples, label):
-    assert cards.size_category(num_samples) == label
+    assert metadata.size_category(num_samples) == label
     assert label in _datasets_resource("size_categories.json")
 
 

@@ -25,12 +25,31 @@ PORT = 2000
 TM_PORT = PORT + 6000
 CAMERAS = ["yawm120", "yawm060", "yaw000", "yaw060", "yaw120"]
 STATE_KEYS = {
-    "speed_mps", "lon_speed_mps", "lat_speed_mps", "acceleration_mps2", "heading_rad",
-    "yaw_rate_radps", "position_m", "lane_index", "lanes_count", "lead_distance_m",
-    "lead_closing_speed_mps", "neighbours_per_lane", "lead_present", "collision",
-    "collision_impulse", "on_road", "steer", "time_s", "traffic_light", "weather",
-    "lane_invasion", "lateral_offset_m", "road_edge_left_m", "road_edge_right_m",
-}  # fmt: skip
+    "speed_mps",
+    "lon_speed_mps",
+    "lat_speed_mps",
+    "acceleration_mps2",
+    "heading_rad",
+    "yaw_rate_radps",
+    "position_m",
+    "lane_index",
+    "lanes_count",
+    "lead_distance_m",
+    "lead_closing_speed_mps",
+    "neighbours_per_lane",
+    "lead_present",
+    "collision",
+    "collision_impulse",
+    "on_road",
+    "steer",
+    "time_s",
+    "traffic_light",
+    "weather",
+    "lane_invasion",
+    "lateral_offset_m",
+    "road_edge_left_m",
+    "road_edge_right_m",
+}
 
 
 @pytest.fixture
@@ -48,9 +67,13 @@ def make(server):
 
     def build(**overrides) -> CarlaEnv:
         fields = dict(
-            hosts=[f"localhost:{PORT}"], image_height=16, image_width=16, num_vehicles=6,
-            timeout_s=0.5, reset_warmup_ticks=2,
-        )  # fmt: skip
+            hosts=[f"localhost:{PORT}"],
+            image_height=16,
+            image_width=16,
+            num_vehicles=6,
+            timeout_s=0.5,
+            reset_warmup_ticks=2,
+        )
         cfg = CarlaConfig(**{**fields, **overrides})
         envs.append(CarlaEnv(cfg, RewardConfig(), host=cfg.hosts[0]))
         return envs[-1]
@@ -394,9 +417,14 @@ def test_collect_reruns_the_episode_cut_by_a_server_drop(server, tmp_path):
     from pipeline.data.shards import iter_shard
 
     carla_cfg = CarlaConfig(
-        hosts=[f"localhost:{PORT}"], image_height=16, image_width=16, num_vehicles=4,
-        timeout_s=0.5, reset_warmup_ticks=2, max_episode_steps=5,
-    )  # fmt: skip
+        hosts=[f"localhost:{PORT}"],
+        image_height=16,
+        image_width=16,
+        num_vehicles=4,
+        timeout_s=0.5,
+        reset_warmup_ticks=2,
+        max_episode_steps=5,
+    )
     cfg = CollectConfig(
         run="cl", backend="carla", episodes=2, episodes_per_shard=2, carla=carla_cfg
     )

@@ -15,8 +15,16 @@ from pipeline.compare.writing import config_label
 from pipeline.config import resolve_config
 from pipeline.report import _study_sections
 
-FIELDS = ["phase", "step", "episode", "episode_return", "distance_m", "mean_abs_steer",
-          "wall_time_s", "normalized_return"]  # fmt: skip
+FIELDS = [
+    "phase",
+    "step",
+    "episode",
+    "episode_return",
+    "distance_m",
+    "mean_abs_steer",
+    "wall_time_s",
+    "normalized_return",
+]
 
 
 def _csv(scores: list[float], with_score: bool = True) -> str:
@@ -24,9 +32,18 @@ def _csv(scores: list[float], with_score: bool = True) -> str:
     writer = csv.DictWriter(out, FIELDS)
     writer.writeheader()
     for i, score in enumerate(scores):
-        writer.writerow({"phase": "eval", "step": 1000 * i, "episode": 0, "episode_return": score,
-                         "distance_m": 100.0, "mean_abs_steer": 0.1, "wall_time_s": 60.0 * i,
-                         "normalized_return": score if with_score else ""})  # fmt: skip
+        writer.writerow(
+            {
+                "phase": "eval",
+                "step": 1000 * i,
+                "episode": 0,
+                "episode_return": score,
+                "distance_m": 100.0,
+                "mean_abs_steer": 0.1,
+                "wall_time_s": 60.0 * i,
+                "normalized_return": score if with_score else "",
+            }
+        )
     return out.getvalue()
 
 
@@ -37,11 +54,17 @@ def results_folder(
     folder = tmp_path / "results"
     (folder / "runs").mkdir(parents=True)
     study = {
-        "arms": {"scratch": {"encoder": "none"},
-                 "frozen": {"encoder": "none", "overrides": {"encoder_mode": "frozen",
-                                                             "batch_size": 128}}},
-        "num_train_steps": 2000, "eval_every_steps": 1000, "unmatched_ok": list(unmatched_ok),
-    }  # fmt: skip
+        "arms": {
+            "scratch": {"encoder": "none"},
+            "frozen": {
+                "encoder": "none",
+                "overrides": {"encoder_mode": "frozen", "batch_size": 128},
+            },
+        },
+        "num_train_steps": 2000,
+        "eval_every_steps": 1000,
+        "unmatched_ok": list(unmatched_ok),
+    }
     (folder / "study.yaml").write_text(yaml.safe_dump(study))
     for seed in range(num_seeds):
         base = [0.0, 0.1 + 0.02 * seed, 0.2 + 0.02 * seed]

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import yaml
 
+import pipeline.compare.run as compare_run
+import pipeline.compare.slurm as compare_slurm
 from pipeline.compare.run import main
 from pipeline.finetune.eval import read_metrics
 from pipeline.finetune.run import main as finetune_main
@@ -63,8 +65,11 @@ def test_study_runs_reports_and_skips_finished_runs(tmp_path, capsys):
     assert str(tmp_path) not in table and "`" not in table
     assert (report / "curves.png").stat().st_size > 1000
     assert sorted(p.name for p in (report / "runs").glob("*.csv")) == [
-        "frozen-seed0.csv", "frozen-seed1.csv", "scratch-seed0.csv", "scratch-seed1.csv"
-    ]  # fmt: skip
+        "frozen-seed0.csv",
+        "frozen-seed1.csv",
+        "scratch-seed0.csv",
+        "scratch-seed1.csv",
+    ]
     commands = (report / "commands.sh").read_text().splitlines()
     assert sum(line.startswith("semore-finetune ") for line in commands) == 4
     assert str(tmp_path) not in "\n".join(commands)  # the export beside OUT: $OUT/../
@@ -76,14 +81,17 @@ def test_study_runs_reports_and_skips_finished_runs(tmp_path, capsys):
     frozen = results["arms"]["frozen"]
     assert frozen["cpu_measured"] and frozen["cpu_min_per_run"] > 0
 
-    # Everything is finished: a rerun runs nothing and prints no command.
+    # Everything is finished: a rerun runs nothing and prints the report's command alone.
     capsys.readouterr()
     assert main(["--config", str(study), "--out", str(out), "--print-commands"]) == 0
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().out == (
+        f"# report (1)\nsemore-compare --config {study} --out {out} --report-only\n"
+    )
     (out / "runs" / "frozen" / "seed1" / "summary.json").unlink()  # as if interrupted
     assert main(["--config", str(study), "--out", str(out), "--print-commands"]) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
-    assert len(printed) == 1 and printed[0].startswith("semore-finetune ")
+    assert len(printed) == 2 and printed[0].startswith("semore-finetune ")
+    assert printed[1].startswith("semore-compare ") and printed[1].endswith(" --report-only")
     assert "--encoder_mode frozen" in printed[0] and "--seed 1" in printed[0]
 
     # A longer study continues a run in the same folder: this study's report keeps its budget.
@@ -166,8 +174,12 @@ def test_study_builds_its_dataset_and_encoders_first(tmp_path, capsys):
     # Provenance: every command from the dataset on, the dataset's hash, the encoder's config.
     commands = (report / "commands.sh").read_text().splitlines()[3:]
     assert [line.split()[0] for line in commands] == [
-        "semore-collect", "semore-annotate", "semore-pretrain", "semore-finetune", "semore-finetune"
-    ]  # fmt: skip
+        "semore-collect",
+        "semore-annotate",
+        "semore-pretrain",
+        "semore-finetune",
+        "semore-finetune",
+    ]
     assert "--resume" not in commands[2]
     dataset = json.loads((report / "dataset.json").read_text())
     assert len(dataset["manifest_sha256"]) == 64 and dataset["raw"]["totals"]["num_episodes"] == 4
@@ -175,3 +187,71 @@ def test_study_builds_its_dataset_and_encoders_first(tmp_path, capsys):
     assert tiny["encoder"]["num_filters"] == 8
     kept = (report / "encoders" / "tiny.pt").read_bytes()  # the study goes on from here
     assert kept == (out / "encoders" / "tiny" / "encoder.pt").read_bytes()
+
+
+def test_printed_commands_the_local_runner_and_slurm_run_one_plan(tmp_path, monkeypatch, capsys):
+    """The same study, unstarted except for one finished run: --print-commands, a local run
+    and --launcher slurm name the same commands, stage by stage, and skip the same run."""
+    study = dataset_study()
+    study["seeds"] = [0, 1]
+    config, out = tmp_path / "study.yaml", tmp_path / "out"
+    config.write_text(yaml.safe_dump(study))
+    done = out / "runs" / "scratch" / "seed1"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps({"step": study["num_train_steps"]}))
+    argv = ["--config", str(config), "--out", str(out)]
+
+    def as_stages(pairs: list[tuple[str, list[list[str]]]]) -> list[tuple[str, list[str]]]:
+        """(stage, [the command's module and arguments, one string]) without the launcher's
+        way of starting it (console script or python -m)."""
+        return [(name, [shlex.join(c) for c in commands]) for name, commands in pairs if commands]
+
+    assert main([*argv, "--print-commands"]) == 0
+    printed, name = [], None
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("# "):
+            name = line[2:].rsplit(" (", 1)[0]
+            printed.append((name, []))
+        else:  # semore-collect ... -> pipeline.collect.run ...
+            script, *rest = shlex.split(line)
+            module = f"pipeline.{script.removeprefix('semore-')}.run"
+            printed[-1][1].append([module, *rest])
+
+    submitted = []
+    monkeypatch.setattr(compare_slurm, "launch", lambda stages, *a: submitted.extend(stages))
+    assert main([*argv, "--launcher", "slurm"]) == 0
+    slurm = [(s.name, [t.command[2:] for t in s.tasks]) for s in submitted]
+
+    ran: list[tuple[str, list[list[str]]]] = []
+
+    def in_process(command):
+        ran.append((command.stage, [[command.module, *command.argv]]))
+        return 0
+
+    def jobs(todo, num_jobs):
+        pretrain = todo[0].module == "pipeline.pretrain.run"
+        ran.append(
+            (
+                "encoders" if pretrain else "fine-tuning runs",
+                [[job.module, *job.argv] for job in todo],
+            )
+        )
+        return [] if pretrain else ["stopped before running"]
+
+    monkeypatch.setattr(compare_run, "run_in_process", in_process)
+    monkeypatch.setattr(compare_run, "run_jobs", jobs)
+    assert main(argv) == 2  # nothing really ran
+    assert "1 run(s) failed: stopped before running" in capsys.readouterr().err
+
+    names = ["collect", "annotate", "encoders", "fine-tuning runs", "report"]
+    assert [name for name, _ in printed] == names == [name for name, _ in slurm]
+    assert as_stages(printed[:-1]) == as_stages(slurm[:-1]) == as_stages(ran)
+    assert printed[-1] == ("report", [["pipeline.compare.run", *argv, "--report-only"]])
+    assert slurm[-1] == ("report", [["pipeline.compare.run", *argv, "--report-only"]])
+    runs = dict(ran)["fine-tuning runs"]
+    folders = {Path(run[run.index("--out") + 1]).relative_to(out) for run in runs}
+    assert len(runs) == 3 and folders == {
+        Path("runs/scratch/seed0"),
+        Path("runs/tiny_frozen/seed0"),
+        Path("runs/tiny_frozen/seed1"),
+    }  # the finished scratch seed 1 is in none of them

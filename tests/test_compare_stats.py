@@ -8,7 +8,7 @@ import pytest
 from rliable import library as rly
 from rliable import metrics
 
-from pipeline.compare import estimates, stats
+from pipeline.compare import estimates
 
 
 def test_iqm_of_a_known_array_and_parity_with_rliable():
@@ -38,16 +38,21 @@ def test_probability_of_improvement_known_answers_and_parity_with_rliable():
     np.testing.assert_allclose(estimates.improvement_per_step(x, y), expected)
 
 
-def test_bootstrap_resamples_runs_within_each_task():
-    # Rows that differ per task column: (0, 1), (0, 0), (0, 0), (1, 0). Resampling whole
-    # rows never puts the two 1s in one row, so max(row sum) <= 1 in every resample;
-    # stratified resampling draws each column's runs on its own and reaches 2 in ~23% of them.
-    scores = np.array([[0.0, 1.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
-    with estimates._seeded(0):
-        _, interval = rly.get_interval_estimates(
-            {"a": scores}, lambda x: np.array([np.max(x.sum(axis=1))]), reps=2000
-        )
-    assert interval["a"][1, 0] == 2.0
+def test_a_steps_interval_is_a_bootstrap_of_that_steps_runs_alone():
+    """iqm_curves' interval at a step comes from resamples of the runs' scores at that step:
+    the same runs give the same interval whatever the other steps hold; an increasing affine
+    map of the scores maps the interval (the same seeded resamples, a percentile of the IQM);
+    and its ends are IQMs of resamples, so they lie within the runs' range."""
+    runs = np.array([0.05, 0.2, 0.35, 0.4, 0.6, 0.9, 1.1])
+    rng = np.random.default_rng(3)
+    one = estimates.iqm_curves({"a": np.stack([runs, rng.normal(size=7)], axis=1)}, reps=2000)
+    two = estimates.iqm_curves({"a": np.stack([runs, rng.normal(size=7) + 5], axis=1)}, reps=2000)
+    assert one["a"].at(0) == two["a"].at(0)
+    mapped = estimates.iqm_curves({"a": (2.0 * runs + 1.0)[:, None]}, reps=2000)["a"]
+    plain = estimates.iqm_curves({"a": runs[:, None]}, reps=2000)["a"]
+    np.testing.assert_allclose(mapped.at(0), [2.0 * v + 1.0 for v in plain.at(0)])
+    value, low, high = plain.at(0)
+    assert runs.min() <= low < value < high <= runs.max()
 
 
 def test_intervals_are_reproducible_narrow_with_runs_and_leave_numpy_alone():
@@ -77,9 +82,9 @@ def test_performance_profile_with_bands_matches_rliable_default():
 def test_steps_to_reach():
     steps = np.array([0, 1000, 2000, 3000])
     curve = np.array([0.0, 0.2, 0.6, 0.9])
-    assert stats.steps_to_reach(steps, curve, 0.5) == 2000
-    assert stats.steps_to_reach(steps, curve, 0.95) is None
+    assert estimates.steps_to_reach(steps, curve, 0.5) == 2000
+    assert estimates.steps_to_reach(steps, curve, 0.95) is None
     # A lucky untrained agent at step 0 does not count as reaching the target by learning.
     lucky = np.array([0.56, 0.1, 0.6, 0.9])
-    assert stats.steps_to_reach(steps, lucky, 0.5) == 0
-    assert stats.steps_to_reach(steps, lucky, 0.5, after=0) == 2000
+    assert estimates.steps_to_reach(steps, lucky, 0.5) == 0
+    assert estimates.steps_to_reach(steps, lucky, 0.5, after=0) == 2000

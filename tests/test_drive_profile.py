@@ -43,7 +43,8 @@ def test_a_folder_without_a_checkpoint_is_a_one_line_error(drive_profile, tmp_pa
     assert drive_profile.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"error: {tmp_path}/checkpoints/last.pt not found: expected a semore-finetune run folder"
+        f"error: {tmp_path}/checkpoints/last.pt not found: expected a semore-finetune run's "
+        "checkpoint (RUN/checkpoints/last.pt)"
     ]
 
 

@@ -19,8 +19,10 @@ from tests.test_finetune import (
     one_thread,  # noqa: F401  (autouse)
 )
 
-FROZEN = {"interaction": ("sem_trunk.", "mot_trunk."),
-          "projection": ("sem_trunk.", "mot_trunk.", "interaction.")}  # fmt: skip
+FROZEN = {
+    "interaction": ("sem_trunk.", "mot_trunk."),
+    "projection": ("sem_trunk.", "mot_trunk.", "interaction."),
+}
 
 
 def tiny_encoder() -> SemoreEncoder:

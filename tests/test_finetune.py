@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import load_config
+from pipeline.config import from_dict, load_config, to_dict
 from pipeline.errors import SemoreError
 from pipeline.finetune import run as finetune_mod
 from pipeline.finetune.config import FinetuneConfig
@@ -209,8 +209,14 @@ def test_pretrained_export_initialises_agent_encoder(tmp_path):
 
 
 def test_motion_targets_are_raw_state_values():
-    names = ("speed_mps", "acceleration_mps2", "yaw_rate_radps", "lat_speed_mps",
-             "lateral_offset_m", "heading_rad")  # fmt: skip
+    names = (
+        "speed_mps",
+        "acceleration_mps2",
+        "yaw_rate_radps",
+        "lat_speed_mps",
+        "lateral_offset_m",
+        "heading_rad",
+    )
     state = dict(zip(names, (20.0, 1.0, 0.1, -0.5, 0.3, 0.02), strict=True))
     assert np.allclose(motion_targets(state), [20.0, 1.0, 0.1, -0.5, 0.3, 0.02])
     assert MOTION_DIM == 6
@@ -285,6 +291,18 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     assert "--encoder" in error_line(capsys)
 
 
+def test_the_removed_fabric_devices_loads_only_as_the_one_value_it_had():
+    """Configs and checkpoints written while fabric.devices existed carry devices: 1."""
+    cfg = from_dict(FinetuneConfig, {"fabric": {"devices": 1, "precision": "bf16-mixed"}})
+    assert cfg.fabric.precision == "bf16-mixed" and "devices" not in to_dict(cfg)["fabric"]
+    with pytest.raises(SemoreError) as err:
+        from_dict(FinetuneConfig, {"fabric": {"devices": 2}}, where="old.yaml")
+    assert str(err.value) == (
+        "old.yaml.fabric.devices is 2: the field was removed (it could only be 1); expected it "
+        "left out"
+    )
+
+
 def test_the_encoder_lr_has_one_source(tmp_path, capsys):
     # sac.encoder_lr was always overridden by the top-level encoder_lr; it is gone from SAC.
     # "3e-5" is a string to YAML 1.1 (no dot); numbers are read from it all the same.
@@ -325,8 +343,14 @@ class FlakyCarla:
         return self.rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
 
     def _state(self, steer):
-        return {"speed_mps": 10.0, "acceleration_mps2": 0.0, "yaw_rate_radps": 0.0,
-                "lat_speed_mps": 0.0, "steer": float(steer), "collision": False}  # fmt: skip
+        return {
+            "speed_mps": 10.0,
+            "acceleration_mps2": 0.0,
+            "yaw_rate_radps": 0.0,
+            "lat_speed_mps": 0.0,
+            "steer": float(steer),
+            "collision": False,
+        }
 
     def step(self, action):
         self.calls += 1
@@ -334,9 +358,14 @@ class FlakyCarla:
             raise SimulatorConnectionError("carla server at localhost:2000 timed out")
         self.t += 1
         return StepResult(
-            {"rgb": self._frame()}, np.asarray(action), 0.5, False, self.t >= 24,
-            self._state(action[0]), distance_m=0.5,
-        )  # fmt: skip
+            {"rgb": self._frame()},
+            np.asarray(action),
+            0.5,
+            False,
+            self.t >= 24,
+            self._state(action[0]),
+            distance_m=0.5,
+        )
 
     def reconnect(self):
         self.reconnects += 1

@@ -16,6 +16,7 @@ from pipeline.finetune.guide import build_guide, export_stats, guide_batches, to
 from pipeline.finetune.run import build_agent, main
 from pipeline.pretrain.run import main as pretrain_main
 from semore.encoder import load_encoder, load_encoder_metadata, load_pretrain_heads
+from semore.guide import PretrainGuide
 from semore.trunk_cache import h_from_tokens, token_dim
 from tests.conftest import write_synthetic_raw
 from tests.synthetic_ann import write_synthetic_ann
@@ -95,8 +96,14 @@ def tiny_cfg(*extra: str) -> FinetuneConfig:
 def test_the_guide_term_falls_over_guided_updates(pretrained):
     torch.manual_seed(0)
     cfg = tiny_cfg("--guide.batch_size", "8")
-    agent = build_agent(load_encoder(pretrained), cfg, pretrained=True)
-    agent.guide = build_guide(agent, cfg, pretrained, load_encoder_metadata(pretrained))
+    metadata = load_encoder_metadata(pretrained)
+    agent = build_agent(
+        load_encoder(pretrained),
+        cfg,
+        pretrained=True,
+        guide=lambda encoder: build_guide(encoder, cfg, pretrained, metadata),
+    )
+    assert isinstance(agent.guide, PretrainGuide) and agent.guide.model.encoder is agent.encoder
     g = torch.Generator().manual_seed(0)
     batch = {
         "obs": torch.randint(0, 256, (8, 9, 32, 32), generator=g, dtype=torch.uint8),
@@ -143,11 +150,15 @@ def test_a_frozen_trunk_guides_from_its_tokens_computed_once(pretrained):
     and give the heads what the frames give them (float16 tokens, no shift)."""
     torch.manual_seed(0)
     cfg = tiny_cfg("--encoder_trainable_from", "projection", "--guide.batch_size", "8")
-    encoder = load_encoder(pretrained)
-    agent = build_agent(encoder, cfg, pretrained=True)
-    assert agent.encoder.frozen_below == "projection"
     metadata = load_encoder_metadata(pretrained)
-    guide = build_guide(agent, cfg, pretrained, metadata)
+    agent = build_agent(
+        load_encoder(pretrained),
+        cfg,
+        pretrained=True,
+        guide=lambda encoder: build_guide(encoder, cfg, pretrained, metadata),
+    )
+    assert agent.encoder.frozen_below == "projection"
+    guide = agent.guide
     batch = next(guide._open(0))
     assert "obs" not in batch and batch["obs_tokens"].dtype == torch.float16
     assert batch["obs_tokens"].shape == (8, token_dim(agent.encoder))
@@ -170,12 +181,13 @@ def test_a_frozen_trunk_guides_from_its_tokens_computed_once(pretrained):
     # Two streams with the same seed draw the same rows; the guide term falls on them.
     again = next(guide._open(0))
     assert torch.equal(again["obs_tokens"], batch["obs_tokens"])
-    agent.guide = guide
     replay = {
-        "obs_tokens": table["obs_tokens"][:8], "next_obs_tokens": table["obs_tokens"][8:16],
-        "action": torch.rand(8, 2) * 2 - 1, "reward": torch.rand(8),
+        "obs_tokens": table["obs_tokens"][:8],
+        "next_obs_tokens": table["obs_tokens"][8:16],
+        "action": torch.rand(8, 2) * 2 - 1,
+        "reward": torch.rand(8),
         "discount": torch.full((8,), 0.99),
-    }  # fmt: skip
+    }
     losses = [agent.update(replay, step)["guide_loss"] for step in range(40)]
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
 

@@ -1,6 +1,8 @@
-"""No import circle between the modules of ``pipeline/`` and ``semore/``, and ``semore/`` never
-imports ``pipeline/``. Every import statement counts: at module level, under
-``if TYPE_CHECKING:`` and inside functions (a lazy import hides a circle, it does not remove it)."""
+"""The floors of the house: no import circle between the modules of ``pipeline/`` and
+``semore/``, none between their packages (folders), ``semore/`` never imports ``pipeline/``, and
+the shared launcher (``pipeline/launch/``) imports no stage. Every import statement counts: at
+module level, under ``if TYPE_CHECKING:`` and inside functions (a lazy import hides a circle, it
+does not remove it)."""
 
 from __future__ import annotations
 
@@ -73,6 +75,31 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def package_of(module: str) -> str:
+    """The folder a module lives in (``pipeline.compare.run`` -> ``pipeline.compare``); a file
+    directly under ``pipeline/`` (``pipeline.cli``) is a room of its own."""
+    parts = module.split(".")
+    folder = ROOT.joinpath(*parts[:2])
+    return ".".join(parts[:2]) if len(parts) > 1 and folder.is_dir() else module
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Module imports as imports between packages (a package's imports of itself dropped)."""
+    packages: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        mine = package_of(name)
+        packages.setdefault(mine, set()).update(package_of(t) for t in targets)
+        packages[mine].discard(mine)
+    return packages
+
+
+def stage_packages() -> set[str]:
+    """The stages: every package under ``pipeline/`` with a ``run.py`` (its command), and
+    ``semore-run``'s module."""
+    runs = {f"pipeline.{p.parent.name}" for p in (ROOT / "pipeline").glob("*/run.py")}
+    return runs | {"pipeline.run_all"}
+
+
 def test_the_cycle_finder_finds_a_circle_and_only_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
@@ -81,12 +108,37 @@ def test_the_cycle_finder_finds_a_circle_and_only_one():
 def test_the_graph_sees_type_checking_and_function_level_imports():
     graph = import_graph()
     assert "pipeline.sim.highway" in graph["pipeline.sim"]  # inside make_env
-    assert "semore.sac" in graph["pipeline.finetune.config"]
+    assert "pipeline.finetune.reference" in graph["pipeline.finetune.loop"]  # TYPE_CHECKING
 
 
 def test_no_import_circle_in_pipeline_or_semore():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_a_circle_between_packages_is_seen_though_no_module_circle_is():
+    graph = {
+        "pipeline.compare.run": {"pipeline.launch.cli"},
+        "pipeline.launch.study": {"pipeline.compare.jobs"},
+        "pipeline.launch.cli": set(),
+        "pipeline.compare.jobs": set(),
+    }
+    assert find_cycle(graph) is None
+    cycle = find_cycle(package_graph(graph))
+    assert cycle is not None and set(cycle) == {"pipeline.compare", "pipeline.launch"}
+
+
+def test_no_import_circle_between_packages():
+    cycle = find_cycle(package_graph(import_graph()))
+    assert cycle is None, "package circle: " + " -> ".join(cycle)
+
+
+def test_the_launcher_imports_no_stage():
+    stages = stage_packages()
+    assert {"pipeline.collect", "pipeline.annotate", "pipeline.compare"} <= stages
+    assert "pipeline.launch" not in stages
+    imports = package_graph(import_graph())["pipeline.launch"]
+    assert imports & stages == set(), f"pipeline/launch/ imports the stages {imports & stages}"
 
 
 def test_semore_never_imports_pipeline():

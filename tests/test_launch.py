@@ -59,14 +59,19 @@ def test_local_executor_runs_each_slice_as_a_task(local_dataset, tmp_path, capsy
     out = make_dataset(tmp_path / "data", *flags)
     ours, reference = samples(out), samples(local_dataset)
     assert len(reference) == 20 and ours == reference
-    keys = {m.name.split(".")[0].split("_")[1] for s in (out / "raw").glob("*.tar")
-            for m in tarfile.open(s).getmembers()}  # fmt: skip
+    keys = {
+        m.name.split(".")[0].split("_")[1]
+        for s in (out / "raw").glob("*.tar")
+        for m in tarfile.open(s).getmembers()
+    }
     assert keys == {"00", "01"}  # each task's samples carry its worker index
     logs = out / "logs"
     assert sorted(p.name for p in logs.glob("*.log")) == [
-        "annotate-worker00.log", "annotate-worker01.log",
-        "collect-worker00.log", "collect-worker01.log",
-    ]  # fmt: skip
+        "annotate-worker00.log",
+        "annotate-worker01.log",
+        "collect-worker00.log",
+        "collect-worker01.log",
+    ]
     assert any((logs / "submitit").glob("*_log.out"))
     capsys.readouterr()
     assert collect_main([*COLLECT, "--out", str(out), *flags]) == 0  # a rerun submits nothing
@@ -144,10 +149,12 @@ def test_a_study_is_submitted_as_dependent_stages(tmp_path, monkeypatch, capsys)
     assert compare_main(argv) == 0  # submits and returns: nothing runs
     printed = capsys.readouterr().out.splitlines()
     assert printed[:5] == [
-        "collect: 1 task(s), job 100", "annotate: 1 task(s), job 101",
-        "encoders: 1 task(s), job 102", "fine-tuning runs: 4 task(s), job 103",
+        "collect: 1 task(s), job 100",
+        "annotate: 1 task(s), job 101",
+        "encoders: 1 task(s), job 102",
+        "fine-tuning runs: 4 task(s), job 103",
         "report: 1 task(s), job 104",
-    ]  # fmt: skip
+    ]
     assert printed[5].startswith("follow with: squeue -j 100,101,102,103,104")
     text = {int(p.stem): p.read_text() for p in scripts.glob("*.sh")}
     for flag in ("--partition=cpu", "--cpus-per-task=3", "--gpus-per-node=1", "--mem=8GB",

@@ -101,8 +101,14 @@ def test_pretrain_loss_terms_and_weighted_total():
     }
     losses = SemorePretrainLoss(**weights)(model(batch["obs"], batch["action"]), batch)
     assert set(losses) == {
-        "loss", "sem_nce", "mot_nce", "motion_reg", "reward_mse", "sem_acc", "mot_acc"
-    }  # fmt: skip
+        "loss",
+        "sem_nce",
+        "mot_nce",
+        "motion_reg",
+        "reward_mse",
+        "sem_acc",
+        "mot_acc",
+    }
     expected = (
         1.0 * losses["sem_nce"]
         + 0.5 * losses["mot_nce"]

@@ -8,6 +8,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+from pipeline.cli import script_name, stage_name
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("collect", "annotate", "pretrain", "compare")  # the stages semore-run configures
 
@@ -25,6 +29,7 @@ def test_wheel_ships_presets_and_an_installed_copy_finds_them(tmp_path: Path):
     for preset in ("collect", "annotate", "pretrain", "finetune"):
         assert f"pipeline/presets/{preset}/quickstart.yaml" in names
     assert "pipeline/presets/compare/quick.yaml" in names
+    assert "pipeline/presets/compare/matched_ent1_20k.yaml" in names  # every study preset
     assert "pipeline/share/card_template.md" in names
     assert "pipeline/annotate/prompts/semantic.txt" in names
 
@@ -53,3 +58,15 @@ def test_wheel_ships_presets_and_an_installed_copy_finds_them(tmp_path: Path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("pipeline/presets/collect/quickstart.yaml")
+
+
+def test_a_stage_modules_console_script_is_the_one_pyproject_installs():
+    section = (REPO / "pyproject.toml").read_text().split("[project.scripts]\n")[1]
+    lines = section.split("\n\n")[0].splitlines()  # name = "module:main", up to a blank line
+    scripts = {k.strip(): v.strip().strip('"') for k, v in (line.split("=") for line in lines)}
+    for stage in ("collect", "annotate", "pretrain", "finetune", "compare"):
+        module = f"pipeline.{stage}.run"
+        assert stage_name(module) == stage
+        assert scripts[script_name(module)] == f"{module}:main"
+    with pytest.raises(ValueError, match="not a stage's module"):
+        stage_name("semore.sac")

@@ -230,8 +230,13 @@ def test_stored_features_are_sampled_in_place_of_frames_and_follow_the_stacks():
         # the features of the stack ending at (episode, step) name it, so they can be checked
         buf.add_first(frame(episode, 0), features=np.array([episode, 0], np.float32))
         for step in range(1, length + 1):
-            buf.add(np.zeros(2, np.float32), float(step), frame(episode, step), step == length,
-                    features=np.array([episode, step], np.float32))  # fmt: skip
+            buf.add(
+                np.zeros(2, np.float32),
+                float(step),
+                frame(episode, step),
+                step == length,
+                features=np.array([episode, step], np.float32),
+            )
     rng = np.random.default_rng(0)
     batch = buf.sample(64, rng, features=True)
     assert set(batch) == {"obs_h", "next_obs_h", "action", "reward", "reward1", "discount"}

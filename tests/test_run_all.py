@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.pretrain.probe import DEFAULT_HOLDOUT_EVERY, load_probe_encoder, run_probe
 from pipeline.run_all import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,19 +64,19 @@ def test_whole_pipeline_writes_a_report_and_resumes(tmp_path, monkeypatch, capsy
     assert manifest["ann"]["totals"]["num_samples"] == manifest["raw"]["totals"]["num_samples"]
     encoder = out / "pretrain" / "encoder.pt"
     assert encoder.is_file()
-    for label in ("pretrained", "random"):
-        probe = json.loads((out / f"probe_{label}.json").read_text())
-        assert set(probe["r2"]) == {
-            "speed",
-            "lead_distance",
-            "lane",
-            "lateral_offset",
-            "heading",
-            "reward",
-        }
-    for label in ("pretrained", "random"):
-        probe = json.loads((out / f"probe_{label}.json").read_text())
-        assert set(probe["r2_interval"]) == set(probe["r2"])
+    # Each probe is the probe of its encoder on the run's dataset: the same numbers again.
+    results = {}
+    for label, spec in (("pretrained", str(encoder)), ("random", "random")):
+        results[label] = json.loads((out / f"probe_{label}.json").read_text())
+        model, metadata = load_probe_encoder(spec, out / "data", frame_stack=3)
+        holdout_every = metadata.get("holdout_every") or DEFAULT_HOLDOUT_EVERY
+        again = run_probe(model, out / "data", holdout_every=holdout_every)
+        assert results[label]["encoder"] == spec and results[label]["data"] == str(out / "data")
+        again = json.loads(json.dumps(again))  # as the file holds it (tuples as lists)
+        for key in ("r2", "r2_interval", "alpha", "heldout_episodes", "num_heldout_samples"):
+            assert results[label][key] == again[key], (label, key)
+        assert results[label]["heldout_episodes"] == [3]  # episode % 4 == 3 of 0-3
+    assert results["pretrained"]["r2"] != results["random"]["r2"]
     runs = out / "compare" / "runs"
     for arm in ("semore_frozen", "random_frozen"):
         for seed in (0, 1):

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semore.actor_critic import Actor, Critic
 from semore.encoder import SemoreEncoder
 from semore.replay import FrameStack, ReplayBuffer
-from semore.sac import Actor, Critic, SACAgent, SACConfig
+from semore.sac import SACAgent, SACConfig
 
 K, H, W, A = 3, 16, 16, 2
 
@@ -299,9 +300,14 @@ def test_auxiliary_targets_are_standardised_with_the_set_statistics():
         ).item()
         next_h = agent.encoder(batch["next_obs"].float())
     metrics = agent.update_critic(
-        h, batch["action"], batch["reward"], batch["discount"], next_h,
-        batch["reward1"], batch["motion"],
-    )  # fmt: skip
+        h,
+        batch["action"],
+        batch["reward"],
+        batch["discount"],
+        next_h,
+        batch["reward1"],
+        batch["motion"],
+    )
     assert metrics["reward_aux_loss"] == pytest.approx(expected_reward, rel=1e-5)
     assert metrics["motion_aux_loss"] == pytest.approx(expected_motion, rel=1e-5)
 

@@ -54,21 +54,35 @@ def slurm(tmp_path_factory):
     if os.geteuid() != 0:
         _not_here("the one-node SLURM runs its daemons as root, and this is not root")
     folder = tmp_path_factory.mktemp("slurm")
-    env = {**os.environ, "SEMORE_SLURM_DIR": str(folder),
-           "SEMORE_SLURM_CTLD_PORT": str(_free_port()),
-           "SEMORE_SLURM_SLURMD_PORT": str(_free_port())}  # fmt: skip
-    started = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], env=env, capture_output=True, text=True)  # fmt: skip
+    env = {
+        **os.environ,
+        "SEMORE_SLURM_DIR": str(folder),
+        "SEMORE_SLURM_CTLD_PORT": str(_free_port()),
+        "SEMORE_SLURM_SLURMD_PORT": str(_free_port()),
+    }
+    started = subprocess.run(
+        ["bash", str(CLUSTER_SCRIPT), "start"], env=env, capture_output=True, text=True
+    )
     try:
         if started.returncode != 0:
             pytest.fail(
                 f"the one-node SLURM did not start: {started.stderr.strip()}", pytrace=False
             )
         conf = str(folder / "slurm.conf")
-        hostname = subprocess.run(["srun", "hostname"], env={**env, "SLURM_CONF": conf},
-                                  capture_output=True, text=True, timeout=60)  # fmt: skip
+        hostname = subprocess.run(
+            ["srun", "hostname"],
+            env={**env, "SLURM_CONF": conf},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert hostname.returncode == 0 and hostname.stdout.strip(), hostname.stderr
-        cpus = subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], env={**env, "SLURM_CONF": conf},
-                              capture_output=True, text=True).stdout.split()  # fmt: skip
+        cpus = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%c"],
+            env={**env, "SLURM_CONF": conf},
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         assert cpus == [str(os.cpu_count())], f"the node has {cpus} CPUs: expected this machine's"
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("SLURM_CONF", conf)  # sbatch, squeue and the jobs find the cluster
@@ -87,8 +101,12 @@ def test_two_slurm_workers_make_the_samples_of_one_local_run(slurm, tmp_path, tm
                        "--launcher.cpus_per_task", "1")  # fmt: skip
     assert samples(out) == samples(reference) and len(samples(out)) == 20
     shards = sorted(p.name for p in (out / "logs").glob("*.log"))
-    assert shards == ["annotate-worker00.log", "annotate-worker01.log",
-                      "collect-worker00.log", "collect-worker01.log"]  # fmt: skip
+    assert shards == [
+        "annotate-worker00.log",
+        "annotate-worker01.log",
+        "collect-worker00.log",
+        "collect-worker01.log",
+    ]
 
 
 def test_a_failed_slurm_task_names_its_log_and_cancels_what_depends_on_it(slurm, tmp_path):
@@ -119,7 +137,7 @@ def _study(tmp_path: Path) -> Path:
                     "trainer": {"max_steps": 4, "val_check_interval": 4},
                 }
             }
-        },  # fmt: skip
+        },
         "overrides": {**TINY_FINETUNE, "env": small},
         "arms": {
             "tiny_frozen": {"encoder": "encoders.tiny", "overrides": {"encoder_mode": "frozen"}},

@@ -135,10 +135,49 @@ class Annotator:
         expected_samples: int | None,
         on_samples,
     ) -> dict:
-        where = f"{raw_path}: "
         self.encoder.reset()
         retried_before = self.captioner.num_retried
         counts = {"captioned_steps": 0, "flagged_captions": 0}
+        rows, episodes, skipped = self._caption_shard(
+            raw_path, skip_bad, expected_samples, on_samples, counts
+        )
+        n = len(rows)
+        self._write_rows(ann_path, rows)
+        enc = self.encoder
+        log.info(
+            "%s: %d samples, %d captioned, %d caption lookups, %d encoded, cache hit rate %.1f%%",
+            ann_path.name,
+            n,
+            counts["captioned_steps"],
+            enc.lookups,
+            enc.calls,
+            100 * enc.hits / max(1, enc.lookups),
+        )
+        return {
+            "num_samples": n,
+            **counts,
+            "raw_shard": raw_path.name,
+            "num_episodes": len(episodes),
+            "episodes": episodes,
+            "caption_lookups": enc.lookups,
+            "cache_hits": enc.hits,
+            "encoder_calls": enc.calls,
+            "retried_captions": self.captioner.num_retried - retried_before,
+            "skipped_samples": len(skipped),
+            "skipped_keys": skipped,
+        }
+
+    def _caption_shard(
+        self,
+        raw_path: Path,
+        skip_bad: bool,
+        expected_samples: int | None,
+        on_samples,
+        counts: dict,
+    ) -> tuple[list[_Row], list[int], list[str]]:
+        """The rows of a raw shard, captioned episode by episode, the episodes seen and the
+        keys of the samples skipped (``skip_bad``)."""
+        where = f"{raw_path}: "
         rows: list[_Row] = []
         episodes: list[int] = []
         skipped: list[str] = []
@@ -164,7 +203,10 @@ class Annotator:
         if buffer:
             rows += self._caption_episode(buffer, counts)
             on_samples(len(buffer))
+        return rows, episodes, skipped
 
+    def _write_rows(self, ann_path: Path, rows: list[_Row]) -> None:
+        """Embed the rows' captions and write them as the ann shard ``ann_path``."""
         # One encoder pass per shard: the most distinct captions per batch, in a fixed order.
         n = len(rows)
         embeddings = self.encoder.encode(
@@ -189,24 +231,6 @@ class Annotator:
                         },
                     },
                 )
-        enc = self.encoder
-        log.info(
-            "%s: %d samples, %d captioned, %d caption lookups, %d encoded, cache hit rate %.1f%%",
-            ann_path.name, n, counts["captioned_steps"], enc.lookups, enc.calls, 100 * enc.hits / max(1, enc.lookups),
-        )  # fmt: skip
-        return {
-            "num_samples": n,
-            **counts,
-            "raw_shard": raw_path.name,
-            "num_episodes": len(episodes),
-            "episodes": episodes,
-            "caption_lookups": enc.lookups,
-            "cache_hits": enc.hits,
-            "encoder_calls": enc.calls,
-            "retried_captions": self.captioner.num_retried - retried_before,
-            "skipped_samples": len(skipped),
-            "skipped_keys": skipped,
-        }
 
     def _item(self, sample: dict, where: str) -> tuple[_Item, tuple]:
         """Decode what annotation needs from a raw sample; SemoreError if it is unusable."""

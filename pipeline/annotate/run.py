@@ -157,19 +157,7 @@ def annotate(
     if annotator is None and workers == 1:
         annotator = Annotator.from_config(cfg)
     encoder = annotator.encoder if annotator else make_text_encoder(cfg)
-    with dataset.manifest_lock(root):
-        manifest = mf.read_manifest(root)  # another node may have created the section meanwhile
-        if not reusable_section(manifest, cfg, root, quiet=True):
-            manifest["ann"] = new_section(cfg, manifest["raw"], encoder)
-        section = manifest["ann"]
-        if section.get("embedding_dim") != encoder.dim:
-            raise SemoreError(
-                f"{mf.manifest_path(root)} records embedding_dim {section.get('embedding_dim')}: "
-                f"expected {encoder.dim} from {encoder.name} (were the weights replaced?)"
-            )
-        for raw_path, _ in todo:  # retried now; listed again if still unreadable
-            section.setdefault("skipped_shards", {}).pop(raw_path.name, None)
-        mf.write_manifest(root, manifest)
+    manifest = _open_section(root, cfg, encoder, todo)
     _remove_stale(root, todo, num_workers)
 
     raw_shards = manifest["raw"]["shards"]
@@ -191,6 +179,27 @@ def annotate(
     finally:
         bar.close()
     return mf.read_manifest(root)
+
+
+def _open_section(
+    root: Path, cfg: AnnotateConfig, encoder: TextEncoder, todo: list[tuple[Path, Path]]
+) -> dict:
+    """The manifest with this run's ann section (the one on disk when ``cfg`` may extend it,
+    else a new one), the shards of ``todo`` no longer listed as skipped; written."""
+    with dataset.manifest_lock(root):
+        manifest = mf.read_manifest(root)  # another node may have created the section meanwhile
+        if not reusable_section(manifest, cfg, root, quiet=True):
+            manifest["ann"] = new_section(cfg, manifest["raw"], encoder)
+        section = manifest["ann"]
+        if section.get("embedding_dim") != encoder.dim:
+            raise SemoreError(
+                f"{mf.manifest_path(root)} records embedding_dim {section.get('embedding_dim')}: "
+                f"expected {encoder.dim} from {encoder.name} (were the weights replaced?)"
+            )
+        for raw_path, _ in todo:  # retried now; listed again if still unreadable
+            section.setdefault("skipped_shards", {}).pop(raw_path.name, None)
+        mf.write_manifest(root, manifest)
+    return manifest
 
 
 def _remove_stale(root: Path, todo: list[tuple[Path, Path]], num_workers: int) -> None:

@@ -1,6 +1,7 @@
 """Every number a study report shows, computed once from its finished runs: IQM curves,
 probabilities of improvement over the reference arm, performance profiles (all rliable's),
-the arms' learner settings and their cost."""
+the steps each arm needs to reach the reference arm's final IQM, the arms' learner settings
+and their cost."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Analysis:
     report_steps: list[int]  # the table's steps (each an evaluated step)
     improvement: dict[str, estimates.Estimate]  # arm -> P(arm > reference) per report step
     profiles: dict[str, estimates.Estimate]  # arm -> profile over PROFILE_TAUS, final step
+    reach: dict[str, float | None]  # arm -> first step after 0 at its reference's final IQM
     learner: LearnerCheck
     cpu_min: dict[str, tuple[float, bool]]  # arm -> (CPU-minutes per run, measured?)
     reference: str  # the arm the others are compared with (the strongest baseline, if asked)
@@ -50,18 +52,22 @@ def _cpu_minutes(cfg: CompareConfig, records: list[RunRecord]) -> dict[str, tupl
         measured = rec.cpu_s is not None
         seconds = rec.cpu_s if measured else rec.wall_time_s * threads
         out.setdefault(rec.arm, []).append((seconds / 60, measured))
-    return {arm: (float(np.mean([m for m, _ in v])), all(ok for _, ok in v))
-            for arm, v in out.items()}  # fmt: skip
+    return {
+        arm: (float(np.mean([m for m, _ in v])), all(ok for _, ok in v)) for arm, v in out.items()
+    }
 
 
-def strongest(cfg: CompareConfig, steps: np.ndarray, scores: dict[str, np.ndarray],
-              reps: int, step: int) -> str:  # fmt: skip
+def strongest(
+    cfg: CompareConfig, steps: np.ndarray, scores: dict[str, np.ndarray], reps: int, step: int
+) -> str:
     """The baseline arm with the highest IQM at ``step`` (the first listed on a tie)."""
     column = int(np.flatnonzero(steps == step)[0])
     ran = [arm for arm in cfg.baseline_arms if arm in scores]
     if not ran:
-        raise SemoreError(f"no baseline arm ({', '.join(cfg.baseline_arms)}) has a finished run: "
-                          "expected at least one to pick the strongest")  # fmt: skip
+        raise SemoreError(
+            f"no baseline arm ({', '.join(cfg.baseline_arms)}) has a finished run: "
+            "expected at least one to pick the strongest"
+        )
     curves = estimates.iqm_curves({arm: scores[arm] for arm in ran}, reps)
     return max(ran, key=lambda arm: (float(curves[arm].value[column]), -ran.index(arm)))
 
@@ -76,13 +82,33 @@ def analyse(cfg: CompareConfig, records: list[RunRecord]) -> Analysis:
     if reference == STRONGEST:
         reference = strongest(cfg, steps, scores, reps, report_steps[-1])
     if reference not in scores:
-        raise SemoreError(f"reference arm {reference} has no finished run: expected "
-                          f"at least one (finished: {', '.join(scores)})")  # fmt: skip
-    also = {other: estimates.improvement(scores, other, columns, reps)
-            for other in cfg.also_compare_to if other in scores and other != reference}  # fmt: skip
+        raise SemoreError(
+            f"reference arm {reference} has no finished run: expected "
+            f"at least one (finished: {', '.join(scores)})"
+        )
+    curves = estimates.iqm_curves(scores, reps)
+    target = float(curves[reference].value[-1])
+    # After step 0: an untrained actor that happens to steer straight can score ~0.5 before
+    # any update (seen in the study), which is luck, not learning.
+    reach = {
+        arm: estimates.steps_to_reach(steps, curve.value, target, after=0)
+        for arm, curve in curves.items()
+    }
+    also = {
+        other: estimates.improvement(scores, other, columns, reps)
+        for other in cfg.also_compare_to
+        if other in scores and other != reference
+    }
     return Analysis(
-        steps, scores, estimates.iqm_curves(scores, reps), report_steps,
-        estimates.improvement(scores, reference, columns, reps),
-        estimates.profiles({arm: m[:, -1] for arm, m in scores.items()}, reps),
-        check_learner(cfg), _cpu_minutes(cfg, records), reference, also,
-    )  # fmt: skip
+        steps=steps,
+        scores=scores,
+        curves=curves,
+        report_steps=report_steps,
+        improvement=estimates.improvement(scores, reference, columns, reps),
+        profiles=estimates.profiles({arm: m[:, -1] for arm, m in scores.items()}, reps),
+        reach=reach,
+        learner=check_learner(cfg),
+        cpu_min=_cpu_minutes(cfg, records),
+        reference=reference,
+        also=also,
+    )

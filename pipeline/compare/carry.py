@@ -37,8 +37,18 @@ log = logging.getLogger(__name__)
 
 ENCODERS_DIR = "encoders"
 # Settings that do not change what a run computes: more seeds, another report, other cores.
-_NOT_RUN_SETTINGS = ("seeds", "jobs", "launcher", "report_steps", "reference_arm",
-                     "bootstrap_reps", "unmatched_ok", "arms")  # fmt: skip
+_NOT_RUN_SETTINGS = (
+    "seeds",
+    "jobs",
+    "launcher",
+    "report_steps",
+    "reference_arm",
+    "bootstrap_reps",
+    "unmatched_ok",
+    "arms",
+    "baseline_arms",
+    "also_compare_to",
+)
 # The dataset's fingerprint: what was asked for and what came out, not where or by which
 # commit it was built (the manifest's own hash changes with those).
 _DATASET_KEYS = ("config_hash", "totals")
@@ -72,8 +82,11 @@ def restore_encoders(cfg: CompareConfig, out: Path, folder: Path | None) -> list
 
 
 def _fingerprint(parts: dict) -> dict:
-    return {part: {k: parts[part].get(k) for k in _DATASET_KEYS}
-            for part in ("raw", "ann") if part in parts}  # fmt: skip
+    return {
+        part: {k: parts[part].get(k) for k in _DATASET_KEYS}
+        for part in ("raw", "ann")
+        if part in parts
+    }
 
 
 def check_dataset(out: Path, folder: Path | None) -> None:
@@ -85,8 +98,12 @@ def check_dataset(out: Path, folder: Path | None) -> None:
         return
     kept = _fingerprint(json.loads(kept_file.read_text()))
     built = _fingerprint(json.loads(manifest_file.read_text()))
-    differ = [f"{part}.{key}" for part in kept.keys() | built.keys()
-              for key in _DATASET_KEYS if kept.get(part, {}).get(key) != built.get(part, {}).get(key)]  # fmt: skip
+    differ = [
+        f"{part}.{key}"
+        for part in kept.keys() | built.keys()
+        for key in _DATASET_KEYS
+        if kept.get(part, {}).get(key) != built.get(part, {}).get(key)
+    ]
     if differ:
         raise SemoreError(
             f"the study dataset {out / 'data'} differs from the one the runs in {folder} used "

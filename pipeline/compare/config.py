@@ -22,7 +22,7 @@ class DatasetConfig:
 
 
 @dataclass
-class EncoderConfig:
+class StudyEncoderConfig:
     """One encoder pretrained on the study's dataset into OUT/encoders/NAME (ablations differ
     only in their overrides, so they all see the same data and budget)."""
 
@@ -56,7 +56,7 @@ class CompareConfig:
 
     # Built first when given: the dataset, then every encoder pretrained on it.
     dataset: DatasetConfig | None = None
-    encoders: dict[str, EncoderConfig] = field(default_factory=dict)
+    encoders: dict[str, StudyEncoderConfig] = field(default_factory=dict)
     # An export that arms name as "pretrained" (semore-run passes its own pretrained encoder).
     pretrained: str | None = None
     # The fine-tune preset (or YAML) every arm starts from.
@@ -64,8 +64,9 @@ class CompareConfig:
     # Overrides for every arm (an arm's own overrides win).
     overrides: dict = field(default_factory=dict)
     arms: dict[str, ArmConfig] = field(default_factory=dict)
-    # DESIGN's ">= 5 seeds": a 25% trimmed mean drops int(0.25 * n) runs at each end, so it
-    # trims nothing below 4 runs and one run per end from 4 to 7; more seeds narrow intervals.
+    # 5 seeds, the studies of record's protocol (README, Results): the IQM, a 25% trimmed
+    # mean, drops int(0.25 * n) runs at each end, so it trims nothing below 4 runs and one run
+    # per end from 4 to 7, and 5 is the fewest runs it trims; more seeds narrow the intervals.
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     num_train_steps: int = 10_000
     # 10 points per curve at the default budget.
@@ -127,8 +128,13 @@ class CompareConfig:
                     )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds} must be distinct and not empty")
-        for name in ("num_train_steps", "eval_every_steps", "num_eval_episodes", "jobs",
-                     "bootstrap_reps"):  # fmt: skip
+        for name in (
+            "num_train_steps",
+            "eval_every_steps",
+            "num_eval_episodes",
+            "jobs",
+            "bootstrap_reps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} is {getattr(self, name)}: expected an int >= 1")
 

@@ -1,7 +1,8 @@
 """Every aggregate of a study report, from rliable (Agarwal et al. 2021, "Deep RL at the edge of
 the statistical precipice"): IQM with stratified bootstrap intervals, the probability of
 improvement of each arm over the reference arm with its interval, and performance profiles
-with bands.
+with bands; and one number rliable does not compute, the first step at which an IQM curve
+reaches a threshold (sample efficiency read off the curve).
 
 Scores are per arm (runs, tasks, steps) arrays; one task here, so stratification is over that
 one column and carries over unchanged to several tasks. Point estimates are rliable's metrics
@@ -82,7 +83,8 @@ def _per_column(metric, *arrays: np.ndarray) -> np.ndarray:
 
 def iqm_curves(scores: dict[str, np.ndarray], reps: int, seed: int = 0) -> dict[str, Estimate]:
     """IQM of each arm's (runs, steps) scores at every step, with stratified bootstrap
-    intervals (one bootstrap per arm: each resample of runs serves every step)."""
+    intervals: one bootstrap call per arm, in which rliable's stratified resampling draws the
+    runs of every step on its own, as a per-step (marginal) interval needs."""
     data = {arm: m[:, None, :] for arm, m in scores.items()}
     with _seeded(seed):
         _, intervals = rly.get_interval_estimates(
@@ -122,8 +124,20 @@ def profiles(
     scores, with bootstrap bands, through rliable's ``create_performance_profile``."""
     with _seeded(seed):
         points, intervals = rly.create_performance_profile(
-            {arm: v.reshape(-1, 1) for arm, v in final.items()}, taus,
-            custom_profile_func=_score_distribution, reps=reps,
+            {arm: v.reshape(-1, 1) for arm, v in final.items()},
+            taus,
+            custom_profile_func=_score_distribution,
+            reps=reps,
             confidence_interval_size=CONFIDENCE,
-        )  # fmt: skip
+        )
     return _estimates(points, intervals)
+
+
+def steps_to_reach(
+    steps: np.ndarray, curve: np.ndarray, threshold: float, after: float | None = None
+) -> float | None:
+    """The first evaluated step (only steps > ``after``, if given) at which ``curve`` reaches
+    ``threshold``, or None."""
+    steps, curve = np.asarray(steps), np.asarray(curve)
+    hits = np.flatnonzero((curve >= threshold) & (steps > (-np.inf if after is None else after)))
+    return float(steps[hits[0]]) if len(hits) else None

@@ -1,6 +1,6 @@
 """The jobs of a study and the local runner: one ``Job`` per pretraining encoder and per
 (arm, seed) fine-tuning run, planned from the study config; ``run_jobs`` runs them as
-subprocesses on this machine (a cluster launcher takes the same ``Job`` list)."""
+subprocesses on this machine (``pipeline.compare.plan`` says which are left to run)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.cli import script_name, stage_name
 from pipeline.compare.config import ENCODER_REF, CompareConfig
 from pipeline.config import load_config, override_flags
 from pipeline.errors import SemoreError
 from pipeline.files import atomic_write
-from pipeline.finetune.loop import SUMMARY_NAME
+from pipeline.finetune.eval import SUMMARY_NAME
 from pipeline.finetune.run import baseline_encoder_flags
 from pipeline.launch.submit import task_env
 from pipeline.pretrain.config import PretrainConfig
@@ -31,22 +32,34 @@ FINETUNE_MODULE = "pipeline.finetune.run"
 
 
 @dataclass(eq=False)  # hashed by identity: jobs key per-run results
-class Job:
-    arm: str  # the arm, or the encoder a pretraining job makes
-    seed: int
-    out: Path
-    argv: list[str]  # the stage's arguments
-    module: str = FINETUNE_MODULE
+class Command:
+    """One stage command of a study: the stage's module and its arguments."""
+
+    module: str  # pipeline.collect.run, ...
+    argv: list[str]
+
+    @property
+    def stage(self) -> str:
+        return stage_name(self.module)
 
     @property
     def command(self) -> list[str]:
+        """The command as this Python runs it (the local runner, a SLURM task)."""
         return [sys.executable, "-m", self.module, *self.argv]
 
     @property
     def script_command(self) -> list[str]:
-        """The same job as its console script, for a cluster's job array."""
-        script = "semore-pretrain" if self.module == PRETRAIN_MODULE else "semore-finetune"
-        return [script, *self.argv]
+        """The same command as its console script, as a user types it."""
+        return [script_name(self.module), *self.argv]
+
+
+@dataclass(eq=False)
+class Job(Command):
+    """A pretraining job (``arm`` is the encoder it makes) or a fine-tuning run."""
+
+    arm: str = ""  # the arm, or the encoder a pretraining job makes
+    seed: int = 0
+    out: Path = Path()  # the run (or encoder) folder; its log is OUT.log beside it
 
     def finished(self, num_train_steps: int) -> bool:
         if self.module == PRETRAIN_MODULE:
@@ -60,18 +73,6 @@ def encoder_path(cfg: CompareConfig, ref: str, out: Path) -> str:
     if ref.startswith(ENCODER_REF):
         return str(out / "encoders" / ref[len(ENCODER_REF) :] / ENCODER_EXPORT)
     return cfg.pretrained if ref == "pretrained" else ref
-
-
-def dataset_commands(cfg: CompareConfig, out: Path) -> list[tuple[object, list[str]]]:
-    """(main, argv) of the collect and annotate stages that build the study's dataset."""
-    from pipeline.annotate.run import main as annotate_main
-    from pipeline.collect.run import main as collect_main
-
-    data, ds = str(out / "data"), cfg.dataset
-    return [
-        (collect_main, ["--config", ds.collect, "--out", data, *override_flags(ds.collect_overrides)]),
-        (annotate_main, ["--config", ds.annotate, "--data", data, *override_flags(ds.annotate_overrides)]),
-    ]  # fmt: skip
 
 
 def architecture_flags(cfg: CompareConfig, ref: str) -> list[str]:
@@ -92,11 +93,11 @@ def pretrain_jobs(cfg: CompareConfig, out: Path) -> list[Job]:
         resume = ["--resume"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else []
         argv = ["--config", enc.config, "--data", str(out / "data"), "--out", str(run_dir),
                 *override_flags(enc.overrides), *resume, "--quiet"]  # fmt: skip
-        jobs.append(Job(name, 0, run_dir, argv, module=PRETRAIN_MODULE))
+        jobs.append(Job(PRETRAIN_MODULE, argv, arm=name, out=run_dir))
     return jobs
 
 
-def plan_jobs(cfg: CompareConfig, out: Path) -> list[Job]:
+def finetune_jobs(cfg: CompareConfig, out: Path) -> list[Job]:
     """One job per (arm, seed), in seed-major order so partial results cover every arm."""
     jobs = []
     for seed in cfg.seeds:
@@ -119,7 +120,7 @@ def plan_jobs(cfg: CompareConfig, out: Path) -> list[Job]:
                 *override_flags(cfg.overrides), *override_flags(arm.overrides),
                 "--resume", "--quiet",
             ]  # fmt: skip
-            jobs.append(Job(name, seed, run_dir, argv))
+            jobs.append(Job(FINETUNE_MODULE, argv, arm=name, seed=seed, out=run_dir))
     return jobs
 
 
@@ -139,8 +140,11 @@ def _add_cost(job: Job, cpu_s: float, wall_s: float, threads: int) -> None:
     """Add one process's CPU and wall seconds to the job's totals (a resume adds to them)."""
     path = cost_path(job)
     total = json.loads(path.read_text()) if path.is_file() else {"cpu_s": 0.0, "wall_s": 0.0}
-    total = {"cpu_s": total["cpu_s"] + cpu_s, "wall_s": total["wall_s"] + wall_s,
-             "threads": threads}  # fmt: skip
+    total = {
+        "cpu_s": total["cpu_s"] + cpu_s,
+        "wall_s": total["wall_s"] + wall_s,
+        "threads": threads,
+    }
     atomic_write(path, json.dumps(total, indent=1) + "\n")
 
 
@@ -168,8 +172,15 @@ def run_jobs(jobs: list[Job], num_jobs: int) -> list[str]:
             pool.map(lambda j: _run_job(j, threads), jobs), start=1
         ):
             status = "done" if code == 0 else f"FAILED (exit {code}, see {job.out}.log)"
-            log.info("[%d/%d] %s seed %d %s in %.0f s",
-                     done, len(jobs), job.arm, job.seed, status, seconds)  # fmt: skip
+            log.info(
+                "[%d/%d] %s seed %d %s in %.0f s",
+                done,
+                len(jobs),
+                job.arm,
+                job.seed,
+                status,
+                seconds,
+            )
             if code != 0:
                 failures.append(f"{job.arm} seed {job.seed} (exit {code}, see {job.out}.log)")
     return failures

@@ -1,8 +1,12 @@
 """Is every arm of a study on the same learner? Each arm's fine-tune settings are resolved as
 its runs resolve them (the study's fine-tune preset or YAML, the study's overrides, the arm's
-own, the study's budget and evaluation), and the settings that decide how the heads learn and
-how a run is scored are compared across arms. Arms are meant to differ only in what they are
-about: where the encoder comes from and what RL may do to it."""
+own, the study's budget and evaluation), and every setting is compared across arms except
+what an arm is about: where the encoder comes from and what RL may do to it.
+
+The learner is everything else (batch, update-to-data ratio, n-step, replay, the SAC heads,
+the task, the evaluation, precision), so a fine-tune field added later is compared from the
+start; an arm field is one listed in ``ARM_FIELDS``.
+"""
 
 from __future__ import annotations
 
@@ -12,33 +16,48 @@ from pipeline.compare.config import CompareConfig
 from pipeline.config import flatten, load_config, merge, to_dict
 from pipeline.finetune.config import FinetuneConfig
 
-# Top-level fine-tune fields and sections that make the learner and its evaluation (every key
-# under a section counts): batch, update-to-data ratio, n-step, replay, the SAC heads (rates,
-# discount, targets, temperature, augmentation, auxiliary weights), the task and evaluation.
-LEARNER_FIELDS = (
-    "batch_size", "update_every", "updates_per_step", "nstep", "num_seed_steps",
-    "replay_capacity", "action_repeat", "frame_stack", "num_train_steps", "eval_every_steps",
-    "num_eval_episodes", "eval_seed", "eval", "sac", "env",
-)  # fmt: skip
-# What an arm is about, though it sits in the sections above: the encoder's own rate.
-ARM_FIELDS = ("sac.encoder_lr",)
+# What an arm is about, not how the learner learns: the encoder's regime (and its warm-up),
+# which of its layers train and at which rate, the guided regime's terms, and the
+# architecture a fresh encoder is built with (an export brings its own). Every key under a
+# section listed here is an arm's.
+ARM_FIELDS = (
+    "encoder_mode",
+    "warmup_updates",
+    "encoder_trainable_from",
+    "encoder_lr",
+    "guide",
+    "encoder",
+)
+# The update-to-data ratio (gradient updates per agent step), compared as one number: batch
+# 256 every 2 steps and 128 every step are different learners, the same ratio.
+UTD = "utd"
+
+
+def is_learner_key(dotted: str) -> bool:
+    """Whether a dotted fine-tune key (``sac.critic_lr``) is a learner setting."""
+    return dotted.split(".")[0] not in ARM_FIELDS
+
+
+def learner_settings(resolved: dict) -> dict[str, object]:
+    """A resolved fine-tune config (its dict form) as its learner settings, dotted keys."""
+    flat = flatten(resolved)
+    kept = {key: value for key, value in flat.items() if is_learner_key(key)}
+    kept[UTD] = flat["updates_per_step"] / flat["update_every"]
+    return kept
 
 
 def arm_settings(cfg: CompareConfig) -> dict[str, dict[str, object]]:
-    """Per arm, its resolved learner settings as dotted keys (``sac.critic_lr``), plus the
-    update-to-data ratio ``utd`` (gradient updates per agent step)."""
-    budget = {"num_train_steps": cfg.num_train_steps, "eval_every_steps": cfg.eval_every_steps,
-              "num_eval_episodes": cfg.num_eval_episodes}  # fmt: skip
+    """Per arm, its resolved learner settings (:func:`learner_settings`)."""
+    budget = {
+        "num_train_steps": cfg.num_train_steps,
+        "eval_every_steps": cfg.eval_every_steps,
+        "num_eval_episodes": cfg.num_eval_episodes,
+    }
     out = {}
     for name, arm in cfg.arms.items():
         overrides = merge(merge(cfg.overrides, arm.overrides), budget)
-        resolved = flatten(
-            to_dict(load_config(FinetuneConfig, cfg.finetune, overrides, "finetune"))
-        )
-        kept = {key: value for key, value in resolved.items()
-                if key.split(".")[0] in LEARNER_FIELDS and key not in ARM_FIELDS}  # fmt: skip
-        kept["utd"] = resolved["updates_per_step"] / resolved["update_every"]
-        out[name] = kept
+        resolved = load_config(FinetuneConfig, cfg.finetune, overrides, "finetune")
+        out[name] = learner_settings(to_dict(resolved))
     return out
 
 
@@ -56,14 +75,24 @@ class LearnerCheck:
 
     def note(self, arm: str) -> str:
         """``batch_size 128, utd 2`` for the differing settings of ``arm`` ("" when none)."""
-        return ", ".join(f"{k} {self.values[arm][k]:g}" if isinstance(self.values[arm][k], float)
-                         else f"{k} {self.values[arm][k]}" for k in self.differing)  # fmt: skip
+        return ", ".join(
+            f"{k} {self.values[arm][k]:g}"
+            if isinstance(self.values[arm][k], float)
+            else f"{k} {self.values[arm][k]}"
+            for k in self.differing
+        )
+
+
+def compare_settings(
+    settings: dict[str, dict[str, object]], unmatched_ok: list[str] = ()
+) -> LearnerCheck:
+    """Compare per-arm learner settings: a key one arm lacks counts as a difference."""
+    keys = sorted({key for values in settings.values() for key in values})
+    differing = [k for k in keys if len({repr(v.get(k)) for v in settings.values()}) > 1]
+    values = {arm: {k: v.get(k) for k in differing} for arm, v in settings.items()}
+    return LearnerCheck(differing, [k for k in differing if k in unmatched_ok], values)
 
 
 def check_learner(cfg: CompareConfig) -> LearnerCheck:
     """Compare the arms' resolved learner settings."""
-    settings = arm_settings(cfg)
-    keys = sorted({key for values in settings.values() for key in values})
-    differing = [k for k in keys if len({repr(v.get(k)) for v in settings.values()}) > 1]
-    values = {arm: {k: v.get(k) for k in differing} for arm, v in settings.items()}
-    return LearnerCheck(differing, [k for k in differing if k in cfg.unmatched_ok], values)
+    return compare_settings(arm_settings(cfg), cfg.unmatched_ok)

@@ -30,8 +30,11 @@ def plot_curves(a: Analysis, path: Path) -> None:
     ax.axhline(1.0, color="k", ls="--", lw=0.8, label="expert")
     ax.axhline(0.0, color="gray", ls=":", lw=0.8, label="uniform random")
     ax.set(xlabel="agent step", ylabel="IQM expert-normalised return", title="sample efficiency")
-    prof.set(xlabel="normalised return τ", ylabel="fraction of runs > τ",
-             title=f"performance profile at step {int(a.steps[-1])}")  # fmt: skip
+    prof.set(
+        xlabel="normalised return τ",
+        ylabel="fraction of runs > τ",
+        title=f"performance profile at step {int(a.steps[-1])}",
+    )
     for axis in (ax, prof):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.compare.jobs import Job, cost_path
 from pipeline.errors import SemoreError
-from pipeline.finetune.loop import METRICS_NAME, SUMMARY_NAME
+from pipeline.finetune.eval import METRICS_NAME, SUMMARY_NAME
 from pipeline.finetune.reference import REFERENCE_NAME
 
 SCORE = "normalized_return"
@@ -75,8 +75,10 @@ def from_results(folder: Path) -> list[RunRecord]:
     returns (and measured CPU seconds per run, where it recorded them)."""
     files = sorted((folder / RUNS_DIR).glob("*-seed*.csv"))
     if not files:
-        raise SemoreError(f"{folder / RUNS_DIR} has no ARM-seedS.csv files: expected a results "
-                          "folder written by semore-compare")  # fmt: skip
+        raise SemoreError(
+            f"{folder / RUNS_DIR} has no ARM-seedS.csv files: expected a results "
+            "folder written by semore-compare"
+        )
     results_file = folder / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     records = []
@@ -84,8 +86,9 @@ def from_results(folder: Path) -> list[RunRecord]:
         arm, seed = path.stem.rsplit("-seed", 1)
         text = _read(path)
         cpu = results.get("arms", {}).get(arm, {}).get("cpu_s_per_seed", {}).get(seed)
-        records.append(RunRecord(arm, int(seed), text, _last_wall_time(text), cpu,
-                                 results.get("reference")))  # fmt: skip
+        records.append(
+            RunRecord(arm, int(seed), text, _last_wall_time(text), cpu, results.get("reference"))
+        )
     return records
 
 
@@ -112,6 +115,11 @@ def score_matrix(records: list[RunRecord]) -> tuple[np.ndarray, dict[str, np.nda
 
 def final_means(records: list[RunRecord], arm: str, step: int, field: str) -> float | None:
     """Mean over ``arm``'s runs of an eval row ``field`` (e.g. ``mean_abs_steer``) at ``step``."""
-    values = [float(r[field]) for rec in records if rec.arm == arm
-              for r in rec.eval_rows() if int(r["step"]) == step and r.get(field)]  # fmt: skip
+    values = [
+        float(r[field])
+        for rec in records
+        if rec.arm == arm
+        for r in rec.eval_rows()
+        if int(r["step"]) == step and r.get(field)
+    ]
     return float(np.mean(values)) if values else None

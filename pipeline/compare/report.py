@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline.compare import estimates, stats
+from pipeline.compare import estimates
 from pipeline.compare.analysis import Analysis, analyse
 from pipeline.compare.carry import save_encoders
 from pipeline.compare.config import CompareConfig
@@ -33,8 +33,16 @@ def _cell(estimate: estimates.Estimate, i: int) -> str:
 def _score_table(cfg: CompareConfig, a: Analysis, records: list[RunRecord]) -> list[str]:
     """IQM per report step, P(> reference) at the last, behaviour, learner and cost per arm."""
     last, ref = a.report_steps[-1], a.reference
-    head = ["arm", "runs", *(f"step {s}" for s in a.report_steps), f"P(> {ref}) at {last}",
-            "mean abs steer", "distance (m)", "learner", "CPU-min / run"]  # fmt: skip
+    head = [
+        "arm",
+        "runs",
+        *(f"step {s}" for s in a.report_steps),
+        f"P(> {ref}) at {last}",
+        "mean abs steer",
+        "distance (m)",
+        "learner",
+        "CPU-min / run",
+    ]
     align = ["---", *["---:"] * (len(head) - 3), "---", "---:"]  # arm and learner are words
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     for arm, matrix in a.scores.items():
@@ -42,10 +50,16 @@ def _score_table(cfg: CompareConfig, a: Analysis, records: list[RunRecord]) -> l
         steer = final_means(records, arm, last, "mean_abs_steer")
         dist = final_means(records, arm, last, "distance_m")
         cpu, measured = a.cpu_min[arm]
-        cells = [arm, str(len(matrix)), *(_cell(a.curves[arm], a.column(s)) for s in a.report_steps),
-                 poi, "n/a" if steer is None else f"{steer:.2f}",
-                 "n/a" if dist is None else f"{dist:.0f}", a.learner.note(arm) or "same",
-                 f"{cpu:.1f}" if measured else f"~{cpu:.1f}"]  # fmt: skip
+        cells = [
+            arm,
+            str(len(matrix)),
+            *(_cell(a.curves[arm], a.column(s)) for s in a.report_steps),
+            poi,
+            "n/a" if steer is None else f"{steer:.2f}",
+            "n/a" if dist is None else f"{dist:.0f}",
+            a.learner.note(arm) or "same",
+            f"{cpu:.1f}" if measured else f"~{cpu:.1f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -60,10 +74,13 @@ def _improvement_table(cfg: CompareConfig, a: Analysis) -> list[str]:
     for ref, table in [(a.reference, a.improvement), *a.also.items()]:
         if not table:
             continue
-        lines += [f"Probability of improvement over {ref}{chosen if ref == a.reference else ''}, "
-                  "P(a run of the arm scores higher than a run of it) [95% interval]:", "",
-                  "| arm | " + " | ".join(f"step {s}" for s in a.report_steps) + " |",
-                  "|---|" + "---:|" * len(a.report_steps)]  # fmt: skip
+        lines += [
+            f"Probability of improvement over {ref}{chosen if ref == a.reference else ''}, "
+            "P(a run of the arm scores higher than a run of it) [95% interval]:",
+            "",
+            "| arm | " + " | ".join(f"step {s}" for s in a.report_steps) + " |",
+            "|---|" + "---:|" * len(a.report_steps),
+        ]
         for arm, est in table.items():
             cells = [_cell(est, i) for i in range(len(a.report_steps))]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
@@ -80,11 +97,15 @@ def _steps_to_reach(cfg: CompareConfig, a: Analysis) -> list[str]:
     for arm in a.scores:
         if arm == ref:
             continue
-        # After step 0: an untrained actor that happens to steer straight can score
-        # ~0.5 before any update (seen in the study), which is luck, not learning.
-        reached = stats.steps_to_reach(a.steps, a.curves[arm].value, target, after=0)
-        lines.append(f"- {arm}: " + (f"not reached by step {int(a.steps[-1])}" if reached is None
-                     else f"step {int(reached)} ({reached / a.steps[-1]:.2f}x the budget)"))  # fmt: skip
+        reached = a.reach[arm]
+        lines.append(
+            f"- {arm}: "
+            + (
+                f"not reached by step {int(a.steps[-1])}"
+                if reached is None
+                else f"step {int(reached)} ({reached / a.steps[-1]:.2f}x the budget)"
+            )
+        )
     return [*lines, ""]
 
 
@@ -93,15 +114,21 @@ def _footer(cfg: CompareConfig, records: list[RunRecord], a: Analysis, label: st
     distinct = {(r["expert_return"], r["random_return"]) for r in saved}
     lines = []
     if saved:
-        lines += [f"Reference returns on the evaluation episodes: expert "
-                  f"{saved[0]['expert_return']:.1f}, uniform random {saved[0]['random_return']:.1f} "
-                  f"({len(distinct)} distinct value(s) across runs; 1 means every run saw the same "
-                  "task).", ""]  # fmt: skip
+        lines += [
+            f"Reference returns on the evaluation episodes: expert "
+            f"{saved[0]['expert_return']:.1f}, uniform random {saved[0]['random_return']:.1f} "
+            f"({len(distinct)} distinct value(s) across runs; 1 means every run saw the same "
+            "task).",
+            "",
+        ]
     estimated = [arm for arm, (_, measured) in a.cpu_min.items() if not measured]
     if estimated:
-        lines += [f"CPU-min / run marked ~ is wall time x {threads_per_job(cfg.jobs, len(records))}"
-                  " thread(s) per run (the runner gives each of its jobs an equal share of the "
-                  "cores); the others are the runs' measured CPU time.", ""]  # fmt: skip
+        lines += [
+            f"CPU-min / run marked ~ is wall time x {threads_per_job(cfg.jobs, len(records))}"
+            " thread(s) per run (the runner gives each of its jobs an equal share of the "
+            "cores); the others are the runs' measured CPU time.",
+            "",
+        ]
     return lines + [
         "Reproduce: the commands in commands.sh (one semore-finetune per run), or "
         f"semore-compare --config {label} --out OUT; the study config is study.yaml."
@@ -111,36 +138,54 @@ def _footer(cfg: CompareConfig, records: list[RunRecord], a: Analysis, label: st
 def table_markdown(cfg: CompareConfig, a: Analysis, records: list[RunRecord], label: str) -> str:
     """table.md: what it shows in words, then the tables."""
     seeds = sorted({r.seed for r in records})
-    lines = ["# Fine-tuning study: expert-normalised evaluation return", "", "## What it shows", "",
-             *verdicts(cfg, a), "", "## Scores", "",
-             f"IQM over runs with its 95% stratified bootstrap interval ({cfg.bootstrap_reps} "
-             "resamples, rliable); 0 = uniform random actions, 1 = the built-in expert, on "
-             f"{cfg.num_eval_episodes} fixed evaluation episodes disjoint from training episodes. "
-             f"Seeds: {', '.join(map(str, seeds))}. Mean abs steer and distance per evaluation "
-             "episode at the last step; learner: the arm's settings where arms differ.", "",
-             *_score_table(cfg, a, records), "", *_improvement_table(cfg, a),
-             *_steps_to_reach(cfg, a), *_footer(cfg, records, a, label)]  # fmt: skip
+    lines = [
+        "# Fine-tuning study: expert-normalised evaluation return",
+        "",
+        "## What it shows",
+        "",
+        *verdicts(cfg, a),
+        "",
+        "## Scores",
+        "",
+        f"IQM over runs with its 95% stratified bootstrap interval ({cfg.bootstrap_reps} "
+        "resamples, rliable); 0 = uniform random actions, 1 = the built-in expert, on "
+        f"{cfg.num_eval_episodes} fixed evaluation episodes disjoint from training episodes. "
+        f"Seeds: {', '.join(map(str, seeds))}. Mean abs steer and distance per evaluation "
+        "episode at the last step; learner: the arm's settings where arms differ.",
+        "",
+        *_score_table(cfg, a, records),
+        "",
+        *_improvement_table(cfg, a),
+        *_steps_to_reach(cfg, a),
+        *_footer(cfg, records, a, label),
+    ]
     return "\n".join(lines) + "\n"
 
 
 def _results_json(cfg: CompareConfig, a: Analysis, records: list[RunRecord]) -> str:
     def curve(est: estimates.Estimate) -> list[dict]:
-        return [dict(zip(("iqm", "iqm_low", "iqm_high"), est.at(i), strict=True))
-                for i in range(len(est.value))]  # fmt: skip
+        return [
+            dict(zip(("iqm", "iqm_low", "iqm_high"), est.at(i), strict=True))
+            for i in range(len(est.value))
+        ]
 
     arms = {}
     for arm, matrix in a.scores.items():
         mine = [r for r in records if r.arm == arm]
         arms[arm] = {
-            "seeds": [r.seed for r in mine], "scores": matrix.tolist(), "curve": curve(a.curves[arm]),
+            "seeds": [r.seed for r in mine],
+            "scores": matrix.tolist(),
+            "curve": curve(a.curves[arm]),
             "wall_time_s": float(np.mean([r.wall_time_s for r in mine])),
-            "cpu_min_per_run": a.cpu_min[arm][0], "cpu_measured": a.cpu_min[arm][1],
+            "cpu_min_per_run": a.cpu_min[arm][0],
+            "cpu_measured": a.cpu_min[arm][1],
             "cpu_s_per_seed": {str(r.seed): r.cpu_s for r in mine if r.cpu_s is not None},
             "learner": a.learner.values[arm],
-        }  # fmt: skip
+        }
         if arm in a.improvement:
-            arms[arm]["improvement"] = dict(zip(map(str, a.report_steps), curve(a.improvement[arm]),
-                                                strict=True))  # fmt: skip
+            arms[arm]["improvement"] = dict(
+                zip(map(str, a.report_steps), curve(a.improvement[arm]), strict=True)
+            )
         for other, table in a.also.items():  # only studies that list also_compare_to
             if arm in table:
                 arms[arm][f"improvement_over_{other}"] = dict(
@@ -148,17 +193,22 @@ def _results_json(cfg: CompareConfig, a: Analysis, records: list[RunRecord]) -> 
                 )
         arms[arm]["profile"] = curve(a.profiles[arm])
     reference = next((r.reference for r in records if r.reference), None)
-    results = {"steps": a.steps.tolist(), "report_steps": a.report_steps,
-               "bootstrap_reps": cfg.bootstrap_reps, "profile_taus": estimates.PROFILE_TAUS.tolist(),
-               "learner_differs_in": a.learner.differing, "arms": arms,
-               "reference": reference and {k: reference[k] for k in
-                                           ("expert_return", "random_return", "eval_seeds")}}  # fmt: skip
+    results = {
+        "steps": a.steps.tolist(),
+        "report_steps": a.report_steps,
+        "bootstrap_reps": cfg.bootstrap_reps,
+        "profile_taus": estimates.PROFILE_TAUS.tolist(),
+        "learner_differs_in": a.learner.differing,
+        "arms": arms,
+        "reference": reference
+        and {k: reference[k] for k in ("expert_return", "random_return", "eval_seeds")},
+    }
     if a.reference != cfg.reference_arm:  # "strongest": which baseline it was
         results["reference_arm"] = a.reference
     return json.dumps(results, indent=1) + "\n"
 
 
-def write_report(
+def write_results_folder(
     cfg: CompareConfig,
     records: list[RunRecord],
     folder: Path,
@@ -198,9 +248,12 @@ def _write_provenance(study: Path, folder: Path) -> None:
         dataset = {
             "manifest_sha256": hashlib.sha256(manifest_file.read_bytes()).hexdigest(),
             "format_version": manifest.get("format_version"),
-            **{part: {k: manifest[part].get(k) for k in keep}
-               for part in ("raw", "ann") if part in manifest},
-        }  # fmt: skip
+            **{
+                part: {k: manifest[part].get(k) for k in keep}
+                for part in ("raw", "ann")
+                if part in manifest
+            },
+        }
         write(folder / "dataset.json", json.dumps(dataset, indent=1) + "\n")
     for config in sorted((study / "encoders").glob("*/config.yaml")):
         (folder / "encoders").mkdir(exist_ok=True)

@@ -5,9 +5,11 @@
 A study with a ``dataset`` section first collects and annotates it into ``OUT/data``, then
 pretrains each of its ``encoders`` on it into ``OUT/encoders/NAME`` (N at a time). Each
 fine-tuning run is an independent ``semore-finetune`` process writing ``OUT/runs/ARM/seedS``.
-A rerun skips what is finished and resumes what was interrupted. ``--print-commands`` prints
-one command per unfinished job instead, stage by stage (hand each stage to a cluster's job
-array), and a later ``semore-compare --report-only`` aggregates whatever has finished.
+A rerun skips what is finished and resumes what was interrupted: what is left is worked out
+once (``pipeline.compare.plan``), and run here, submitted to SLURM (``--launcher slurm``) or,
+with ``--print-commands``, printed: one command per unfinished job, stage by stage (hand each
+stage to a cluster's job array), then the ``--report-only`` command that aggregates whatever
+has finished.
 ``semore-compare --from-results DIR`` rebuilds a results folder's report from the run CSVs and
 ``study.yaml`` it keeps, when the run folders are gone. A study that spans sessions goes on
 from its committed results folder: rerun with the same ``--report`` on a fresh checkout and it
@@ -18,20 +20,22 @@ what it does not hold (``pipeline.compare.carry``).
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.compare.carry import carried_records, check_dataset, check_study, restore_encoders
+from pipeline.compare.carry import check_dataset, check_study
 from pipeline.compare.config import CompareConfig
-from pipeline.compare.jobs import dataset_commands, plan_jobs, pretrain_jobs, run_jobs
+from pipeline.compare.jobs import Command, run_jobs
+from pipeline.compare.plan import StudyPlan, plan_study, setup_commands
 from pipeline.compare.records import from_job, from_results
-from pipeline.compare.report import write_report
+from pipeline.compare.report import write_results_folder
+from pipeline.compare.slurm import launch_study
 from pipeline.compare.writing import config_label
 from pipeline.config import load_config
 from pipeline.errors import SemoreError
 from pipeline.launch import cli as launch_cli
-from pipeline.launch.study import launch_study
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,51 +53,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-only", action="store_true", help="aggregate the finished runs, run nothing"
     )
     parser.add_argument(
-        "--from-results", type=Path, metavar="DIR",
+        "--from-results",
+        type=Path,
+        metavar="DIR",
         help="rebuild the report of results folder DIR from its runs/*.csv and study.yaml",
-    )  # fmt: skip
+    )
     launch_cli.add_launcher_args(parser)
     return parser
 
 
-def _dataset_lines(cfg: CompareConfig, out: Path) -> list[str]:
-    """``semore-collect ...`` and ``semore-annotate ...``: the study dataset's commands."""
-    return [shlex.join(["semore-" + main_fn.__module__.split(".")[1], *argv])
-            for main_fn, argv in dataset_commands(cfg, out)]  # fmt: skip
-
-
-def _print_commands(cfg: CompareConfig, out: Path, report: Path | None) -> None:
-    """One line per unfinished job, stage by stage (each stage needs the one before)."""
-    restore_encoders(cfg, out, report)  # a kept encoder is copied, not pretrained again
-    stages = []
-    if cfg.dataset is not None:
-        stages.append(("dataset", _dataset_lines(cfg, out)))
-    pending = [j for j in pretrain_jobs(cfg, out) if not j.finished(0)]
-    stages.append(("encoders", [shlex.join(j.script_command) for j in pending]))
-    runs = [j for j in plan_jobs(cfg, out) if not j.finished(cfg.num_train_steps)]
-    kept = carried_records(cfg, report, runs)
-    runs = [j for j in runs if j not in kept]
-    stages.append(("fine-tuning runs", [shlex.join(j.script_command) for j in runs]))
-    for name, lines in stages:
+def print_plan(plan: StudyPlan) -> None:
+    """One line per unfinished command, stage by stage (each stage needs the one before),
+    then the command that aggregates what finished."""
+    for name, commands in [*plan.stages(), ("report", [plan.report])]:
+        lines = [shlex.join(command.script_command) for command in commands]
         if lines:
             print(f"# {name} ({len(lines)})")
             print("\n".join(lines))
 
 
-def build_inputs(cfg: CompareConfig, out: Path, num_jobs: int) -> None:
-    """The study's dataset, then its encoders; each stage resumes or skips what is done."""
-    if cfg.dataset is not None:
-        for main_fn, argv in dataset_commands(cfg, out):
-            code = main_fn([*argv, "--quiet"])
-            if code != 0:
-                raise SemoreError(
-                    f"building the study dataset failed: {main_fn.__module__} exit {code}"
-                )
-    todo = [job for job in pretrain_jobs(cfg, out) if not job.finished(0)]
-    if todo:
-        failures = run_jobs(todo, num_jobs)
+def run_in_process(command: Command) -> int:
+    """A stage's ``main`` in this process: the dataset stages show their errors as they are."""
+    return importlib.import_module(command.module).main(command.argv)
+
+
+def run_plan(plan: StudyPlan, out: Path, carry: Path | None, num_jobs: int) -> None:
+    """Run the plan here: the dataset stages in this process, then the encoders and the runs
+    ``num_jobs`` at a time as subprocesses; each resumes what was interrupted."""
+    for step in plan.dataset:
+        code = run_in_process(step)
+        if code != 0:
+            raise SemoreError(f"building the study dataset failed: {step.module} exit {code}")
+    check_dataset(out, carry)  # the runs the results folder keeps were made on this dataset
+    for jobs, what in ((plan.encoders, "pretraining job(s)"), (plan.runs, "run(s)")):
+        failures = run_jobs(jobs, num_jobs) if jobs else []
         if failures:
-            raise SemoreError(f"{len(failures)} pretraining job(s) failed: {'; '.join(failures)}")
+            raise SemoreError(f"{len(failures)} {what} failed: {'; '.join(failures)}")
 
 
 def _report_from_results(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -103,8 +98,22 @@ def _report_from_results(args: argparse.Namespace, overrides: list[str]) -> None
     cfg.jobs = args.jobs or cfg.jobs  # how many ran at once: the threads each run had
     order = {arm: i for i, arm in enumerate(cfg.arms)}
     records = sorted(from_results(folder), key=lambda r: (order.get(r.arm, len(order)), r.seed))
-    report = write_report(cfg, records, args.report or folder, config_label(args.config or ""))
+    label = config_label(args.config or "")
+    report = write_results_folder(cfg, records, args.report or folder, label)
     print(f"{folder}: report of {len(records)} runs rebuilt in {report}")
+
+
+def _report(cfg: CompareConfig, plan: StudyPlan, args: argparse.Namespace, folder: Path) -> None:
+    """The results folder of the plan's finished runs (and those the results folder keeps)."""
+    done = [j for j in plan.all_runs if j in plan.kept or j.finished(cfg.num_train_steps)]
+    if not done:
+        raise SemoreError(f"no finished runs in {args.out / 'runs'}: expected at least one")
+    records = [plan.kept.get(job) or from_job(job, cfg.num_train_steps) for job in done]
+    setup = setup_commands(cfg, args.out)
+    label = config_label(args.config)
+    report = write_results_folder(cfg, records, folder, label, setup, args.out)
+    note = f" ({len(plan.kept)} kept from {folder})" if plan.kept else ""
+    print(f"{args.out}: {len(done)}/{len(plan.all_runs)} runs finished{note}; results in {report}")
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -117,37 +126,19 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     report_dir = args.report or args.out / "report"
     carry = args.report  # only a named results folder carries a study on (see carry.py)
     check_study(cfg, carry)  # before anything is built for runs it cannot keep
+    plan = plan_study(cfg, args.out, carry, args.argv)
     if args.print_commands:
-        _print_commands(cfg, args.out, carry)
+        print_plan(plan)
         return
     if args.launcher == "slurm" and not args.report_only:
-        if launch_study(cfg, args.out, args.argv, args.wait, carry):
+        if launch_study(plan, cfg, args.out, args.wait):
             print(f"{args.out}: study finished; results in {report_dir}")
         return
-    num_jobs = args.jobs or cfg.jobs
-    if not args.report_only:
-        restore_encoders(cfg, args.out, carry)
-        build_inputs(cfg, args.out, num_jobs)
-    check_dataset(args.out, carry)  # also in a cluster's report task, after its dataset
-    jobs = plan_jobs(cfg, args.out)
-    unfinished = [job for job in jobs if not job.finished(cfg.num_train_steps)]
-    kept = carried_records(cfg, carry, unfinished)
-    todo = [job for job in unfinished if job not in kept]
-    if todo and not args.report_only:
-        failures = run_jobs(todo, num_jobs)
-        if failures:
-            raise SemoreError(f"{len(failures)} run(s) failed: {'; '.join(failures)}")
-    finished = [job for job in jobs if job in kept or job.finished(cfg.num_train_steps)]
-    if not finished:
-        raise SemoreError(f"no finished runs in {args.out / 'runs'}: expected at least one")
-    # The commands as a new user would type them (no --resume: that is this rerun's business).
-    setup = [[a for a in j.script_command if a != "--resume"] for j in pretrain_jobs(cfg, args.out)]
-    if cfg.dataset is not None:
-        setup = [shlex.split(line) for line in _dataset_lines(cfg, args.out)] + setup
-    records = [kept.get(job) or from_job(job, cfg.num_train_steps) for job in finished]
-    report = write_report(cfg, records, report_dir, config_label(args.config), setup, args.out)
-    note = f" ({len(kept)} kept from {report_dir})" if kept else ""
-    print(f"{args.out}: {len(finished)}/{len(jobs)} runs finished{note}; results in {report}")
+    if args.report_only:
+        check_dataset(args.out, carry)  # also in a cluster's report task, after its dataset
+    else:
+        run_plan(plan, args.out, carry, args.jobs or cfg.jobs)
+    _report(cfg, plan, args, report_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

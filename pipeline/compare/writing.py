@@ -46,13 +46,18 @@ def _verdict(ref: str, arm: str, a: Analysis, improvement: dict | None = None) -
     by = "" if abs(diff) < TIE else f" by {abs(diff):.2f} IQM"
     poi, low, high = (improvement or a.improvement)[arm].at(-1)
     fewest = min(len(a.scores[arm]), len(a.scores[ref]))
-    ahead = [s for i, s in enumerate(a.report_steps)
-             if a.curves[arm].value[a.column(s)] - a.curves[ref].value[a.column(s)] >= TIE]  # fmt: skip
-    return (f"At step {step}, {arm} {where} {ref}{by} ({mine:.2f} against {theirs:.2f}); the "
-            f"probability that a {arm} run beats a {ref} run is {poi:.2f} [{low:.2f}, "
-            f"{high:.2f}], {_reading(low, high, fewest)}. Ahead at {len(ahead)} of "
-            f"{len(a.report_steps)} report steps"
-            + (f" ({', '.join(map(str, ahead))})." if ahead else "."))  # fmt: skip
+    ahead = [
+        s
+        for i, s in enumerate(a.report_steps)
+        if a.curves[arm].value[a.column(s)] - a.curves[ref].value[a.column(s)] >= TIE
+    ]
+    return (
+        f"At step {step}, {arm} {where} {ref}{by} ({mine:.2f} against {theirs:.2f}); the "
+        f"probability that a {arm} run beats a {ref} run is {poi:.2f} [{low:.2f}, "
+        f"{high:.2f}], {_reading(low, high, fewest)}. Ahead at {len(ahead)} of "
+        f"{len(a.report_steps)} report steps"
+        + (f" ({', '.join(map(str, ahead))})." if ahead else ".")
+    )
 
 
 def verdicts(cfg: CompareConfig, a: Analysis) -> list[str]:
@@ -71,8 +76,10 @@ def verdicts(cfg: CompareConfig, a: Analysis) -> list[str]:
     check = a.learner
     unplanned = [k for k in check.differing if k not in check.on_purpose]
     if unplanned:
-        lines.append(f"- Not one learner: the arms differ in {', '.join(unplanned)} (the learner "
-                     "column), so each difference above mixes what the arms are about with the learner.")  # fmt: skip
+        lines.append(
+            f"- Not one learner: the arms differ in {', '.join(unplanned)} (the learner "
+            "column), so each difference above mixes what the arms are about with the learner."
+        )
     if check.on_purpose:
         lines.append(
             f"- The arms differ on purpose (unmatched_ok) in {', '.join(check.on_purpose)}."
@@ -115,7 +122,9 @@ def commands_script(setup: list[list[str]], records: list[RunRecord], study: Pat
     lines = [["semore-finetune", *rec.argv] for rec in records if rec.argv is not None]
     here = os.path.relpath(study.resolve(), Path.cwd().resolve())
     default = here if not here.startswith("..") else study.name
-    return ("#!/usr/bin/env bash\n# The study's dataset and encoders, then one semore-finetune run "
-            "per line. Run from the folder semore-compare ran in; OUT is the study folder.\n"
-            f'OUT="${{OUT:-{default}}}"\n'
-            + "".join(" ".join(_portable(a, study) for a in cmd) + "\n" for cmd in [*setup, *lines]))  # fmt: skip
+    return (
+        "#!/usr/bin/env bash\n# The study's dataset and encoders, then one semore-finetune run "
+        "per line. Run from the folder semore-compare ran in; OUT is the study folder.\n"
+        f'OUT="${{OUT:-{default}}}"\n'
+        + "".join(" ".join(_portable(a, study) for a in cmd) + "\n" for cmd in [*setup, *lines])
+    )

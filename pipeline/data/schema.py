@@ -175,11 +175,21 @@ def motion_targets(state: dict, where: str = "") -> np.ndarray:
 # The privileged state the scene captions are written from, as numbers: the target of the
 # no-language control, which regresses these instead of aligning to caption embeddings.
 CAPTION_STATE_FIELDS = (
-    "speed_mps", "acceleration_mps2", "lat_speed_mps", "lead_distance_m",
-    "lead_closing_speed_mps", "lane_index", "lanes_count", "lateral_offset_m",
-    "road_edge_left_m", "road_edge_right_m", "cars_left_lane", "cars_right_lane",
-    "collision", "on_road",
-)  # fmt: skip
+    "speed_mps",
+    "acceleration_mps2",
+    "lat_speed_mps",
+    "lead_distance_m",
+    "lead_closing_speed_mps",
+    "lane_index",
+    "lanes_count",
+    "lateral_offset_m",
+    "road_edge_left_m",
+    "road_edge_right_m",
+    "cars_left_lane",
+    "cars_right_lane",
+    "collision",
+    "on_road",
+)
 
 
 def caption_state(state: dict) -> np.ndarray:

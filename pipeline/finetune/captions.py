@@ -37,9 +37,12 @@ class OnlineCaptions:
     """Annotates each stored step of an episode as ``semore-annotate`` did the dataset's."""
 
     def __init__(
-        self, captioner: SceneCaptioner, encoder: TextEncoder, motion_gap_steps: int,
+        self,
+        captioner: SceneCaptioner,
+        encoder: TextEncoder,
+        motion_gap_steps: int,
         keyframe_stride: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.captioner = captioner
         self.dim = int(encoder.dim)
         self.gap = int(motion_gap_steps)

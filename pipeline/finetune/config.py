@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pipeline.config import resumable
 from pipeline.sim import EnvConfig, backend_spec
 from semore.encoder import EncoderArch
-from semore.sac import SACConfig
+from semore.sac_config import SACConfig
 
 
 @dataclass
@@ -19,8 +19,10 @@ class FabricConfig:
     accelerator: str = "auto"
     # "32-true" is exact; "bf16-mixed" autocasts forward passes (no loss scaling needed).
     precision: Literal["32-true", "bf16-mixed"] = "32-true"
-    # One simulator feeds one learner; run several seeds as separate processes to scale.
-    devices: int = 1
+    # One device: one simulator feeds one learner, and several seeds scale as separate
+    # processes. `devices` could only ever be 1, so it went; configs and checkpoints that
+    # still carry it load when it is 1 (pipeline.config.RETIRED).
+    RETIRED: ClassVar[dict[str, object]] = {"devices": 1}
 
 
 @dataclass
@@ -175,15 +177,11 @@ class FinetuneConfig:
             raise ValueError(f"num_seed_steps is {self.num_seed_steps}: expected >= 0")
         if self.action_repeat is not None and self.action_repeat < 1:
             raise ValueError(f"action_repeat is {self.action_repeat}: expected >= 1 or null")
-        if self.encoder.kind == "drqv2" and (self.encoder_mode == "guided" or (self.caches_tokens)):
+        if self.encoder.kind == "drqv2" and (self.encoder_mode == "guided" or self.caches_tokens):
             raise ValueError(
                 f"encoder.kind drqv2 with encoder_mode {self.encoder_mode} and "
                 f"encoder_trainable_from {self.encoder_trainable_from}: expected frozen, finetune "
                 "or warmup from the trunk (DrQ-v2 has no token grid and no pretraining heads)"
-            )
-        if self.fabric.devices != 1:
-            raise ValueError(
-                f"fabric.devices is {self.fabric.devices}: expected 1 (run seeds as separate processes)"
             )
 
     @property

@@ -1,12 +1,13 @@
 """Episodes of ``semore-finetune`` outside its training loop (evaluation episodes in random
-streams of their own, the replay of an open training episode on resume), the metrics CSV and
-the learning-curve plot."""
+streams of their own, the replay of an open training episode on resume), and the run folder's
+records: the metrics CSV, the learning-curve plot and the summary."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import io
+import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,11 @@ import torch
 from pipeline.files import atomic_save, atomic_write
 from pipeline.sim.driver import AgentStep, Driver, EpisodeLost
 
+# A run folder's records: one row per training episode and per evaluation, the evaluation
+# curve, and the summary written when the run reaches its budget.
+METRICS_NAME = "metrics.csv"
+CURVE_NAME = "learning_curve.png"
+SUMMARY_NAME = "summary.json"
 # Leading columns of metrics.csv; training metrics (whatever agent.update returns) follow.
 BASE_COLUMNS = (
     "phase",  # "train": one row per training episode; "eval": one row per evaluation
@@ -239,3 +245,16 @@ def plot_learning_curve(metrics_path: Path, out_png: Path, title: str = "") -> P
         "eval (mean)": metrics_curve(metrics_path),
     }
     return plot_curves(curves, out_png, title)
+
+
+def write_summary(out: Path, title: str, counters: dict) -> dict:
+    """``learning_curve.png`` and ``summary.json`` of the run folder ``out`` from its
+    metrics.csv: the final and best evaluations, then ``counters`` (steps, episodes, updates,
+    wall time, what the run started from); returns the summary."""
+    plot_learning_curve(out / METRICS_NAME, out / CURVE_NAME, title=title)
+    evals = [r for r in read_metrics(out / METRICS_NAME) if r["phase"] == "eval"]
+    final = {k: float(v) for k, v in evals[-1].items() if k != "phase" and v != ""}
+    best = max(float(r["episode_return"]) for r in evals)
+    summary = {"final_eval": final, "best_eval_return": best, **counters}
+    atomic_write(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    return summary

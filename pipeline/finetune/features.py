@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from torch import nn
 
 from semore.sac import SACAgent
 from semore.trunk_cache import TOKEN_DTYPE, cached_tokens, features_of_tokens, token_dim
@@ -20,16 +21,17 @@ if TYPE_CHECKING:
     from pipeline.finetune.config import FinetuneConfig
 
 
-def replay_features(cfg: FinetuneConfig, agent: SACAgent) -> dict:
-    """ReplayBuffer keyword arguments for what ``cfg``'s regime stores per frame."""
+def replay_features(cfg: FinetuneConfig, encoder: nn.Module) -> dict:
+    """ReplayBuffer keyword arguments for what ``cfg``'s regime stores per frame of
+    ``encoder``."""
     if cfg.caches_tokens:
         return {
-            "feature_dim": token_dim(agent.encoder),
+            "feature_dim": token_dim(encoder),
             "feature_dtype": TOKEN_DTYPE,
             "feature_key": "tokens",
         }
     if cfg.encoder_mode in ("frozen", "warmup"):
-        return {"feature_dim": agent.repr_dim}
+        return {"feature_dim": encoder.repr_dim}
     return {"feature_dim": 0}
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import webdataset as wds
+from torch import nn
 
 from pipeline.data import schema
 from pipeline.data.source import DatasetInfo, read_dataset_info, shard_urls
@@ -38,7 +39,6 @@ from semore.guide import FROM_REPLAY, PretrainGuide
 from semore.heads import SemorePretrainModel
 from semore.losses import SemorePretrainLoss
 from semore.replay import ReplayBuffer
-from semore.sac import SACAgent
 from semore.trunk_cache import tokens_to_cache
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def export_stats(metadata: dict, state_dim: int) -> TrainStats:
         reward_mean=float(metadata["reward_mean"]),
         reward_std=float(metadata["reward_std"]),
         # The no-language control's state targets, as pretraining standardised them (exports
-        # written before they were recorded guide without the state term: see build_guide).
+        # written before they were recorded guide without the state term: _pretraining_model).
         state_mean=np.asarray(metadata.get("state_mean", np.zeros(state_dim)), np.float32),
         state_std=np.asarray(metadata.get("state_std", np.ones(state_dim)), np.float32),
         num_train_samples=0,
@@ -70,15 +70,20 @@ def export_stats(metadata: dict, state_dim: int) -> TrainStats:
 
 
 def guide_batches(
-    data: str, frame_stack: int, image_hw: tuple[int, int], holdout_every: int,
-    stats: TrainStats, cfg: GuideConfig, seed: int,
-) -> Iterator[dict[str, torch.Tensor]]:  # fmt: skip
+    data: str,
+    frame_stack: int,
+    image_hw: tuple[int, int],
+    holdout_every: int,
+    stats: TrainStats,
+    cfg: GuideConfig,
+    seed: int,
+) -> Iterator[dict[str, torch.Tensor]]:
     """An endless, seeded stream of pretraining batches of ``data``'s training episodes."""
     urls = shard_urls(data, with_ann=True)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(
             [raw for raw, _ in urls], seed=seed, worker_seed=lambda: 0, deterministic=True
-        ),  # fmt: skip
+        ),
         ShardPairReader(dict(urls), frame_stack, EpisodeSplit(holdout_every, "train"), image_hw),
         wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, rng=random.Random(seed)),
         wds.batched(cfg.batch_size, collation_fn=Collate(stats), partial=False),
@@ -87,20 +92,24 @@ def guide_batches(
 
 
 def token_table(
-    encoder: SemoreEncoder, data: str, frame_stack: int, image_hw: tuple[int, int],
-    holdout_every: int, stats: TrainStats, device: torch.device, atc: ATCModel | None = None,
-) -> dict[str, torch.Tensor]:  # fmt: skip
+    encoder: SemoreEncoder,
+    data: str,
+    frame_stack: int,
+    image_hw: tuple[int, int],
+    holdout_every: int,
+    stats: TrainStats,
+    device: torch.device,
+    atc: ATCModel | None = None,
+) -> dict[str, torch.Tensor]:
     """Every training frame stack of ``data`` as a guide batch row, its pixels replaced by the
     frozen trunk's flat tokens ("obs_tokens", float16): one pass, in shard order. With ``atc``,
     rows are ATC's windows: the anchor's tokens and, as "pos_tokens", the momentum encoder's
     tokens of the stack ``atc.temporal_shift`` steps later."""
     urls = shard_urls(data, with_ann=True)
-    shift = atc.temporal_shift if atc is not None else 0
+    window = frame_stack + (atc.temporal_shift if atc is not None else 0)
     pipeline = wds.DataPipeline(
         wds.SimpleShardList([raw for raw, _ in urls]),
-        ShardPairReader(
-            dict(urls), frame_stack + shift, EpisodeSplit(holdout_every, "train"), image_hw
-        ),
+        ShardPairReader(dict(urls), window, EpisodeSplit(holdout_every, "train"), image_hw),
         wds.batched(_TABLE_CHUNK, collation_fn=Collate(stats), partial=True),
     )
     was_training, parts = encoder.training, []
@@ -211,45 +220,44 @@ def guide_captions(cfg: FinetuneConfig, metadata: dict) -> OnlineCaptions:
 def _heads_spec(info: DatasetInfo, saved: dict | None) -> dict:
     if saved is not None:
         return saved["model"]
-    return {"text_dim": info.embedding_dim, "motion_dim": len(info.motion_targets),
-            "action_dim": info.action_dim, "heads_read": "h", "state_dim": 0}  # fmt: skip
+    return {
+        "text_dim": info.embedding_dim,
+        "motion_dim": len(info.motion_targets),
+        "action_dim": info.action_dim,
+        "heads_read": "h",
+        "state_dim": 0,
+    }
 
 
 def build_guide(
-    agent: SACAgent, cfg: FinetuneConfig, export: Path | None, metadata: dict,
+    encoder: nn.Module,
+    cfg: FinetuneConfig,
+    export: Path | None,
+    metadata: dict,
     replay: ReplayBuffer | None = None,
-) -> PretrainGuide:  # fmt: skip
-    """The guide for ``agent`` from the export's heads (fresh heads for an export without, or
-    --encoder none) on the guide dataset, and on ``replay``'s annotated frames every
-    ``guide.replay_every``-th batch; SemoreError naming what does not fit. An export
-    pretrained with ATC (the label-free baseline) guides with ATC's loss instead."""
+) -> PretrainGuide:
+    """The guide of the agent's ``encoder`` (on the device it trains on) from the export's
+    heads (fresh heads for an export without, or --encoder none) on the guide dataset, and on
+    ``replay``'s annotated frames every ``guide.replay_every``-th batch; SemoreError naming
+    what does not fit. The agent calls it as it is built (``SACAgent(guide=...)``). An export
+    pretrained with ATC (the label-free baseline) guides with ATC's loss and momentum encoder."""
     data = _guide_data(cfg, metadata)
     try:
         info = read_dataset_info(data, with_ann=True)
     except SemoreError as err:
         raise SemoreError(f"guide dataset: {err}") from None
-    saved = load_pretrain_heads(export) if export is not None else None
-    if saved is None:
-        log.warning("guided: %s has no pretraining heads; they start fresh", export or "none")
-    recorded = metadata.get("dataset", {})
-    if recorded.get("manifest_sha256") not in (None, info.dataset_id()["manifest_sha256"]):
-        log.warning("guide dataset %s changed since pretraining (manifest hash differs)", data)
-    atc = saved is not None and saved.get("objective") == "atc"
-    if atc:
-        model, loss = _atc_model(agent, cfg, info, saved, export)
-    else:
-        model, loss = _semore_model(agent, info, saved, export, metadata, str(data))
+    device = next(encoder.parameters()).device
+    model, loss, tau = _pretraining_model(encoder, cfg, info, data, export, metadata, device)
+    atc = model if isinstance(model, ATCModel) else None
     if "motion_mean" in metadata:
         stats = export_stats(metadata, len(schema.CAPTION_STATE_FIELDS))
     else:  # --encoder none: standardise with the dataset's own training statistics
         stats = train_stats(shard_urls(data, with_ann=True), EpisodeSplit(_holdout(metadata)))
     hw = (info.image_height, info.image_width)
-    window = cfg.frame_stack + (model.temporal_shift if atc else 0)
     table = None
-    if cfg.guide.cache_tokens and getattr(agent.encoder, "frozen_below", None) is not None:
-        table = _cached_table(
-            agent, data, cfg, hw, _holdout(metadata), stats, model if atc else None
-        )
+    if cfg.guide.cache_tokens and getattr(encoder, "frozen_below", None) is not None:
+        table = _cached_table(encoder, device, data, cfg, hw, _holdout(metadata), stats, atc)
+    window = cfg.frame_stack + (atc.temporal_shift if atc is not None else 0)
 
     def open_dataset(num_drawn: int) -> Iterator[dict[str, torch.Tensor]]:
         seed = int(np.random.SeedSequence([cfg.seed, num_drawn]).generate_state(1)[0])
@@ -267,32 +275,55 @@ def build_guide(
             return open_dataset(num_drawn)
         return mixed_batches(open_dataset, replay_batch, cfg.guide.replay_every, num_drawn)
 
-    tau = float(saved["momentum_tau"]) if atc else None
-    guide = PretrainGuide(model, loss, open_stream, cfg.guide.weight, cfg.guide.every,
-                          cfg.guide.heads_lr, cfg.sac.aug_pad, momentum_tau=tau)  # fmt: skip
-    return guide.to(agent.device)
+    guide = PretrainGuide(
+        model,
+        loss,
+        open_stream,
+        cfg.guide.weight,
+        cfg.guide.every,
+        cfg.guide.heads_lr,
+        cfg.sac.aug_pad,
+        momentum_tau=tau,
+    )
+    return guide.to(device)
 
 
-def _semore_model(
-    agent: SACAgent, info: DatasetInfo, saved: dict | None, export: Path | None, metadata: dict,
-    where: str,
-) -> tuple[SemorePretrainModel, SemorePretrainLoss]:  # fmt: skip
-    """The method's heads and loss around the agent's encoder, from the export's (or fresh)."""
+def _pretraining_model(
+    encoder: nn.Module,
+    cfg: FinetuneConfig,
+    info: DatasetInfo,
+    data: str,
+    export: Path | None,
+    metadata: dict,
+    device: torch.device,
+) -> tuple[SemorePretrainModel | ATCModel, SemorePretrainLoss | ATCLoss, float | None]:
+    """The pretraining model around ``encoder`` with the export's heads and loss (fresh ones
+    without), checked against the guide dataset ``data`` (read as ``info``), and an ATC
+    model's momentum rate (None for the method's)."""
+    saved = load_pretrain_heads(export) if export is not None else None
+    if saved is None:
+        log.warning("guided: %s has no pretraining heads; they start fresh", export or "none")
+    recorded = metadata.get("dataset", {})
+    if recorded.get("manifest_sha256") not in (None, info.dataset_id()["manifest_sha256"]):
+        log.warning("guide dataset %s changed since pretraining (manifest hash differs)", data)
+    if saved is not None and saved.get("objective") == "atc":
+        model = _atc_model(encoder, cfg, info, saved, export).to(device)
+        return model, ATCLoss(), float(saved["momentum_tau"])
     spec = _heads_spec(info, saved)
-    _check_dataset(info, where, agent.encoder, spec)
-    model = SemorePretrainModel(agent.encoder, **spec).to(agent.device)
+    _check_dataset(info, str(data), encoder, spec)
+    model = SemorePretrainModel(encoder, **spec).to(device)
     loss_kwargs = dict(saved["loss"]) if saved is not None else {}
     if "state_std" not in metadata:  # the state term needs the state targets' scaling
         loss_kwargs["state_weight"] = 0.0
-    loss = SemorePretrainLoss(**loss_kwargs).to(agent.device)
+    loss = SemorePretrainLoss(**loss_kwargs).to(device)
     if saved is not None:
         _load_heads(model, loss, saved, export)
-    return model, loss
+    return model, loss, None
 
 
 def _atc_model(
-    agent: SACAgent, cfg: FinetuneConfig, info: DatasetInfo, saved: dict, export: Path
-) -> tuple[ATCModel, ATCLoss]:
+    encoder: nn.Module, cfg: FinetuneConfig, info: DatasetInfo, saved: dict, export: Path
+) -> ATCModel:
     """ATC's predictor, contrast and momentum encoder from the export, around the agent's
     encoder (its momentum copy starts as exported, not as a copy of the online encoder)."""
     spec = saved["model"]
@@ -306,14 +337,13 @@ def _atc_model(
             f"{export} contrasts stacks of {spec['frame_stack']} frames: expected frame_stack "
             f"{spec['frame_stack']}"
         )
-    enc = agent.encoder.config
+    enc = encoder.config
     if (info.image_height, info.image_width) != (enc.image_height, enc.image_width):
         raise SemoreError(
             f"guide dataset has {info.image_height}x{info.image_width} frames: expected "
             f"{enc.image_height}x{enc.image_width}, as the encoder"
         )
-    model = ATCModel(agent.encoder, spec["frame_stack"], spec["temporal_shift"], spec["hidden_dim"])
-    model = model.to(agent.device)
+    model = ATCModel(encoder, spec["frame_stack"], spec["temporal_shift"], spec["hidden_dim"])
     try:
         missing, unexpected = model.load_state_dict(saved["state_dict"], strict=False)
     except RuntimeError as err:
@@ -327,16 +357,21 @@ def _atc_model(
             f"{export}: ATC heads lack {lacking} / have extra {sorted(unexpected)}: expected an "
             "export written by semore-pretrain --objective atc"
         )
-    return model, ATCLoss()
+    return model
 
 
 def _cached_table(
-    agent: SACAgent, data: str, cfg: FinetuneConfig, hw: tuple[int, int], holdout_every: int,
-    stats: TrainStats, atc: ATCModel | None,
-) -> dict[str, torch.Tensor]:  # fmt: skip
+    encoder: nn.Module,
+    device: torch.device,
+    data: str,
+    cfg: FinetuneConfig,
+    hw: tuple[int, int],
+    holdout_every: int,
+    stats: TrainStats,
+    atc: ATCModel | None = None,
+) -> dict[str, torch.Tensor]:
     start_s = time.perf_counter()
-    table = token_table(agent.encoder, data, cfg.frame_stack, hw, holdout_every, stats,
-                        agent.device, atc)  # fmt: skip
+    table = token_table(encoder, data, cfg.frame_stack, hw, holdout_every, stats, device, atc)
     num_rows = len(table["obs_tokens"])
     if num_rows < cfg.guide.batch_size:
         raise SemoreError(
@@ -344,8 +379,13 @@ def _cached_table(
             f"guide.batch_size ({cfg.guide.batch_size})"
         )
     size_mb = sum(value.nbytes for value in table.values()) / 2**20
-    log.info("guide: %d frame stacks of %s tokenised once (%.0f MB, %.1f s)", num_rows, data,
-             size_mb, time.perf_counter() - start_s)  # fmt: skip
+    log.info(
+        "guide: %d frame stacks of %s tokenised once (%.0f MB, %.1f s)",
+        num_rows,
+        data,
+        size_mb,
+        time.perf_counter() - start_s,
+    )
     return table
 
 

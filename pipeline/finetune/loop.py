@@ -25,7 +25,6 @@ training simulator when the run resumes; the replayed sums must match the saved 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections import defaultdict
@@ -36,16 +35,17 @@ import numpy as np
 import torch
 
 from pipeline.config import to_dict
+from pipeline.data import checkpoint as ckpt
 from pipeline.errors import SemoreError
-from pipeline.files import atomic_save, atomic_write
+from pipeline.files import atomic_save
 from pipeline.finetune.eval import (
+    METRICS_NAME,
     EpisodeStats,
     MetricsLog,
     evaluate,
     own_random_streams,
-    plot_learning_curve,
-    read_metrics,
     replay_episode,
+    write_summary,
 )
 from pipeline.finetune.features import acting_features, stored_features
 from pipeline.sim.driver import AgentStep, Driver, EpisodeLost
@@ -61,16 +61,6 @@ if TYPE_CHECKING:
     from pipeline.finetune.reference import ReferenceScores
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "semore-finetune"
-# 2: encoder regimes, no target encoder, replay features; 3: the open training episode and
-# the update metrics since the last train row (evaluation no longer ends the episode).
-CHECKPOINT_VERSION = 3
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.pt"
-METRICS_NAME = "metrics.csv"
-CURVE_NAME = "learning_curve.png"
-SUMMARY_NAME = "summary.json"
 
 
 class OnlineTrainer:
@@ -99,7 +89,8 @@ class OnlineTrainer:
         self.out = Path(out)
         self.fabric = fabric
         self.run_info = run_info  # encoder source and config, stored with checkpoints
-        self.ckpt_dir = self.out / CHECKPOINT_DIR
+        self.ckpt_path = ckpt.last_checkpoint(self.out)
+        self.ckpt_dir = self.ckpt_path.parent
         self.rng = loop_rng(cfg.seed)
         self.step = 0
         self.episode = 0  # training episodes started
@@ -128,8 +119,8 @@ class OnlineTrainer:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
+            "format": ckpt.FORMAT,
+            "format_version": ckpt.FORMAT_VERSION,
             "agent": self.agent.checkpoint(),
             "step": self.step,
             "episode": self.episode,
@@ -145,11 +136,11 @@ class OnlineTrainer:
             "config": to_dict(self.cfg),
             **self.run_info,
         }
-        atomic_save(self.ckpt_dir / LAST_CHECKPOINT, lambda f: torch.save(checkpoint, f))
+        atomic_save(self.ckpt_path, lambda f: torch.save(checkpoint, f))
         for old in self.ckpt_dir.glob("replay-*.npz"):
             if old.name != replay_name:
                 old.unlink()
-        log.info("saved %s at step %d", self.ckpt_dir / LAST_CHECKPOINT, self.step)
+        log.info("saved %s at step %d", self.ckpt_path, self.step)
 
     def load(self, checkpoint: dict) -> None:
         """Restore the agent, replay buffer, counters and RNGs of :meth:`save`."""
@@ -157,8 +148,7 @@ class OnlineTrainer:
         replay_path = self.ckpt_dir / checkpoint["replay_file"]
         if not replay_path.is_file():
             raise SemoreError(
-                f"{replay_path} is missing: expected the replay buffer saved with "
-                f"{self.ckpt_dir / LAST_CHECKPOINT}"
+                f"{replay_path} is missing: expected the replay buffer saved with {self.ckpt_path}"
             )
         with np.load(replay_path) as saved:
             self.replay.load_state_dict({key: saved[key] for key in saved.files})
@@ -198,7 +188,7 @@ class OnlineTrainer:
         if dataclasses.asdict(self._ep) != saved["stats"]:
             got, want = self._ep.episode_return, saved["stats"]["episode_return"]
             raise SemoreError(
-                f"{self.ckpt_dir / LAST_CHECKPOINT}: re-running training episode "
+                f"{self.ckpt_path}: re-running training episode "
                 f"{saved['index']} ({len(self._actions)} steps) gave return {got!r}: expected "
                 f"{want!r} and the same sums (a deterministic simulator, as highway-env is)"
             )
@@ -379,17 +369,8 @@ class OnlineTrainer:
 
     def finish(self) -> dict:
         """Write learning_curve.png and summary.json from metrics.csv."""
-        plot_learning_curve(
-            self.out / METRICS_NAME,
-            self.out / CURVE_NAME,
-            title=f"encoder: {self.run_info['encoder_source']}",
-        )
-        evals = [r for r in read_metrics(self.out / METRICS_NAME) if r["phase"] == "eval"]
-        final = {k: float(v) for k, v in evals[-1].items() if k != "phase" and v != ""}
         wall_time_s = self._wall_time()
-        summary = {
-            "final_eval": final,
-            "best_eval_return": max(float(r["episode_return"]) for r in evals),
+        counters = {
             "step": self.step,
             "num_train_steps": self.cfg.num_train_steps,
             "sim_steps": self.sim_steps,
@@ -402,5 +383,5 @@ class OnlineTrainer:
             "backend": self.cfg.env.backend,
             **self.run_info,
         }
-        atomic_write(self.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
-        return summary
+        title = f"encoder: {self.run_info['encoder_source']}"
+        return write_summary(self.out, title, counters)

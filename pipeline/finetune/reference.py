@@ -99,8 +99,10 @@ def reference_for(cfg: FinetuneConfig, driver: Driver, path: Path) -> ReferenceS
     """Saved scores of this task from ``path``, or computed now and saved there."""
     scores = load_reference(path, cfg)
     if scores is None:
-        log.info("measuring expert and random returns on %d evaluation episodes", len(
-            eval_seeds(cfg.eval_seed, cfg.num_eval_episodes)))  # fmt: skip
+        log.info(
+            "measuring expert and random returns on %d evaluation episodes",
+            len(eval_seeds(cfg.eval_seed, cfg.num_eval_episodes)),
+        )
         scores = compute_reference(cfg, driver)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(asdict(scores), indent=2) + "\n")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import TensorBoardLogger
+from torch import nn
 
 from pipeline import cli
 from pipeline.config import (
@@ -30,25 +31,22 @@ from pipeline.config import (
     load_config,
     override_flags,
 )
+from pipeline.data.checkpoint import last_checkpoint, read_checkpoint
 from pipeline.errors import SemoreError
+from pipeline.finetune.captions import OnlineCaptions
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.features import replay_features
 from pipeline.finetune.guide import build_guide, guide_captions
-from pipeline.finetune.loop import (
-    CHECKPOINT_DIR,
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
-    LAST_CHECKPOINT,
-    OnlineTrainer,
-)
+from pipeline.finetune.loop import OnlineTrainer
 from pipeline.finetune.reference import REFERENCE_NAME, reference_for
 from pipeline.sim import backend_spec, make_env
 from pipeline.sim.base import ACTION_DIM
 from pipeline.sim.driver import MOTION_DIM, Driver
 from semore.baselines import make_encoder
 from semore.encoder import EncoderArch, EncoderConfig, SemoreEncoder, load_encoder, load_export
+from semore.guide import PretrainGuide
 from semore.replay import ReplayBuffer
-from semore.sac import SACAgent
+from semore.sac import GuideBuilder, SACAgent
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +90,16 @@ def build_encoder(
     return encoder, metadata, enc_cfg
 
 
-def build_agent(encoder: SemoreEncoder, cfg: FinetuneConfig, pretrained: bool) -> SACAgent:
+def build_agent(
+    encoder: SemoreEncoder,
+    cfg: FinetuneConfig,
+    pretrained: bool,
+    guide: GuideBuilder | None = None,
+) -> SACAgent:
     """SAC around ``encoder`` at the regime's encoder learning rate; a motion head only when
     the motion auxiliary loss is on. The encoder starts frozen unless ``encoder_mode`` is
     "finetune" or "guided" (the loop unfreezes a "warmup" one); the layers below
-    ``encoder_trainable_from`` never train."""
+    ``encoder_trainable_from`` never train. ``guide`` builds the guided regime's guide."""
     motion_dim = MOTION_DIM if cfg.sac.motion_aux_weight > 0 else 0
     # Channels-last convolutions: ~10% faster updates and feature passes on this CPU
     # (benchmarks/rl_update.py); the weights' values are unchanged.
@@ -111,6 +114,7 @@ def build_agent(encoder: SemoreEncoder, cfg: FinetuneConfig, pretrained: bool) -
         motion_dim=motion_dim,
         encoder_trainable=trainable,
         encoder_lr=cfg.resolved_encoder_lr(pretrained),
+        guide=guide,
     )
 
 
@@ -122,27 +126,6 @@ ADDED_OFF = {
     "sac.action_smoothness_weight": 0.0,
     "sac.action_smoothness_dims": None,
 }
-
-
-def read_checkpoint(path: Path) -> dict:
-    """The ``semore-finetune`` checkpoint at ``path``; a one-line error when it is unreadable,
-    foreign or of another format version."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for foreign or corrupt files
-        raise SemoreError(
-            f"{path} is not readable ({type(err).__name__}): expected a checkpoint "
-            "written by semore-finetune"
-        ) from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise SemoreError(
-            f"{path} is not a semore-finetune checkpoint: expected {CHECKPOINT_FORMAT!r}"
-        )
-    if checkpoint.get("format_version") != CHECKPOINT_VERSION:
-        raise SemoreError(
-            f"{path} has format_version {checkpoint.get('format_version')!r}: expected {CHECKPOINT_VERSION}"
-        )
-    return checkpoint
 
 
 def _check_resume(cfg: FinetuneConfig, checkpoint: dict, path: Path, source: str) -> None:
@@ -176,63 +159,92 @@ def baseline_encoder_flags(export: str | Path) -> list[str]:
     return override_flags({"encoder": arch})
 
 
-def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = False) -> dict:
-    """Run (or continue) one fine-tuning run; returns the summary written to out."""
-    ckpt_path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
-    checkpoint = None
-    if ckpt_path.is_file():
-        if not resume:
-            raise SemoreError(
-                f"--out {out} already holds a fine-tuning run ({ckpt_path}): expected --resume "
-                "to continue it, or a new --out"
-            )
-        checkpoint = read_checkpoint(ckpt_path)
-    elif resume:
-        log.info("--resume: no checkpoint in %s yet, starting a new run", out)
+def _checkpoint_to_resume(out: Path, resume: bool) -> dict | None:
+    """The checkpoint in ``out`` that ``--resume`` continues (None for a new run)."""
+    path = last_checkpoint(out)
+    if not path.is_file():
+        if resume:
+            log.info("--resume: no checkpoint in %s yet, starting a new run", out)
+        return None
+    if not resume:
+        raise SemoreError(
+            f"--out {out} already holds a fine-tuning run ({path}): expected --resume "
+            "to continue it, or a new --out"
+        )
+    return read_checkpoint(path)
 
-    torch.manual_seed(cfg.seed)  # before building the encoder: see build_encoder
-    encoder, metadata, enc_cfg = build_encoder(encoder_arg, cfg)
-    source = "none" if encoder_arg.lower() == "none" else str(Path(encoder_arg).resolve())
-    if checkpoint is not None:
-        _check_resume(cfg, checkpoint, ckpt_path, source)
-    out.mkdir(parents=True, exist_ok=True)
 
-    fabric = Fabric(
-        accelerator=cfg.fabric.accelerator,
-        devices=cfg.fabric.devices,
-        precision=cfg.fabric.precision,
-        loggers=TensorBoardLogger(root_dir=out, name="tb"),
-    )
-    agent = build_agent(encoder, cfg, pretrained=source != "none").to(fabric.device)
-    with_motion = cfg.sac.motion_aux_weight > 0
-    spec = backend_spec(cfg.env)
+def _build_learner(
+    cfg: FinetuneConfig, encoder: SemoreEncoder, metadata: dict, source: str, device: torch.device
+) -> tuple[SACAgent, ReplayBuffer, OnlineCaptions | None]:
+    """The agent on ``device``, its replay buffer and (``guide.replay_every``) the online
+    annotator of replayed frames. The replay is made first, from the encoder, because the
+    guided regime's guide draws batches from it; the agent then builds the guide after its
+    own networks, so the random streams are the same with and without a guide."""
     guided = cfg.encoder_mode == "guided" and cfg.guide.weight > 0  # weight 0: exactly finetune
     captions = guide_captions(cfg, metadata) if guided and cfg.guide.replay_every else None
     replay = ReplayBuffer(
         cfg.replay_capacity,
-        (*spec.image_shape, 3),
+        (*backend_spec(cfg.env).image_shape, 3),
         cfg.frame_stack,
-        action_dim=agent.action_dim,
-        motion_dim=MOTION_DIM if with_motion else 0,
+        action_dim=ACTION_DIM,
+        motion_dim=MOTION_DIM if cfg.sac.motion_aux_weight > 0 else 0,
         discount=cfg.sac.discount,
         nstep=cfg.nstep,
-        **replay_features(cfg, agent),
+        **replay_features(cfg, encoder),
         annotation_dims=captions.annotation_dims if captions is not None else None,
     )
+    guide = None
     if guided:
         export = None if source == "none" else Path(source)
-        agent.guide = build_guide(agent, cfg, export, metadata, replay if captions else None)
-    envs = [make_env(cfg.env)]
+        replayed = replay if captions is not None else None
+
+        def guide(trained: nn.Module) -> PretrainGuide:
+            return build_guide(trained, cfg, export, metadata, replayed)
+
+    # On its device first: the guide tokenises its dataset with the encoder as it will train.
+    encoder = encoder.to(device)
+    agent = build_agent(encoder, cfg, pretrained=source != "none", guide=guide)
+    return agent.to(device), replay, captions
+
+
+def _drivers(cfg: FinetuneConfig, envs: list) -> tuple[Driver, Driver | None]:
+    """The training driver, and an evaluation driver on a simulator of its own where the
+    backend can host two (else None: evaluation borrows the training simulator, BackendSpec).
+    Opened simulators are appended to ``envs`` for the caller to close."""
+    spec = backend_spec(cfg.env)
+    with_motion = cfg.sac.motion_aux_weight > 0
+    envs.append(make_env(cfg.env))
+    if tuple(envs[0].image_shape) != spec.image_shape:
+        raise SemoreError(
+            f"env.{cfg.env.backend} renders {envs[0].image_shape} frames: expected {spec.image_shape}"
+        )
+    driver = Driver(envs[0], cfg.repeat, cfg.frame_stack, spec.max_retries, with_motion)
+    if not spec.separate_eval_env:
+        return driver, None
+    envs.append(make_env(cfg.env))
+    return driver, Driver(envs[1], cfg.repeat, cfg.frame_stack, spec.max_retries)
+
+
+def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = False) -> dict:
+    """Run (or continue) one fine-tuning run; returns the summary written to out."""
+    checkpoint = _checkpoint_to_resume(out, resume)
+    torch.manual_seed(cfg.seed)  # before building the encoder: see build_encoder
+    encoder, metadata, enc_cfg = build_encoder(encoder_arg, cfg)
+    source = "none" if encoder_arg.lower() == "none" else str(Path(encoder_arg).resolve())
+    if checkpoint is not None:
+        _check_resume(cfg, checkpoint, last_checkpoint(out), source)
+    out.mkdir(parents=True, exist_ok=True)
+    fabric = Fabric(
+        accelerator=cfg.fabric.accelerator,
+        devices=1,  # one simulator feeds one learner (FabricConfig)
+        precision=cfg.fabric.precision,
+        loggers=TensorBoardLogger(root_dir=out, name="tb"),
+    )
+    agent, replay, captions = _build_learner(cfg, encoder, metadata, source, fabric.device)
+    envs: list = []
     try:
-        if tuple(envs[0].image_shape) != spec.image_shape:
-            raise SemoreError(
-                f"env.{cfg.env.backend} renders {envs[0].image_shape} frames: expected {spec.image_shape}"
-            )
-        driver = Driver(envs[0], cfg.repeat, cfg.frame_stack, spec.max_retries, with_motion)
-        eval_driver = None  # evaluation borrows the training simulator (see BackendSpec)
-        if spec.separate_eval_env:
-            envs.append(make_env(cfg.env))
-            eval_driver = Driver(envs[1], cfg.repeat, cfg.frame_stack, spec.max_retries)
+        driver, eval_driver = _drivers(cfg, envs)
         run_info = {"encoder_source": source, "encoder_config": asdict(enc_cfg)}
         trainer = OnlineTrainer(
             cfg, agent, driver, replay, out, fabric, run_info, eval_driver, captions
@@ -242,13 +254,12 @@ def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = Fa
         if checkpoint is not None:
             trainer.load(checkpoint)
             log.info("resuming %s at step %d", out, trainer.step)
-        summary = trainer.train()
+        return trainer.train()
     finally:
         for env in envs:
             env.close()
         for logger in fabric.loggers:
             logger.finalize("success")
-    return summary
 
 
 def build_parser() -> argparse.ArgumentParser:

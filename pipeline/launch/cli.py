@@ -80,7 +80,7 @@ def launch_slices(
             "--worker-index is set per task by --launcher slurm: expected only --num-workers"
         )
     _, num_workers = cli.node_slice(0, args.num_workers)
-    name = module.split(".")[1]  # pipeline.collect.run -> collect
+    name = cli.stage_name(module)
     if not pending:
         print(f"{out}: nothing to {name}: every slice is finished")
         return True

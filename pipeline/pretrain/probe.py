@@ -27,6 +27,12 @@ from torch import nn
 
 from pipeline import cli
 from pipeline.data import schema
+from pipeline.data.checkpoint import (
+    LAST_CHECKPOINT,
+    checkpoint_encoder,
+    last_checkpoint,
+    read_checkpoint,
+)
 from pipeline.data.source import iter_pairs, read_dataset_info, shard_urls
 from pipeline.data.windows import Collate, EpisodeSplit, iter_windows
 from pipeline.errors import SemoreError
@@ -135,6 +141,27 @@ def run_probe(
             f"(episode % {holdout_every} == {holdout_every - 1}) and some to train on"
         )
     h = features["h"]
+    r2, intervals, alphas = _fit_targets(features, heldout, alpha)
+    return {
+        "r2": r2,
+        "r2_interval": intervals,
+        "heldout_episodes": heldout_episodes,
+        "num_train_episodes": len(train_episodes),
+        "num_train_samples": int((~heldout).sum()),
+        "num_heldout_samples": int(heldout.sum()),
+        "holdout_every": holdout_every,
+        "alpha": alphas,
+        "repr_dim": int(h.shape[1]),
+        "lead_distance_cap_m": schema.LEAD_RANGE_M,
+    }
+
+
+def _fit_targets(
+    features: dict[str, torch.Tensor], heldout: torch.Tensor, alpha: float | None
+) -> tuple[dict[str, float | None], dict[str, list[float] | None], dict[str, float | None]]:
+    """Per target of PROBE_TARGETS: the held-out R², its episode-bootstrap interval and the
+    ridge penalty (None for a target with too few recorded values)."""
+    h = features["h"]
     r2: dict[str, float | None] = {}
     intervals: dict[str, list[float] | None] = {}
     alphas: dict[str, float | None] = {}
@@ -155,18 +182,7 @@ def run_probe(
         predicted = probe.predict(h[test_rows]).reshape(-1).double()
         intervals[name] = episode_bootstrap_r2(target[test_rows], predicted, episode_ids[test_rows])
         alphas[name] = chosen
-    return {
-        "r2": r2,
-        "r2_interval": intervals,
-        "heldout_episodes": heldout_episodes,
-        "num_train_episodes": len(train_episodes),
-        "num_train_samples": int((~heldout).sum()),
-        "num_heldout_samples": int(heldout.sum()),
-        "holdout_every": holdout_every,
-        "alpha": alphas,
-        "repr_dim": int(h.shape[1]),
-        "lead_distance_cap_m": schema.LEAD_RANGE_M,
-    }
+    return r2, intervals, alphas
 
 
 def summary_line(result: dict) -> str:
@@ -234,29 +250,17 @@ def load_probe_encoder(spec: str, data_dir: str | Path, frame_stack: int) -> tup
         return random_encoder(data_dir, frame_stack), {}
     path = Path(spec)
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
-    if path.suffix == ".pt" and path.name == "last.pt":
+        path = last_checkpoint(path)
+    if path.suffix == ".pt" and path.name == LAST_CHECKPOINT:
         return finetuned_encoder(path)
     return load_export(spec)
 
 
 def finetuned_encoder(checkpoint_path: Path) -> tuple[nn.Module, dict]:
     """The encoder of a ``semore-finetune`` checkpoint, as RL left it."""
-    if not checkpoint_path.is_file():
-        raise SemoreError(
-            f"{checkpoint_path} not found: expected a semore-finetune run (RUN or RUN/checkpoints/last.pt)"
-        )
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    if checkpoint.get("format") != "semore-finetune" or "encoder_config" not in checkpoint:
-        raise SemoreError(f"{checkpoint_path} is not a semore-finetune checkpoint")
-    encoder = SemoreEncoder.from_config(EncoderConfig(**checkpoint["encoder_config"]))
-    prefix = "encoder."
-    state = {
-        k[len(prefix) :]: v for k, v in checkpoint["agent"]["agent"].items() if k.startswith(prefix)
-    }
-    encoder.load_state_dict(state)
+    checkpoint = read_checkpoint(checkpoint_path)
     metadata = {"finetune_step": checkpoint["step"], "encoder_source": checkpoint["encoder_source"]}
-    return encoder, metadata
+    return checkpoint_encoder(checkpoint), metadata
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:

@@ -10,7 +10,6 @@ shards without a loading script.
 
 from __future__ import annotations
 
-import re
 import string
 from importlib import resources
 from pathlib import Path
@@ -22,19 +21,19 @@ from pipeline.data import manifest as mf
 from pipeline.errors import SemoreError
 from pipeline.share.metadata import (
     ANN_CONFIG,
+    DEFAULT_LICENSE,
     RAW_CONFIG,
-    hub_configs,
+    DatasetId,
+    backend_name,
+    hub_front_matter,
     infer_features,
     parse_dataset_id,
-    size_category,
 )
 from pipeline.sim.configs import BACKENDS
 from pipeline.sim.spec import limitations
 
 TEMPLATE_NAME = "card_template.md"
 # Simulator renders are the authors' own data; CC-BY-4.0 is the usual choice for datasets.
-DEFAULT_LICENSE = "cc-by-4.0"
-_LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 
 _RAW_MEANINGS = {
     schema.RGB: "camera frame (the stitched panorama when there are several cameras)",
@@ -78,36 +77,23 @@ def render_card(
             "manifest has no 'raw' section: expected a collected dataset (run semore-collect)"
         )
     ann = manifest.get("ann")
-    raw_totals, ann_totals = raw.get("totals", {}), (ann or {}).get("totals", {})
-    backend = str(raw.get("backend", "unknown"))
-    # the collect config carries a section per backend; only the one used describes the data
-    config = {
-        k: v for k, v in (raw.get("config") or {}).items() if k not in set(BACKENDS) - {backend}
-    }
-    policy = (config.get("policy") or {}).get("name", "not recorded")
-    shard_names = sorted(raw.get("shards", {}))
-    front = {"configs": hub_configs(ann is not None)}
-    if features:
-        front["dataset_info"] = [
-            {"config_name": name, "features": feats} for name, feats in features.items()
-        ]
     values = {
-        "license": _check_license(license),
-        "pretty_name": f"Semore {ds_id.name} v{ds_id.version}",
-        "backend_tag": re.sub(r"[^a-z0-9-]+", "-", backend.lower()).strip("-") or "unknown",
-        "size_category": size_category(int(raw_totals.get("num_samples", 0))),
-        "configs_yaml": yaml.safe_dump(front, sort_keys=False).rstrip(),
+        **hub_front_matter(raw, ann is not None, ds_id, features, license),
+        **_loading_values(raw, ann, ds_id, revision),
+        **_provenance_values(manifest, raw),
+        **_contents_values(raw, ann),
+    }
+    return string.Template(template_text()).substitute(values)
+
+
+def _loading_values(raw: dict, ann: dict | None, ds_id: DatasetId, revision: str) -> dict:
+    """Which dataset, version and revision, and the lines that load it."""
+    shard_names = sorted(raw.get("shards", {}))
+    return {
         "dataset_id": str(ds_id),
         "name": f"{ds_id.name}-v{ds_id.version}",
         "version": f"v{ds_id.version}",
         "revision": revision,
-        "backend": backend,
-        "scenario": raw.get("scenario", "not recorded"),
-        "num_episodes": raw_totals.get("num_episodes", 0),
-        "num_samples": raw_totals.get("num_samples", 0),
-        "num_shards": raw_totals.get("num_shards", len(shard_names)),
-        "num_ann_shards": ann_totals.get("num_shards", 0),
-        "annotation_summary": _annotation_summary(ann),
         "annotations_load": (
             f'ann = load_dataset("{ds_id}", "{ANN_CONFIG}", split="train", revision="{revision}")'
             if ann is not None
@@ -115,10 +101,26 @@ def render_card(
         ),
         "first_raw_shard": f"{schema.shard_index(shard_names[0]):06d}" if shard_names else "000000",
         "last_raw_shard": f"{schema.shard_index(shard_names[-1]):06d}" if shard_names else "000000",
+    }
+
+
+def _collect_config(raw: dict) -> dict:
+    """The collect config of the backend used (the config carries a section per backend;
+    only the one used describes the data)."""
+    backend = backend_name(raw)
+    return {
+        k: v for k, v in (raw.get("config") or {}).items() if k not in set(BACKENDS) - {backend}
+    }
+
+
+def _provenance_values(manifest: dict, raw: dict) -> dict:
+    """How the data was produced: command, run, seed, policy, sensors, config and versions."""
+    config = _collect_config(raw)
+    return {
         "raw_command": _cell(raw.get("command", "not recorded")),
         "run": raw.get("run", "not recorded"),
         "seed": raw.get("seed", "not recorded"),
-        "policy": policy,
+        "policy": (config.get("policy") or {}).get("name", "not recorded"),
         "cameras": ", ".join(f"`{c}`" for c in raw.get("camera_names", [])) or "not recorded",
         "image_size": f"{raw['image_height']} x {raw['image_width']}"
         if "image_height" in raw
@@ -132,6 +134,21 @@ def render_card(
         "semore_version": manifest.get("semore_version", "not recorded"),
         "git_revision": raw.get("git_revision") or "not recorded",
         "raw_config_yaml": yaml.safe_dump(config, sort_keys=True).rstrip(),
+    }
+
+
+def _contents_values(raw: dict, ann: dict | None) -> dict:
+    """What is in it: the backend and scenario, counts, schemas, annotations, limitations."""
+    backend = backend_name(raw)
+    raw_totals, ann_totals = raw.get("totals", {}), (ann or {}).get("totals", {})
+    return {
+        "backend": backend,
+        "scenario": raw.get("scenario", "not recorded"),
+        "num_episodes": raw_totals.get("num_episodes", 0),
+        "num_samples": raw_totals.get("num_samples", 0),
+        "num_shards": raw_totals.get("num_shards", len(raw.get("shards", {}))),
+        "num_ann_shards": ann_totals.get("num_shards", 0),
+        "annotation_summary": _annotation_summary(ann),
         "raw_schema_table": _raw_schema_table(raw),
         "ann_schema_table": _ann_schema_table(ann),
         "annotation_section": _annotation_section(ann),
@@ -139,7 +156,6 @@ def render_card(
         "simulator_limit": limitations(backend),
         "extra_limits": _extra_limits(raw, raw_totals),
     }
-    return string.Template(template_text()).substitute(values)
 
 
 def write_card(
@@ -160,15 +176,6 @@ def write_card(
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-def _check_license(license: str) -> str:
-    """A Hub license id (plain YAML scalar), e.g. cc-by-4.0, apache-2.0, other."""
-    if not _LICENSE.match(license):
-        raise SemoreError(
-            f"license {license!r} is invalid: expected a Hub license id such as cc-by-4.0"
-        )
-    return license
 
 
 def _cell(value: object) -> str:

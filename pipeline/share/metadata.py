@@ -6,9 +6,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from pipeline.data import schema
 from pipeline.errors import SemoreError
 
+DEFAULT_LICENSE = "cc-by-4.0"
+_LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 # One Hub config per stage: raw shards and annotation shards load separately.
 RAW_CONFIG = "raw"
 ANN_CONFIG = "annotations"
@@ -131,3 +135,37 @@ def _nulls_to_float(dtype):
     if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
         return pa.list_(_nulls_to_float(dtype.value_type))
     return dtype
+
+
+def check_license(license: str) -> str:
+    """A Hub license id (plain YAML scalar), e.g. cc-by-4.0, apache-2.0, other."""
+    if not _LICENSE.match(license):
+        raise SemoreError(
+            f"license {license!r} is invalid: expected a Hub license id such as cc-by-4.0"
+        )
+    return license
+
+
+def backend_name(raw: dict) -> str:
+    """The simulator backend a raw manifest section records."""
+    return str(raw.get("backend", "unknown"))
+
+
+def hub_front_matter(
+    raw: dict, has_ann: bool, ds_id: DatasetId, features: dict[str, list] | None, license: str
+) -> dict:
+    """The card's front-matter values: what the Hub indexes and how it loads the configs
+    (``features``: YAML features list per config, or None to let ``datasets`` guess)."""
+    front = {"configs": hub_configs(has_ann)}
+    if features:
+        front["dataset_info"] = [
+            {"config_name": name, "features": feats} for name, feats in features.items()
+        ]
+    backend = backend_name(raw)
+    return {
+        "license": check_license(license),
+        "pretty_name": f"Semore {ds_id.name} v{ds_id.version}",
+        "backend_tag": re.sub(r"[^a-z0-9-]+", "-", backend.lower()).strip("-") or "unknown",
+        "size_category": size_category(int(raw.get("totals", {}).get("num_samples", 0))),
+        "configs_yaml": yaml.safe_dump(front, sort_keys=False).rstrip(),
+    }

@@ -1,4 +1,5 @@
-"""CARLA actors: where the ego and the traffic spawn, and the sensor events of an episode."""
+"""CARLA actors: where the ego and the traffic spawn, the sensors attached to the ego, their
+events of an episode, and the camera images of a frame."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import math
 import queue
 import random
 import threading
+import time
 from typing import Any
+
+import numpy as np
 
 from pipeline.errors import SemoreError
 from pipeline.sim.configs import CarlaConfig
@@ -152,3 +156,40 @@ def four_wheeled(blueprint: Any) -> bool:
         blueprint.has_attribute("number_of_wheels")
         and blueprint.get_attribute("number_of_wheels").as_int() == 4
     )
+
+
+def camera_name(yaw_deg: float) -> str:
+    """Member-safe camera name: -120 -> "yawm120", 0 -> "yaw000", 60 -> "yaw060"."""
+    return f"yaw{'m' if yaw_deg < 0 else ''}{abs(round(yaw_deg)):03d}"
+
+
+def await_images(
+    camera_queues: list[queue.Queue], frame: int, wait_s: float
+) -> list[np.ndarray] | None:
+    """RGB images of ``frame`` from every camera, dropping older ones; None on time-out."""
+    deadline = time.monotonic() + wait_s
+    images = []
+    for camera_queue in camera_queues:
+        while True:
+            try:
+                image = camera_queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if image.frame == frame:
+                break
+            if image.frame > frame:  # ours was skipped: the frame cannot be completed
+                return None
+        bgra = np.frombuffer(image.raw_data, dtype=np.uint8)
+        bgra = bgra.reshape(image.height, image.width, 4)  # (H, W, BGRA)
+        images.append(np.ascontiguousarray(bgra[:, :, 2::-1]))  # (H, W, RGB)
+    return images
+
+
+def stitch_frames(images: list[np.ndarray], camera_names: list[str]) -> dict[str, np.ndarray]:
+    """The step's frames: one camera as ``rgb``; several as the left-to-right panorama
+    ``rgb`` plus each camera under its name (``camera_names``: "rgb" first)."""
+    if len(images) == 1:
+        return {"rgb": images[0]}
+    frames = {"rgb": np.concatenate(images, axis=1)}  # (H, n*W, 3), left to right
+    frames.update(zip(camera_names[1:], images, strict=True))
+    return frames

@@ -26,7 +26,6 @@ import logging
 import math
 import queue
 import random
-import time
 from typing import Any
 
 import numpy as np
@@ -43,19 +42,17 @@ from pipeline.sim.base import (
 from pipeline.sim.carla_actors import (
     SensorEvents,
     attach_sensors,
+    await_images,
+    camera_name,
     spawn_traffic,
     spawn_transforms,
+    stitch_frames,
 )
-from pipeline.sim.carla_server import CarlaServerProcess
+from pipeline.sim.carla_server import CarlaServerProcess, connect_world, one_line
 from pipeline.sim.carla_state import describe_weather, ego_state
 from pipeline.sim.configs import CarlaConfig
 
 log = logging.getLogger(__name__)
-
-
-def camera_name(yaw_deg: float) -> str:
-    """Member-safe camera name: -120 -> "yawm120", 0 -> "yaw000", 60 -> "yaw060"."""
-    return f"yaw{'m' if yaw_deg < 0 else ''}{abs(round(yaw_deg)):03d}"
 
 
 def import_carla() -> Any:
@@ -135,7 +132,7 @@ class CarlaEnv:
             state = self._state(impulse=0.0, crossed=False, steer=0.0, prev_lon_speed=None)
         except RuntimeError as err:
             raise self._lost("reset", err) from None
-        return self._frames(images), state
+        return stitch_frames(images, self.camera_names), state
 
     def step(self, action: np.ndarray | None) -> StepResult:
         if self._num_steps is None:
@@ -157,7 +154,7 @@ class CarlaEnv:
                     )
                 )
             frame = self._world.tick(cfg.timeout_s)
-            images = self._await_images(frame, cfg.timeout_s)
+            images = await_images(self._camera_queues, frame, cfg.timeout_s)
             if images is None:
                 raise SimulatorConnectionError(
                     f"the CARLA server at {self.address} sent no complete set of camera images "
@@ -175,7 +172,7 @@ class CarlaEnv:
         self._collision_ticks = self._collision_ticks + 1 if impulse > 0 else 0
         terminated = 0 < cfg.collision_terminate_ticks <= self._collision_ticks
         return StepResult(
-            frames=self._frames(images),
+            frames=stitch_frames(images, self.camera_names),
             action=action.astype(np.float32),
             reward=driving_reward(self.reward_cfg, distance_m, impulse, float(action[0])),
             terminated=terminated,
@@ -212,9 +209,16 @@ class CarlaEnv:
         self._traffic = list(world.get_actors(ids)) if ids else []
 
         attach_sensors(
-            carla, world, library, self._ego, cfg, self._yaws_deg, self._events,
-            self._sensors, self._camera_queues,
-        )  # fmt: skip
+            carla,
+            world,
+            library,
+            self._ego,
+            cfg,
+            self._yaws_deg,
+            self._events,
+            self._sensors,
+            self._camera_queues,
+        )
 
     # -- sensors --------------------------------------------------------------------------
 
@@ -227,7 +231,7 @@ class CarlaEnv:
         wait_s = min(1.0, cfg.timeout_s)
         for _ in range(max(1, math.ceil(cfg.timeout_s / wait_s))):
             frame = self._world.tick(cfg.timeout_s)
-            images = self._await_images(frame, wait_s)
+            images = await_images(self._camera_queues, frame, wait_s)
             if images is not None:
                 return frame, images
         raise SimulatorConnectionError(
@@ -235,77 +239,17 @@ class CarlaEnv:
             f"within {cfg.timeout_s:g} s of reset"
         )
 
-    def _await_images(self, frame: int, wait_s: float) -> list[np.ndarray] | None:
-        """RGB images of ``frame`` from every camera, dropping older ones; None on time-out."""
-        deadline = time.monotonic() + wait_s
-        images = []
-        for camera_queue in self._camera_queues:
-            while True:
-                try:
-                    image = camera_queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    return None
-                if image.frame == frame:
-                    break
-                if image.frame > frame:  # ours was skipped: the frame cannot be completed
-                    return None
-            bgra = np.frombuffer(image.raw_data, dtype=np.uint8)
-            bgra = bgra.reshape(image.height, image.width, 4)  # (H, W, BGRA)
-            images.append(np.ascontiguousarray(bgra[:, :, 2::-1]))  # (H, W, RGB)
-        return images
-
-    def _frames(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-        if len(images) == 1:
-            return {"rgb": images[0]}
-        frames = {"rgb": np.concatenate(images, axis=1)}  # (H, n*W, 3), left to right
-        frames.update(zip(self.camera_names[1:], images, strict=True))
-        return frames
-
     # -- connection -----------------------------------------------------------------------
 
     def _connect(self) -> None:
-        """Client, world (loading ``town`` if another map is up), sync settings and TM."""
-        carla, cfg = self._carla, self.cfg
-        try:
-            client = carla.Client(self.host, self.port)
-            client.set_timeout(cfg.timeout_s)
-            world = client.get_world()
-            if self._original_settings is None:
-                self._original_settings = world.get_settings()
-            if world.get_map().name.rsplit("/", 1)[-1] != cfg.town:
-                log.info("loading %s on the CARLA server at %s", cfg.town, self.address)
-                world = self._load_town(client)
-            traffic_manager = client.get_trafficmanager(self.tm_port)
-            traffic_manager.set_synchronous_mode(True)
-            traffic_manager.global_percentage_speed_difference(cfg.tm_speed_difference_pct)
-            settings = world.get_settings()
-            settings.synchronous_mode = True
-            settings.fixed_delta_seconds = cfg.fixed_delta_s
-            world.apply_settings(settings)
-            self._map = world.get_map()
-            self._world_id = world.id
-        except RuntimeError as err:
-            if "time-out" in str(err):
-                raise SimulatorConnectionError(
-                    f"cannot reach the CARLA server at {self.address} within {cfg.timeout_s:g} s: "
-                    f"expected a running server (start CarlaUE4.sh -carla-rpc-port={self.port}, "
-                    "or set carla.server_cmd)"
-                ) from None
-            raise SimulatorConnectionError(
-                f"the CARLA server at {self.address} failed during connection set-up: {_one_line(err)}"
-            ) from None
-        self._client, self._world, self._tm = client, world, traffic_manager
-
-    def _load_town(self, client: Any) -> Any:
-        try:
-            return client.load_world(self.cfg.town)
-        except RuntimeError as err:
-            if "time-out" in str(err):
-                raise
-            raise SemoreError(
-                f"carla.town {self.cfg.town!r} cannot be loaded by the CARLA server at "
-                f"{self.address} ({_one_line(err)}): expected a map it has, e.g. Town04"
-            ) from None
+        """Client, world, sync settings and TM; the world's own settings are kept the first
+        time, so close() can restore them."""
+        keep = self._original_settings is None
+        link = connect_world(self._carla, self.cfg, self.host, self.port, self.tm_port, keep)
+        if keep:
+            self._original_settings = link.original_settings
+        self._client, self._world, self._map = link.client, link.world, link.map
+        self._tm, self._world_id = link.traffic_manager, link.world.id
 
     def expert_action(self) -> None:
         """Unknown before the tick: the Traffic Manager applies the autopilot's control in it."""
@@ -359,7 +303,7 @@ class CarlaEnv:
                     "could not clean up the CARLA server at %s (%s): its world may stay "
                     "synchronous until restarted",
                     self.address,
-                    _one_line(err),
+                    one_line(err),
                 )
         self._client = self._world = self._map = self._tm = None
         if self._server is not None:
@@ -419,16 +363,12 @@ class CarlaEnv:
 
     def _lost(self, what: str, err: RuntimeError) -> SimulatorConnectionError:
         return SimulatorConnectionError(
-            f"the CARLA server at {self.address} failed during {what}: {_one_line(err)}"
+            f"the CARLA server at {self.address} failed during {what}: {one_line(err)}"
         )
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
 
 
 def _quietly(fn: Any) -> None:
     try:
         fn()
     except RuntimeError as err:
-        log.debug("ignored during CARLA clean-up: %s", _one_line(err))
+        log.debug("ignored during CARLA clean-up: %s", one_line(err))

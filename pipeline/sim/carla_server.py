@@ -1,4 +1,5 @@
-"""A CARLA server process started from ``carla.server_cmd`` and owned by one CarlaEnv.
+"""The CARLA server: a process started from ``carla.server_cmd`` and owned by one CarlaEnv,
+and the client's connection to a server (own or not) in synchronous mode.
 
 The command runs in its own process group, so stopping it ends both the launcher script
 (``CarlaUE4.sh``) and the engine it starts, even when the launcher already exited.
@@ -13,9 +14,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from pipeline.errors import SemoreError
 from pipeline.sim.base import SimulatorConnectionError
+from pipeline.sim.configs import CarlaConfig
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +100,65 @@ class CarlaServerProcess:
                 continue
         if process.poll() is None:
             process.wait()
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+class Connection(NamedTuple):
+    """A client's hold on a CARLA server's world (the ``carla`` module's objects)."""
+
+    client: Any
+    world: Any
+    map: Any
+    traffic_manager: Any
+    original_settings: Any  # the world's settings before ours (None unless asked for)
+
+
+def connect_world(
+    carla: Any, cfg: CarlaConfig, host: str, port: int, tm_port: int, keep_settings: bool
+) -> Connection:
+    """Connect to the server at ``host:port``: ``cfg.town`` loaded if another map is up, the
+    world and the Traffic Manager synchronous at ``cfg.fixed_delta_s``; the world's settings
+    before that are kept when ``keep_settings``."""
+    address = f"{host}:{port}"
+    try:
+        client = carla.Client(host, port)
+        client.set_timeout(cfg.timeout_s)
+        world = client.get_world()
+        original = world.get_settings() if keep_settings else None
+        if world.get_map().name.rsplit("/", 1)[-1] != cfg.town:
+            log.info("loading %s on the CARLA server at %s", cfg.town, address)
+            world = _load_town(client, cfg.town, address)
+        traffic_manager = client.get_trafficmanager(tm_port)
+        traffic_manager.set_synchronous_mode(True)
+        traffic_manager.global_percentage_speed_difference(cfg.tm_speed_difference_pct)
+        settings = world.get_settings()
+        settings.synchronous_mode = True
+        settings.fixed_delta_seconds = cfg.fixed_delta_s
+        world.apply_settings(settings)
+        town_map = world.get_map()
+    except RuntimeError as err:
+        if "time-out" in str(err):
+            raise SimulatorConnectionError(
+                f"cannot reach the CARLA server at {address} within {cfg.timeout_s:g} s: "
+                f"expected a running server (start CarlaUE4.sh -carla-rpc-port={port}, "
+                "or set carla.server_cmd)"
+            ) from None
+        raise SimulatorConnectionError(
+            f"the CARLA server at {address} failed during connection set-up: {one_line(err)}"
+        ) from None
+    return Connection(client, world, town_map, traffic_manager, original)
+
+
+def _load_town(client: Any, town: str, address: str) -> Any:
+    try:
+        return client.load_world(town)
+    except RuntimeError as err:
+        if "time-out" in str(err):
+            raise
+        raise SemoreError(
+            f"carla.town {town!r} cannot be loaded by the CARLA server at {address} "
+            f"({one_line(err)}): expected a map it has, e.g. Town04"
+        ) from None
