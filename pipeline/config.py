@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from importlib import resources
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline.errors import SemoreError
+from semore.checks import INT64_MAX, CheckError, show
 
 T = TypeVar("T")
 
@@ -110,6 +112,8 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
+    except CheckError as err:  # a range check of cls.__post_init__: name the field in the file
+        raise SemoreError(str(err.under(where))) from None
     except (ValueError, TypeError) as err:
         raise SemoreError(f"{where}: {err}") from None
 
@@ -204,6 +208,9 @@ def first_difference(before: dict, now: dict) -> tuple[str, Any, Any] | None:
     return None
 
 
+_FLOAT_MAX = 1e300  # a float() of a bigger int is inf, or an OverflowError
+
+
 def _float_or_none(text: str) -> float | None:
     try:
         return float(text)
@@ -251,14 +258,18 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise SemoreError(f"{where} is {value!r}: expected true or false")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SemoreError(f"{where} is {value!r}: expected an integer")
+        # Past 64 bits no tensor, array or seed can hold it; each field's own range is
+        # checked by its config class.
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > INT64_MAX:
+            raise SemoreError(f"{where} is {show(value)}: expected an integer")
         return value
     if tp is float:
         # YAML 1.1 reads 3e-5 (no dot) as a string; accept any string Python reads as a number.
         number = _float_or_none(value) if isinstance(value, str) else value
         if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise SemoreError(f"{where} is {value!r}: expected a number")
+            raise SemoreError(f"{where} is {show(value)}: expected a number")
+        if abs(number) > _FLOAT_MAX or not math.isfinite(number):
+            raise SemoreError(f"{where} is {show(value)}: expected a finite number")
         return float(number)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):

@@ -16,6 +16,7 @@ import webdataset as wds
 
 from pipeline.collect import run as collect_mod
 from pipeline.collect.run import main
+from pipeline.data import manifest as mf
 from pipeline.data import schema
 from pipeline.data.shards import iter_shard
 from pipeline.sim.base import StepResult
@@ -171,6 +172,7 @@ def test_shard_renamed_before_manifest_update_is_adopted(tmp_path, fake_env):
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     info = manifest["raw"]["shards"].pop("raw-000000.tar")
+    manifest["raw"]["totals"] = mf.totals(manifest["raw"]["shards"])  # as record_shard left it
     manifest_path.write_text(json.dumps(manifest))
     assert run(out, "--episodes", "4") == 0
     adopted = json.loads(manifest_path.read_text())["raw"]["shards"]["raw-000000.tar"]
@@ -193,8 +195,10 @@ def test_worker_slices_are_disjoint_and_cover_all(tmp_path, fake_env):
     [
         (["--backend", "nope"], "invalid choice"),
         (["--policy", "nope"], "invalid choice"),
-        (["--episodes", "0"], "not a positive integer"),
-        (["--episodes", "two"], "not a positive integer"),
+        (["--episodes", "0"], "0 is not an int in [1, 1e6]"),
+        (["--episodes", "two"], "'two' is not an int in [1, 1e6]"),
+        (["--episodes", str(10**29)], "1e+29 is not an int in [1, 1e6]"),
+        (["--num-workers", "101"], "101 is not an int in [1, 100]"),
     ],
 )
 def test_bad_flags(tmp_path, capsys, args, message):

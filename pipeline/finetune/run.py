@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import TensorBoardLogger
 
-from pipeline import cli
+from pipeline import cli, memory
 from pipeline.config import (
     content_dict,
     content_of,
@@ -45,6 +46,7 @@ from pipeline.finetune.reference import REFERENCE_NAME, reference_for
 from pipeline.sim import backend_spec, make_env
 from pipeline.sim.base import ACTION_DIM
 from pipeline.sim.driver import MOTION_DIM, Driver
+from semore.checks import MAX_SEED, MAX_STEPS
 from semore.encoder import EncoderArch, EncoderConfig, SemoreEncoder, load_encoder, load_export
 from semore.replay import ReplayBuffer
 from semore.sac import SACAgent
@@ -125,7 +127,9 @@ def read_checkpoint(path: Path) -> dict:
     """The ``semore-finetune`` checkpoint at ``path``; a one-line error when it is unreadable,
     foreign or of another format version."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle makes torch warn before refusing
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign or corrupt files
         raise SemoreError(
             f"{path} is not readable ({type(err).__name__}): expected a checkpoint "
@@ -173,8 +177,24 @@ def baseline_encoder_flags(export: str | Path) -> list[str]:
     return override_flags({"encoder": arch})
 
 
+def check_memory(cfg: FinetuneConfig) -> None:
+    """Refuse a replay buffer or batch that cannot fit in this machine's memory."""
+    height, width = backend_spec(cfg.env).image_shape
+    frame = memory.frame_bytes(height, width)
+    memory.check_fits(
+        f"fine-tuning on {height}x{width} frames",
+        {
+            f"replay of {cfg.replay_capacity} frames": cfg.replay_capacity * frame,
+            # obs and next_obs stacks, as uint8 and as float32
+            f"batches of {cfg.batch_size}": cfg.batch_size * 2 * cfg.frame_stack * frame * 5,
+        },
+        "a smaller replay_capacity or batch_size",
+    )
+
+
 def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = False) -> dict:
     """Run (or continue) one fine-tuning run; returns the summary written to out."""
+    check_memory(cfg)
     ckpt_path = out / CHECKPOINT_DIR / LAST_CHECKPOINT
     checkpoint = None
     if ckpt_path.is_file():
@@ -263,10 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--num-train-steps",
-        type=cli.positive_int,
+        type=cli.int_in(1, MAX_STEPS),
         help="agent steps in total (a resume continues to it)",
     )
-    parser.add_argument("--seed", type=int, help="seeds the networks, replay sampling and episodes")
+    parser.add_argument(
+        "--seed",
+        type=cli.int_in(0, MAX_SEED),
+        help="seeds the networks, replay sampling and episodes",
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from --out/checkpoints/last.pt"
     )

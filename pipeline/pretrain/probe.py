@@ -20,18 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from pipeline import cli
+from pipeline import cli, memory
 from pipeline.data import schema
 from pipeline.data.source import iter_pairs, read_dataset_info, shard_urls
 from pipeline.data.windows import Collate, EpisodeSplit, iter_windows
-from pipeline.errors import SemoreError
+from pipeline.errors import SemoreError, first_line
 from pipeline.files import atomic_write
-from semore.encoder import EncoderConfig, SemoreEncoder, load_export
+from semore.checks import MAX_BATCH, MAX_STEPS, AnyValue, CheckError, Int, MapOf, Record, Str
+from semore.encoder import MAX_FRAME_STACK, EncoderConfig, SemoreEncoder, load_export
+from semore.export_schema import WEIGHTS
 from semore.probe import RidgeProbe, episode_bootstrap_r2, select_alpha
 
 log = logging.getLogger(__name__)
@@ -204,22 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="dataset folder, or hf://datasets/ORG/NAME[@REVISION]"
     )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--batch-size", type=cli.positive_int, default=256)
+    parser.add_argument("--batch-size", type=cli.int_in(1, MAX_BATCH), default=256)
     parser.add_argument(
         "--holdout-every",
-        type=cli.positive_int,
+        type=cli.int_in(2, schema.MAX_EPISODES),
         default=None,
         help="held-out episode rule (default: the encoder's pretraining value, else 4)",
     )
     parser.add_argument(
         "--frame-stack",
-        type=cli.positive_int,
+        type=cli.int_in(1, MAX_FRAME_STACK),
         default=3,
         help="frames per input of the random encoder",
     )
     parser.add_argument(
         "--alpha",
-        type=float,
+        type=cli.float_in(0.0, 1e12, low_open=True),
         default=None,
         help="ridge penalty on standardised h (default: chosen per target by cross-validation "
         "over the training episodes)",
@@ -237,7 +240,23 @@ def load_probe_encoder(spec: str, data_dir: str | Path, frame_stack: int) -> tup
         path = path / "checkpoints" / "last.pt"
     if path.suffix == ".pt" and path.name == "last.pt":
         return finetuned_encoder(path)
-    return load_export(spec)
+    try:
+        return load_export(spec)
+    except ValueError as err:  # names the file, the field and what was expected
+        raise SemoreError(str(err)) from None
+
+
+# What the probe reads of a semore-finetune checkpoint, checked before a model is built.
+FINETUNE_CHECKPOINT = Record(
+    {
+        "format": Str(choices=("semore-finetune",)),
+        "encoder_config": MapOf(AnyValue()),
+        "agent": Record({"agent": WEIGHTS}, required=("agent",)),
+        "step": Int(0, MAX_STEPS),
+        "encoder_source": Str(),
+    },
+    required=("format", "encoder_config", "agent", "step", "encoder_source"),
+)
 
 
 def finetuned_encoder(checkpoint_path: Path) -> tuple[nn.Module, dict]:
@@ -246,21 +265,48 @@ def finetuned_encoder(checkpoint_path: Path) -> tuple[nn.Module, dict]:
         raise SemoreError(
             f"{checkpoint_path} not found: expected a semore-finetune run (RUN or RUN/checkpoints/last.pt)"
         )
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    if checkpoint.get("format") != "semore-finetune" or "encoder_config" not in checkpoint:
-        raise SemoreError(f"{checkpoint_path} is not a semore-finetune checkpoint")
-    encoder = SemoreEncoder.from_config(EncoderConfig(**checkpoint["encoder_config"]))
+    try:
+        with warnings.catch_warnings():  # a foreign pickle makes torch warn before refusing
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        FINETUNE_CHECKPOINT.check(checkpoint, "checkpoint")
+        config = EncoderConfig(**checkpoint["encoder_config"])
+    except CheckError as err:
+        raise SemoreError(f"{checkpoint_path}: {err}: a semore-finetune checkpoint") from None
+    except Exception as err:  # torch raises many types for foreign or corrupt files
+        raise SemoreError(
+            f"{checkpoint_path} is not a readable semore-finetune checkpoint ({first_line(err)})"
+        ) from None
+    encoder = SemoreEncoder.from_config(config)
     prefix = "encoder."
     state = {
         k[len(prefix) :]: v for k, v in checkpoint["agent"]["agent"].items() if k.startswith(prefix)
     }
-    encoder.load_state_dict(state)
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as err:
+        raise SemoreError(
+            f"{checkpoint_path}: the encoder weights do not match its encoder_config "
+            f"({first_line(err)})"
+        ) from None
     metadata = {"finetune_step": checkpoint["step"], "encoder_source": checkpoint["encoder_source"]}
     return encoder, metadata
 
 
+def check_memory(data: str | Path, frame_stack: int, batch_size: int) -> None:
+    """Refuse a feature batch that cannot fit in this machine's memory."""
+    info = read_dataset_info(data, with_ann=False)
+    frame = memory.frame_bytes(info.image_height, info.image_width)
+    memory.check_fits(
+        f"the probe at --batch-size {batch_size} on {info.image_height}x{info.image_width} frames",
+        {"input batch (uint8 + float32)": batch_size * frame_stack * frame * 5},
+        "a smaller --batch-size",
+    )
+
+
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     encoder, metadata = load_probe_encoder(args.encoder, args.data, args.frame_stack)
+    check_memory(args.data, encoder.config.frame_stack, args.batch_size)
     holdout_every = args.holdout_every or metadata.get("holdout_every") or DEFAULT_HOLDOUT_EVERY
     result = run_probe(
         encoder,
