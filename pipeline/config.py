@@ -111,11 +111,22 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
         )
     kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
     except CheckError as err:  # a range check of cls.__post_init__: name the field in the file
         raise SemoreError(str(err.under(where))) from None
     except (ValueError, TypeError) as err:
         raise SemoreError(f"{where}: {err}") from None
+    for name, value in kwargs.items():  # a field its class leaves unchecked (none should)
+        if _wider_than_64_bits(value):
+            raise SemoreError(f"{where}.{name} is {show(value)}: expected a 64-bit integer")
+    return built
+
+
+def _wider_than_64_bits(value: Any) -> bool:
+    """An int (or a list holding one) that no tensor, array or seed can hold."""
+    if isinstance(value, (list, tuple)):
+        return any(_wider_than_64_bits(item) for item in value)
+    return isinstance(value, int) and abs(value) > INT64_MAX
 
 
 # Presets ship inside the package (pipeline/presets/<stage>/<name>.yaml), so an installed
@@ -257,10 +268,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise SemoreError(f"{where} is {value!r}: expected true or false")
         return value
-    if tp is int:
-        # Past 64 bits no tensor, array or seed can hold it; each field's own range is
-        # checked by its config class.
-        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > INT64_MAX:
+    if tp is int:  # its range is checked by the field's config class (see from_dict)
+        if isinstance(value, bool) or not isinstance(value, int):
             raise SemoreError(f"{where} is {show(value)}: expected an integer")
         return value
     if tp is float:

@@ -33,7 +33,8 @@ def total_ram_bytes() -> int | None:
 
 
 def gib(num_bytes: float) -> str:
-    return f"{num_bytes / GIB:.3g} GiB"
+    size = num_bytes / GIB
+    return f"{size:.0f} GiB" if size >= 100 else f"{size:.3g} GiB"
 
 
 def check_fits(what: str, parts: dict[str, float], hint: str) -> None:

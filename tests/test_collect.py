@@ -179,6 +179,24 @@ def test_shard_renamed_before_manifest_update_is_adopted(tmp_path, fake_env):
     assert adopted == info
 
 
+def test_entry_that_differs_from_its_shard_is_rebuilt_from_the_shard(tmp_path, fake_env):
+    """A run killed between renaming a rewritten shard and recording it: the complete shard
+    on disk is the truth, and its entry is rebuilt from it before anything else is written."""
+    fake_env()
+    out = tmp_path / "d"
+    assert run(out, "--episodes", "4") == 0
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    info = dict(manifest["raw"]["shards"]["raw-000000.tar"])
+    manifest["raw"]["shards"]["raw-000000.tar"].update(num_samples=3, num_episodes=1, episodes=[0])
+    manifest["raw"]["totals"] = mf.totals(manifest["raw"]["shards"])
+    manifest_path.write_text(json.dumps(manifest))
+    before = shard_bytes(out)
+    assert run(out, "--episodes", "4") == 0
+    assert json.loads(manifest_path.read_text())["raw"]["shards"]["raw-000000.tar"] == info
+    assert shard_bytes(out) == before  # nothing recorded again
+
+
 def test_worker_slices_are_disjoint_and_cover_all(tmp_path, fake_env):
     fake_env()
     out = tmp_path / "d"

@@ -79,22 +79,19 @@ def check_memory(cfg: PretrainConfig, image_hw: tuple[int, int]) -> None:
     data, arch = cfg.data, cfg.encoder
     frame = memory.frame_bytes(*image_hw)
     streams = 2 if arch.streams == "both" else 1
+    # The four convs' maps shrink by 2 pixels each after the strided first one; each layer
+    # keeps its output and its ReLU's for the backward pass, which adds a gradient as large.
     map_h, map_w = trunk_output_size(*image_hw)
-    conv_layers = 4  # each keeps its (B, F, h, w) output for the backward pass
+    map_pixels = sum((map_h + 2 * i) * (map_w + 2 * i) for i in range(4))
     batch = data.batch_size
+    activations = batch * streams * arch.num_filters * map_pixels * 3 * memory.FLOAT32_BYTES
     memory.check_fits(
         f"pretraining at data.batch_size {batch} on {image_hw[0]}x{image_hw[1]} frames",
         {
             "input batch (uint8 + float32)": batch * data.frame_stack * frame * 5,
-            "conv activations": batch
-            * streams
-            * arch.num_filters
-            * map_h
-            * map_w
-            * conv_layers
-            * memory.FLOAT32_BYTES,
+            "conv activations and gradients": activations,
             "shuffle buffers": data.shuffle_buffer * frame * max(1, data.num_workers),
-        },  # fmt: skip
+        },
         "a smaller data.batch_size, data.shuffle_buffer or encoder.num_filters",
     )
 
