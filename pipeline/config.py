@@ -31,6 +31,11 @@ def load_yaml(path: str | Path) -> dict:
         raise SemoreError(f"config file {path} not found: expected a YAML file")
     try:
         data = yaml.safe_load(path.read_text())
+    except ValueError:  # an int past Python's 4300-digit limit
+        raise SemoreError(
+            f"config file {path} holds a number of more than 4300 digits: expected a mapping "
+            "of values in range"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -63,8 +68,18 @@ def parse_overrides(args: list[str]) -> dict:
         parts = name.replace("-", "_").split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+        node[parts[-1]] = _yaml_value(name, value) if value != "" else ""
     return nested
+
+
+def _yaml_value(name: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError):  # ValueError: an int past Python's 4300 digits
+        raise SemoreError(
+            f"option --{name} is {show(text)}: expected a YAML value (numbers of at most "
+            "4300 digits)"
+        ) from None
 
 
 def merge(base: dict, update: dict) -> dict:

@@ -33,7 +33,10 @@ def total_ram_bytes() -> int | None:
 
 
 def gib(num_bytes: float) -> str:
+    """``num_bytes`` in GiB (MiB below one GiB), three digits at most after the point."""
     size = num_bytes / GIB
+    if size < 1:
+        return f"{num_bytes / (1 << 20):.3g} MiB"
     return f"{size:.0f} GiB" if size >= 100 else f"{size:.3g} GiB"
 
 

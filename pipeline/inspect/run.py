@@ -48,10 +48,11 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
             f"{MAX_SHOWN_EPISODES} on one page"
         )
     views = read_episodes(args.data, args.episodes, args.max_steps)
+    sheet = contact_sheet(views) if args.png is not None else None  # its size is checked first
     write_html(args.data, views, args.out)
-    if args.png is not None:
+    if sheet is not None:
         args.png.parent.mkdir(parents=True, exist_ok=True)
-        contact_sheet(views).save(args.png)
+        sheet.save(args.png)
     steps = sum(len(v.steps) for v in views)
     print(
         f"{args.out}: {len(views)} episodes, {steps} steps"
