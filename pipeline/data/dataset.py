@@ -139,8 +139,9 @@ def _shard_keys(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
             f"shard {path} is corrupt or truncated ({first_line(err)}): expected a complete "
             "WebDataset tar; delete it and rerun the stage that wrote it"
         ) from None
-    if len(set(keys)) != len(keys):
-        repeated = next(k for i, k in enumerate(keys) if k in keys[:i])
+    seen: set[str] = set()
+    repeated = next((key for key in keys if key in seen or seen.add(key)), None)
+    if repeated is not None:
         raise SemoreError(
             f"shard {path} holds key {repeated!r} twice apart: expected each sample's members "
             "together, once"
