@@ -7,10 +7,13 @@ import logging
 import os
 import signal
 import sys
+import typing
 import warnings
 from collections.abc import Callable
 
+from pipeline.data import schema
 from pipeline.errors import SemoreError, first_line
+from semore.checks import INT64_MAX, Float, Int, show
 
 log = logging.getLogger(__name__)
 
@@ -43,43 +46,68 @@ def make_parser(
         if config_overrides
         else None
     )
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
+    parser = OneLineParser(prog=prog, description=description, epilog=epilog)
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
     return parser
 
 
-def _int_at_least(text: str, minimum: int, noun: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a {noun}")
-    return value
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``prog: error: ...``), like the stages'."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts that must be >= 1."""
-    return _int_at_least(text, 1, "positive integer")
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: an int in ``[low, high]``; a refusal names the range."""
+    spec = Int(low, high)
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:  # not an integer (or longer than Python converts)
+            raise argparse.ArgumentTypeError(f"{show(text)} is not {spec.describe()}") from None
+        if not spec.accepts(value):
+            raise argparse.ArgumentTypeError(f"{show(value)} is not {spec.describe()}")
+        return value
+
+    parse.__name__ = f"int in [{low}, {high}]"  # what argparse names the type in errors
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type for indices that must be >= 0."""
-    return _int_at_least(text, 0, "non-negative integer")
+def float_in(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    spec = Float(low, high, low_open)
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not spec.accepts(value):
+            raise argparse.ArgumentTypeError(f"{show(text)} is not {spec.describe()}")
+        return value
+
+    parse.__name__ = spec.describe()
+    return parse
+
+
+positive_int = int_in(1, INT64_MAX)  # counts that must be >= 1 (a flag's own range is better)
+non_negative_int = int_in(0, INT64_MAX)  # indices that must be >= 0
 
 
 def add_slice_args(parser: argparse.ArgumentParser, unit: str) -> None:
     """``--worker-index/--num-workers``: this invocation's slice of a multi-node job."""
     parser.add_argument(
         "--worker-index",
-        type=non_negative_int,
+        type=int_in(0, schema.MAX_NODES - 1),
         default=None,
         help=f"this node's slice of the {unit} (default: $RANK or 0)",
     )
     parser.add_argument(
         "--num-workers",
-        type=positive_int,
+        type=int_in(1, schema.MAX_NODES),
         default=None,
         help="number of slices (default: $WORLD_SIZE or 1)",
     )
@@ -87,13 +115,28 @@ def add_slice_args(parser: argparse.ArgumentParser, unit: str) -> None:
 
 def node_slice(worker_index: int | None, num_workers: int | None) -> tuple[int, int]:
     """``--worker-index/--num-workers``, else torch.distributed's ``RANK/WORLD_SIZE``."""
-    index = worker_index if worker_index is not None else int(os.environ.get("RANK", 0))
-    count = num_workers if num_workers is not None else int(os.environ.get("WORLD_SIZE", 1))
+    index = worker_index if worker_index is not None else _env_int("RANK", 0)
+    count = num_workers if num_workers is not None else _env_int("WORLD_SIZE", 1)
+    if not 1 <= count <= schema.MAX_NODES:
+        raise SemoreError(
+            f"--num-workers {show(count)} is out of range: expected an int in [1, "
+            f"{schema.MAX_NODES}] (sample keys hold the slice in two digits)"
+        )
     if not 0 <= index < count:
         raise SemoreError(
-            f"--worker-index {index} is out of range: expected 0 <= index < --num-workers {count}"
+            f"--worker-index {show(index)} is out of range: expected 0 <= index < --num-workers {count}"
         )
     return index, count
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise SemoreError(f"${name} is {show(text)}: expected an integer") from None
 
 
 # Frameworks whose INFO lines (device banners, tips, "seed set to") are noise to a user of
@@ -145,6 +188,15 @@ def quiet_frameworks(debug: bool = False) -> None:
         warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, or torch's (a RuntimeError on CPU,
+    ``torch.OutOfMemoryError`` on an accelerator)."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err)
+    return "not enough memory" in text or "can't allocate memory" in text
+
+
 def raise_interrupt(signum, frame) -> None:
     """SIGTERM handler: unwind like Ctrl-C, so atomic writers remove their temporary files."""
     raise KeyboardInterrupt
@@ -187,6 +239,17 @@ def run_cli(
         if not isinstance(err, SemoreError):
             message = f"{type(err).__name__}: {message}"
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except (MemoryError, RuntimeError) as err:
+        # Sizes are checked against the machine before work starts; an allocation that still
+        # fails (other processes took the memory) is reported on one line too.
+        if args.debug or not is_out_of_memory(err):
+            raise
+        print(
+            f"{parser.prog}: error: out of memory ({first_line(err)}): expected smaller "
+            "batches, buffers or models, or more free memory (--debug shows where)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     finally:
         logging.getLogger().setLevel(caller_level)

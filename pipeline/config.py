@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from importlib import resources
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline.errors import SemoreError
+from semore.checks import INT64_MAX, CheckError, show
 
 T = TypeVar("T")
 
@@ -30,6 +32,11 @@ def load_yaml(path: str | Path) -> dict:
         raise SemoreError(f"config file {path} not found: expected a YAML file")
     try:
         data = yaml.safe_load(path.read_text())
+    except ValueError:  # an int past Python's 4300-digit limit
+        raise SemoreError(
+            f"config file {path} holds a number of more than 4300 digits: expected a mapping "
+            "of values in range"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -62,8 +69,18 @@ def parse_overrides(args: list[str]) -> dict:
         parts = name.replace("-", "_").split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+        node[parts[-1]] = _yaml_value(name, value) if value != "" else ""
     return nested
+
+
+def _yaml_value(name: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError):  # ValueError: an int past Python's 4300 digits
+        raise SemoreError(
+            f"option --{name} is {show(text)}: expected a YAML value (numbers of at most "
+            "4300 digits)"
+        ) from None
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -111,9 +128,22 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
         )
     kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
+    except CheckError as err:  # a range check of cls.__post_init__: name the field in the file
+        raise SemoreError(str(err.under(where))) from None
     except (ValueError, TypeError) as err:
         raise SemoreError(f"{where}: {err}") from None
+    for name, value in kwargs.items():  # a field its class leaves unchecked (none should)
+        if _wider_than_64_bits(value):
+            raise SemoreError(f"{where}.{name} is {show(value)}: expected a 64-bit integer")
+    return built
+
+
+def _wider_than_64_bits(value: Any) -> bool:
+    """An int (or a list holding one) that no tensor, array or seed can hold."""
+    if isinstance(value, (list, tuple)):
+        return any(_wider_than_64_bits(item) for item in value)
+    return isinstance(value, int) and abs(value) > INT64_MAX
 
 
 # Class attribute of a config dataclass: {name: value} of fields it no longer has, each with
@@ -280,6 +310,9 @@ def first_difference(before: dict, now: dict) -> tuple[str, Any, Any] | None:
     return None
 
 
+_FLOAT_MAX = 1e300  # a float() of a bigger int is inf, or an OverflowError
+
+
 def _float_or_none(text: str) -> float | None:
     try:
         return float(text)
@@ -326,15 +359,17 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise SemoreError(f"{where} is {value!r}: expected true or false")
         return value
-    if tp is int:
+    if tp is int:  # its range is checked by the field's config class (see from_dict)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SemoreError(f"{where} is {value!r}: expected an integer")
+            raise SemoreError(f"{where} is {show(value)}: expected an integer")
         return value
     if tp is float:
         # YAML 1.1 reads 3e-5 (no dot) as a string; accept any string Python reads as a number.
         number = _float_or_none(value) if isinstance(value, str) else value
         if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise SemoreError(f"{where} is {value!r}: expected a number")
+            raise SemoreError(f"{where} is {show(value)}: expected a number")
+        if abs(number) > _FLOAT_MAX or not math.isfinite(number):
+            raise SemoreError(f"{where} is {show(value)}: expected a finite number")
         return float(number)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):

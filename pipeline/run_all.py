@@ -20,10 +20,13 @@ from pipeline.annotate import run as annotate_run
 from pipeline.collect import run as collect_run
 from pipeline.compare import run as compare_run
 from pipeline.config import load_config, override_flags, resolve_config
+from pipeline.data import schema
 from pipeline.errors import SemoreError
+from pipeline.inspect.page import MAX_SHOWN_EPISODES
 from pipeline.pretrain import probe
 from pipeline.pretrain import run as pretrain_run
 from pipeline.report import write_run_report
+from semore.checks import Int, ListOf, check_fields
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,13 @@ class RunConfig:
     # Episodes shown in the report's contact sheet and how many steps of each.
     report_episodes: list[int] = field(default_factory=lambda: [0, 1])
     report_max_steps: int = 12
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            report_episodes=ListOf(Int(0, schema.MAX_EPISODES - 1), 1, MAX_SHOWN_EPISODES),
+            report_max_steps=Int(1, schema.MAX_EPISODE_STEPS),
+        )
 
 
 def _flags(spec: StageSpec, stage: str, root: Path) -> list[str]:

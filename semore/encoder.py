@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semore.checks import CheckError, Int, check_fields
+from semore.export_schema import check_payload
 from semore.layers import orthogonal_init
 
 ENCODER_FORMAT = "semore-encoder"
@@ -41,6 +44,15 @@ MAX_TOKENS = 64
 MIN_IMAGE_SIZE = {"drq": 16, "strided4": 19, "strided": 31}
 # Each trunk's four 3x3 convs' strides (no padding).
 TRUNK_STRIDES = {"drq": (2, 1, 1, 1), "strided4": (2, 2, 1, 1), "strided": (2, 2, 2, 1)}
+# Upper ends of the architecture's sizes: far above any setting in use (32 filters, 50 dims,
+# 4 heads, 64 tokens, 3 frames, 84x420 panoramas), low enough that a typo such as 10**29
+# is refused here instead of asking torch for an impossible tensor.
+MAX_FILTERS = 1024
+MAX_REPR_DIM = 4096
+MAX_HEADS = 64
+MAX_TOKEN_CAP = 4096
+MAX_FRAME_STACK = 16
+MAX_IMAGE_SIZE = 4096
 # Where a trained encoder may start training (SemoreEncoder.freeze_below): the layers below it.
 CACHE_POINTS = {"interaction": ("sem_trunk", "mot_trunk"),
                 "projection": ("sem_trunk", "mot_trunk", "interaction")}  # fmt: skip
@@ -49,10 +61,6 @@ CACHE_POINTS = {"interaction": ("sem_trunk", "mot_trunk"),
 def _check(cfg: object, name: str, ok: bool, expected: str) -> None:
     if not ok:
         raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r}; expected {expected}")
-
-
-def _positive_int(value: object, minimum: int = 1) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 @dataclass(kw_only=True)
@@ -92,17 +100,21 @@ class EncoderArch:
     def __post_init__(self) -> None:
         _check(self, "kind", self.kind in KINDS, f"one of {list(KINDS)}")
         _check(self, "trunk", self.trunk in TRUNKS, f"one of {list(TRUNKS)}")
-        _check(self, "num_filters", _positive_int(self.num_filters), "an int >= 1")
-        _check(self, "repr_dim", _positive_int(self.repr_dim), "an int >= 1")
+        check_fields(
+            self,
+            num_filters=Int(1, MAX_FILTERS),
+            repr_dim=Int(1, MAX_REPR_DIM),
+            num_heads=Int(1, MAX_HEADS),
+            max_tokens=Int(1, MAX_TOKEN_CAP),
+        )
         _check(self, "streams", self.streams in STREAMS, f"one of {list(STREAMS)}")
         _check(self, "interaction", isinstance(self.interaction, bool), "a bool")
         _check(
             self,
             "num_heads",
-            _positive_int(self.num_heads) and self.num_filters % self.num_heads == 0,
+            self.num_filters % self.num_heads == 0,
             f"an int >= 1 that divides num_filters={self.num_filters}",
         )
-        _check(self, "max_tokens", _positive_int(self.max_tokens), "an int >= 1")
 
     @property
     def trunk_run(self) -> str:
@@ -131,11 +143,12 @@ class EncoderConfig(EncoderArch):
     image_width: int = 84
 
     def __post_init__(self) -> None:
-        _check(self, "frame_stack", _positive_int(self.frame_stack), "an int >= 1")
+        size = Int(min(MIN_IMAGE_SIZE.values()), MAX_IMAGE_SIZE)
+        check_fields(self, frame_stack=Int(1, MAX_FRAME_STACK), image_height=size, image_width=size)
         super().__post_init__()
         minimum = MIN_IMAGE_SIZE[self.trunk_run]
         for name in ("image_height", "image_width"):
-            ok = _positive_int(getattr(self, name), minimum)
+            ok = getattr(self, name) >= minimum
             _check(self, name, ok, f"an int >= {minimum} for the {self.trunk_run} trunk")
 
 
@@ -384,7 +397,11 @@ def _read_payload(path: str | os.PathLike, map_location: Any = "cpu") -> dict[st
     if not path.is_file():
         raise ValueError(f"encoder file {path} not found; expected a file written by save_encoder")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        # A foreign file (a bare pickle) makes torch warn before it refuses; the refusal
+        # below says all there is to say.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for foreign or corrupt files
         raise ValueError(
             f"encoder file {path} is not a readable torch file ({type(err).__name__}); "
@@ -400,6 +417,10 @@ def _read_payload(path: str | os.PathLike, map_location: Any = "cpu") -> dict[st
         raise ValueError(
             f"encoder file {path} has format_version {version!r}; expected {ENCODER_FORMAT_VERSION}"
         )
+    try:
+        check_payload(payload)
+    except CheckError as err:
+        raise ValueError(f"encoder file {path}: {err}") from None
     return payload
 
 
@@ -423,16 +444,22 @@ def load_export(
 ) -> tuple[SemoreEncoder, dict[str, Any]]:
     """The encoder and the metadata of an export, from one read of the file."""
     payload = _read_payload(path, map_location)
-    raw_config = payload.get("config")
-    if isinstance(raw_config, dict):  # exports written before the field ran the DrQ trunk
-        raw_config = {"trunk": "drq", **raw_config}
+    # Exports written before the field ran the DrQ trunk.
+    raw_config = {"trunk": "drq", **payload["config"]}
     known = {f.name for f in fields(EncoderConfig)}
-    if not isinstance(raw_config, dict) or set(raw_config) - known:
+    if set(raw_config) - known:
         raise ValueError(
-            f"encoder file {path} has config {raw_config!r}; expected keys among {sorted(known)}"
+            f"encoder file {path} has config keys {sorted(raw_config)}; expected keys among "
+            f"{sorted(known)}"
         )
     try:
-        encoder = SemoreEncoder.from_config(EncoderConfig(**raw_config))
+        config = EncoderConfig(**raw_config)  # checks every field before a module is built
+    except CheckError as err:
+        raise ValueError(f"encoder file {path}: {err.under('export.config')}") from None
+    except ValueError as err:
+        raise ValueError(f"encoder file {path}: config {err}") from None
+    try:
+        encoder = SemoreEncoder.from_config(config)
         encoder.load_state_dict(payload["state_dict"])
     except (ValueError, RuntimeError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

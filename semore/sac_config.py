@@ -5,6 +5,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from semore.checks import (
+    MAX_ACTION_DIM,
+    MAX_AUG_PAD,
+    MAX_LR,
+    MAX_STEPS,
+    MAX_WEIGHT,
+    MAX_WIDTH,
+    Float,
+    Int,
+    ListOf,
+    Opt,
+    check_fields,
+)
+
 
 @dataclass
 class SACConfig:
@@ -59,25 +73,28 @@ class SACConfig:
     action_smoothness_dims: list[int] | None = None
 
     def __post_init__(self) -> None:
-        for name in (
-            "hidden_dim",
-            "actor_feature_dim",
-            "actor_update_every",
-            "target_update_every",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sac.{name} is {getattr(self, name)}: expected an int >= 1")
-        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"sac.{name} is {getattr(self, name)}: expected > 0")
-        dims = self.action_smoothness_dims
-        if dims is not None and (not dims or min(dims) < 0 or len(set(dims)) != len(dims)):
-            raise ValueError(
-                f"sac.action_smoothness_dims is {dims}: expected null (all) or distinct "
-                "action indices >= 0"
-            )
-        if self.action_smoothness_weight < 0:
-            raise ValueError(
-                f"sac.action_smoothness_weight is {self.action_smoothness_weight}: "
-                "expected >= 0 (0 = off)"
-            )
+        width, rate, weight = (
+            Int(1, MAX_WIDTH),
+            Float(0.0, MAX_LR, low_open=True),
+            Float(0, MAX_WEIGHT),
+        )
+        check_fields(
+            self,
+            hidden_dim=width,
+            actor_feature_dim=width,
+            discount=Float(0.0, 1.0),
+            actor_lr=rate,
+            critic_lr=rate,
+            alpha_lr=rate,
+            alpha_beta=Float(0.0, 0.999),  # Adam refuses a beta of 1
+            critic_tau=Float(0.0, 1.0),
+            actor_update_every=Int(1, MAX_STEPS),
+            target_update_every=Int(1, MAX_STEPS),
+            init_temperature=Float(0.0, MAX_WEIGHT, low_open=True),
+            target_entropy_per_dim=Float(-MAX_WEIGHT, MAX_WEIGHT),
+            aug_pad=Int(0, MAX_AUG_PAD),
+            reward_aux_weight=weight,
+            motion_aux_weight=weight,
+            action_smoothness_weight=weight,
+            action_smoothness_dims=Opt(ListOf(Int(0, MAX_ACTION_DIM - 1), 1, unique=True)),
+        )

@@ -16,6 +16,7 @@ import webdataset as wds
 
 from pipeline.collect import run as collect_mod
 from pipeline.collect.run import main
+from pipeline.data import manifest as mf
 from pipeline.data import schema
 from pipeline.data.shards import iter_shard
 from pipeline.sim.base import StepResult
@@ -171,10 +172,29 @@ def test_shard_renamed_before_manifest_update_is_adopted(tmp_path, fake_env):
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     info = manifest["raw"]["shards"].pop("raw-000000.tar")
+    manifest["raw"]["totals"] = mf.totals(manifest["raw"]["shards"])  # as record_shard left it
     manifest_path.write_text(json.dumps(manifest))
     assert run(out, "--episodes", "4") == 0
     adopted = json.loads(manifest_path.read_text())["raw"]["shards"]["raw-000000.tar"]
     assert adopted == info
+
+
+def test_entry_that_differs_from_its_shard_is_rebuilt_from_the_shard(tmp_path, fake_env):
+    """A run killed between renaming a rewritten shard and recording it: the complete shard
+    on disk is the truth, and its entry is rebuilt from it before anything else is written."""
+    fake_env()
+    out = tmp_path / "d"
+    assert run(out, "--episodes", "4") == 0
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    info = dict(manifest["raw"]["shards"]["raw-000000.tar"])
+    manifest["raw"]["shards"]["raw-000000.tar"].update(num_samples=3, num_episodes=1, episodes=[0])
+    manifest["raw"]["totals"] = mf.totals(manifest["raw"]["shards"])
+    manifest_path.write_text(json.dumps(manifest))
+    before = shard_bytes(out)
+    assert run(out, "--episodes", "4") == 0
+    assert json.loads(manifest_path.read_text())["raw"]["shards"]["raw-000000.tar"] == info
+    assert shard_bytes(out) == before  # nothing recorded again
 
 
 def test_worker_slices_are_disjoint_and_cover_all(tmp_path, fake_env):
@@ -193,8 +213,10 @@ def test_worker_slices_are_disjoint_and_cover_all(tmp_path, fake_env):
     [
         (["--backend", "nope"], "invalid choice"),
         (["--policy", "nope"], "invalid choice"),
-        (["--episodes", "0"], "not a positive integer"),
-        (["--episodes", "two"], "not a positive integer"),
+        (["--episodes", "0"], "0 is not an int in [1, 1e6]"),
+        (["--episodes", "two"], "'two' is not an int in [1, 1e6]"),
+        (["--episodes", str(10**29)], "1e+29 is not an int in [1, 1e6]"),
+        (["--num-workers", "101"], "101 is not an int in [1, 100]"),
     ],
 )
 def test_bad_flags(tmp_path, capsys, args, message):

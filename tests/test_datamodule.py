@@ -159,6 +159,7 @@ def test_missing_ann_section_and_count_mismatch(tmp_path: Path, ann_dataset: Pat
         SemoreDataModule(raw_only, DataConfig())
     manifest = mf.read_manifest(ann_dataset)
     del manifest["ann"]["shards"][schema.shard_name(schema.ANN_PREFIX, 1)]
+    manifest["ann"]["totals"] = mf.totals(manifest["ann"]["shards"])
     mf.write_manifest(ann_dataset, manifest)
     with pytest.raises(SemoreError, match="2 raw shards and 1 annotation shards"):
         SemoreDataModule(ann_dataset, DataConfig())

@@ -13,6 +13,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import filter_repo_objects
 
+from pipeline.data import manifest as mf
 from pipeline.data import schema
 from pipeline.share import card as cards
 from pipeline.share import push
@@ -216,6 +217,7 @@ def test_unreachable_hub_is_a_one_line_error(full_dataset, monkeypatch, capsys):
 def test_incomplete_annotation_is_refused(full_dataset, capsys):
     manifest = json.loads((full_dataset / "manifest.json").read_text())
     del manifest["ann"]["shards"]["ann-000001.tar"]
+    manifest["ann"]["totals"] = mf.totals(manifest["ann"]["shards"])
     (full_dataset / "manifest.json").write_text(json.dumps(manifest))
     code = push_main(
         [
@@ -242,7 +244,7 @@ def test_truncated_shard_is_refused(raw_dataset, tmp_path, capsys):
         )
         == 2
     )
-    assert "raw-000001.tar is truncated (3000 bytes)" in _error_line(capsys)
+    assert "raw-000001.tar is corrupt or truncated" in _error_line(capsys)
 
 
 def test_unversioned_repo_id_is_refused(raw_dataset, tmp_path, capsys):

@@ -413,7 +413,9 @@ def test_action_smoothness_pulls_consecutive_actions_together_and_zero_is_plain_
 
 
 def test_action_smoothness_needs_next_h_and_a_non_negative_weight():
-    with pytest.raises(ValueError, match="action_smoothness_weight is -1.0: expected >= 0"):
+    with pytest.raises(
+        ValueError, match=r"action_smoothness_weight is -1.0: expected a number in \[0, 1e6\]"
+    ):
         SACConfig(action_smoothness_weight=-1.0)
     with pytest.raises(ValueError, match="needs next_h"):
         make_agent(action_smoothness_weight=1.0).update_actor(torch.randn(4, 8))

@@ -8,9 +8,14 @@ from typing import Any, Literal
 from pipeline import config
 from pipeline.config import resumable
 from pipeline.data import manifest as mf
+from pipeline.data import schema
 from pipeline.launch.config import LauncherConfig
+from semore.checks import MAX_BATCH, MAX_PROCESSES, Float, Int, check_fields
 
 CAPTIONERS = ("scene", "vlm")
+# Longest answer asked of a VLM: captions are a sentence or two, and generation memory grows
+# with the budget.
+MAX_NEW_TOKENS = 4096
 TEXT_ENCODERS = ("open_clip", "sentence-transformers")
 
 
@@ -38,8 +43,17 @@ class SceneConfig:
     road_edge_near_m: float = 1.5
 
     def __post_init__(self) -> None:
-        if self.distance_step_m <= 0 or self.speed_step_kmh <= 0:
-            raise ValueError("scene.distance_step_m and scene.speed_step_kmh must be > 0")
+        step, threshold = Float(0.0, 1000.0, low_open=True), Float(0.0, 1000.0)
+        check_fields(
+            self,
+            distance_step_m=step,
+            speed_step_kmh=step,
+            accel_threshold_mps2=threshold,
+            lateral_threshold_mps=threshold,
+            closing_threshold_mps=threshold,
+            centred_within_m=threshold,
+            road_edge_near_m=threshold,
+        )
 
 
 @dataclass
@@ -64,8 +78,13 @@ class VLMConfig:
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if min(self.max_new_tokens, self.retry_max_new_tokens, self.batch_size) < 1:
-            raise ValueError("vlm.max_new_tokens, retry_max_new_tokens and batch_size must be >= 1")
+        tokens = Int(1, MAX_NEW_TOKENS)
+        check_fields(
+            self,
+            max_new_tokens=tokens,
+            retry_max_new_tokens=tokens,
+            batch_size=Int(1, MAX_BATCH),
+        )
 
 
 @dataclass
@@ -124,11 +143,15 @@ class AnnotateConfig:
     launcher: LauncherConfig = resumable(default_factory=LauncherConfig)
 
     def __post_init__(self) -> None:
-        for name in ("keyframe_stride", "motion_gap_steps", "encode_batch_size", "workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} is {getattr(self, name)}: expected a positive integer")
-        if self.num_threads < 0:
-            raise ValueError(f"num_threads is {self.num_threads}: expected 0 (default) or more")
+        steps = Int(1, schema.MAX_EPISODE_STEPS)
+        check_fields(
+            self,
+            keyframe_stride=steps,
+            motion_gap_steps=steps,
+            encode_batch_size=Int(1, MAX_BATCH),
+            workers=Int(1, MAX_PROCESSES),
+            num_threads=Int(0, MAX_PROCESSES),  # 0: torch's default
+        )
 
 
 def content_dict(cfg: AnnotateConfig) -> dict:

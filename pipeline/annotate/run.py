@@ -32,9 +32,11 @@ from pipeline.annotate.text_encoders import TextEncoder, make_text_encoder
 from pipeline.config import from_dict, load_config, to_dict
 from pipeline.data import dataset, schema
 from pipeline.data import manifest as mf
+from pipeline.data import manifest_schema as ms
 from pipeline.data.shards import list_shards, remove_stale_tmp
 from pipeline.errors import SemoreError
 from pipeline.launch import cli as launch_cli
+from semore.checks import MAX_PROCESSES
 
 log = logging.getLogger(__name__)
 MODULE = "pipeline.annotate.run"  # what a launched task runs (``python -m``)
@@ -104,14 +106,22 @@ def plan(
 ) -> list[tuple[Path, Path]]:
     """(raw, ann) shard paths this invocation must write: its slice minus complete shards."""
     done = manifest["ann"].get("shards", {}) if reusable_section(manifest, cfg, root) else {}
+    # An ann shard of a raw shard that a longer collect has since rewritten is redone.
+    stale = ms.stale_annotations(manifest) if done else {}
     ann_dir = root / schema.ANN_DIR
-    todo = []
-    for raw_path in dataset.completed_shards(root, "raw"):
+    todo, kept = [], []
+    # Raw shards are checked against the manifest as they are read (--skip-bad skips them).
+    for raw_path in dataset.completed_shards(root, "raw", check_files=False):
         if schema.shard_index(raw_path.name) % count != index:
             continue
         ann_path = ann_dir / ann_name(raw_path.name)
-        if ann_path.name not in done or not ann_path.is_file():
+        if ann_path.name in stale:
+            log.warning("%s is annotated again: %s", ann_path.name, stale[ann_path.name])
+        if ann_path.name not in done or ann_path.name in stale or not ann_path.is_file():
             todo.append((raw_path, ann_path))
+        else:
+            kept.append(ann_path.name)
+    dataset.check_annotations(root, manifest, kept)  # what is kept must match its raw keys
     return todo
 
 
@@ -286,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--text-encoder", choices=TEXT_ENCODERS, help="caption embedding model")
     parser.add_argument(
-        "--workers", type=cli.positive_int, help="processes over shards on this machine"
+        "--workers",
+        type=cli.int_in(1, MAX_PROCESSES),
+        help="processes over shards on this machine",
     )
     cli.add_slice_args(parser, "raw shards")
     parser.add_argument(

@@ -9,6 +9,13 @@ from pipeline.data import manifest as mf
 from pipeline.data import schema
 from pipeline.launch.config import LauncherConfig
 from pipeline.sim.configs import EnvConfig, PolicyConfig
+from semore.checks import MAX_PROCESSES, MAX_SEED, Int, check_fields
+
+# A dataset holds at most as many episodes as the sample key's 6-digit field numbers.
+EPISODES = Int(1, schema.MAX_EPISODES)
+# A shard is rewritten whole when one of its episodes is missing; past ~1000 episodes a
+# shard stops being a unit of resumption or of parallel work.
+MAX_EPISODES_PER_SHARD = 1000
 
 
 @dataclass
@@ -35,9 +42,13 @@ class CollectConfig(EnvConfig):
 
     def __post_init__(self) -> None:
         schema.check_run_name(self.run)
-        for name in ("episodes", "episodes_per_shard", "workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} is {getattr(self, name)}: expected a positive integer")
+        check_fields(
+            self,
+            episodes=EPISODES,
+            episodes_per_shard=Int(1, MAX_EPISODES_PER_SHARD),
+            seed=Int(0, MAX_SEED),
+            workers=Int(1, MAX_PROCESSES),
+        )
 
     @property
     def env(self) -> EnvConfig:

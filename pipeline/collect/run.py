@@ -25,6 +25,7 @@ from pipeline.launch import cli as launch_cli
 from pipeline.sim import backend_spec, make_env
 from pipeline.sim.configs import BACKENDS
 from pipeline.sim.policies import CollectionPolicy
+from semore.checks import MAX_PROCESSES, MAX_SEED
 
 log = logging.getLogger(__name__)
 MODULE = "pipeline.collect.run"  # what a launched task runs (``python -m``)
@@ -118,6 +119,11 @@ def prepare_output(
         for name in [n for n in shards if not (raw_dir / n).is_file()]:
             log.warning("shard %s is listed but missing; it will be recorded again", name)
             del shards[name]
+        # A run killed between renaming a rewritten shard and recording it leaves an entry
+        # of the shard's former content: the shard on disk is complete, and is the truth.
+        for name in [n for n in shards if dataset.raw_shard_problem(raw_dir / n, shards[n])]:
+            log.warning("shard %s differs from its manifest entry; the entry is rebuilt", name)
+            shards[name] = shard_info_from_disk(raw_dir / name)
         for path in list_shards(raw_dir, schema.RAW_PREFIX):
             if path.name not in shards:
                 log.info("adopting complete shard %s written before an interruption", path.name)
@@ -268,11 +274,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, required=True, help="dataset folder (created or resumed)"
     )
-    parser.add_argument("--episodes", type=cli.positive_int, help="total episodes wanted in --out")
     parser.add_argument(
-        "--workers", type=cli.positive_int, help="simulator processes on this machine"
+        "--episodes",
+        type=cli.int_in(1, schema.MAX_EPISODES),
+        help="total episodes wanted in --out",
     )
-    parser.add_argument("--seed", type=int, help="base seed (episode seeds derive from it)")
+    parser.add_argument(
+        "--workers",
+        type=cli.int_in(1, MAX_PROCESSES),
+        help="simulator processes on this machine",
+    )
+    parser.add_argument(
+        "--seed", type=cli.int_in(0, MAX_SEED), help="base seed (episode seeds derive from it)"
+    )
     parser.add_argument(
         "--policy",
         choices=("expert", "random", "mixed", "perturbed"),

@@ -18,20 +18,26 @@ Only a results folder named with ``--report`` carries a study on: the default on
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
 
-import yaml
-
 from pipeline.compare.config import CompareConfig
 from pipeline.compare.jobs import Job
 from pipeline.compare.records import RunRecord, from_results, rows_up_to
-from pipeline.config import to_dict
+from pipeline.compare.results_schema import (
+    DATASET_NAME,
+    STUDY_NAME,
+    check_results_folder,
+    read_dataset_fingerprint,
+)
+from pipeline.config import load_config, to_dict
+from pipeline.data import manifest as mf
+from pipeline.data.schema import MANIFEST_NAME
 from pipeline.errors import SemoreError
 from pipeline.files import atomic_write
 from pipeline.pretrain.run import ENCODER_EXPORT
+from semore.encoder import load_encoder_metadata
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,10 @@ def restore_encoders(cfg: CompareConfig, out: Path, folder: Path | None) -> list
     for name in cfg.encoders if folder is not None else ():
         kept, target = kept_export(folder, name), out / ENCODERS_DIR / name / ENCODER_EXPORT
         if kept.is_file() and not target.is_file():
+            try:  # a damaged export is refused here, not copied into the study
+                load_encoder_metadata(kept)
+            except ValueError as err:
+                raise SemoreError(str(err)) from None
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(kept, target)
             restored.append(name)
@@ -93,11 +103,11 @@ def check_dataset(out: Path, folder: Path | None) -> None:
     """Refuse to go on when the rebuilt dataset differs from the kept runs' dataset."""
     if folder is None:
         return
-    kept_file, manifest_file = folder / "dataset.json", out / "data" / "manifest.json"
+    kept_file, manifest_file = folder / DATASET_NAME, out / "data" / MANIFEST_NAME
     if not kept_file.is_file() or not manifest_file.is_file() or not kept_runs(folder):
         return
-    kept = _fingerprint(json.loads(kept_file.read_text()))
-    built = _fingerprint(json.loads(manifest_file.read_text()))
+    kept = _fingerprint(read_dataset_fingerprint(folder))
+    built = _fingerprint(mf.read_manifest(out / "data"))
     differ = [
         f"{part}.{key}"
         for part in kept.keys() | built.keys()
@@ -121,9 +131,11 @@ def kept_runs(folder: Path | None) -> list[Path]:
 def check_study(cfg: CompareConfig, folder: Path | None) -> None:
     """Refuse to go on from a results folder whose runs come from another study: every setting
     that changes a run, and every arm both hold, must be equal (seeds and arms may be added)."""
-    if not kept_runs(folder) or not (folder / "study.yaml").is_file():
+    if folder is not None and folder.is_dir():
+        check_results_folder(folder)  # before anything is built or written for it
+    if not kept_runs(folder) or not (folder / STUDY_NAME).is_file():
         return
-    kept = yaml.safe_load((folder / "study.yaml").read_text())
+    kept = to_dict(load_config(CompareConfig, folder / STUDY_NAME))  # typed, as the report reads it
     now = to_dict(cfg)
     differ = [k for k in now if k not in _NOT_RUN_SETTINGS and kept.get(k) != now[k]]
     both = sorted(set(now["arms"]) & set(kept.get("arms", {})))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config import resumable
 from pipeline.launch.config import LauncherConfig
+from semore.checks import MAX_PROCESSES, MAX_SEED, MAX_STEPS, Int, ListOf, check_fields
 
 # An arm's encoder "encoders.NAME" is the study's own pretrained encoder NAME.
 ENCODER_REF = "encoders."
@@ -126,17 +127,18 @@ class CompareConfig:
                         f"arm {name}: {ref} is not a study encoder: expected one of "
                         f"{', '.join(ENCODER_REF + e for e in self.encoders) or 'none defined'}"
                     )
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds {self.seeds} must be distinct and not empty")
-        for name in (
-            "num_train_steps",
-            "eval_every_steps",
-            "num_eval_episodes",
-            "jobs",
-            "bootstrap_reps",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} is {getattr(self, name)}: expected an int >= 1")
+        steps = Int(1, MAX_STEPS)
+        check_fields(
+            self,
+            seeds=ListOf(Int(0, MAX_SEED), 1, unique=True),
+            num_train_steps=steps,
+            eval_every_steps=steps,
+            num_eval_episodes=Int(1, 10**5),
+            report_steps=ListOf(Int(0, MAX_STEPS)),
+            jobs=Int(1, MAX_PROCESSES),
+            # rliable's 50,000 takes seconds; 10**8 would take hours and gigabytes.
+            bootstrap_reps=Int(1, 10**7),
+        )
 
     def steps_to_report(self) -> list[int]:
         if self.report_steps:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.compare import results_schema
 from pipeline.compare.jobs import Job, cost_path
 from pipeline.errors import SemoreError
 from pipeline.finetune.eval import METRICS_NAME, SUMMARY_NAME
@@ -73,19 +74,19 @@ def from_job(job: Job, max_step: int) -> RunRecord:
 def from_results(folder: Path) -> list[RunRecord]:
     """The runs of a results folder: ``runs/ARM-seedS.csv`` and ``results.json``'s reference
     returns (and measured CPU seconds per run, where it recorded them)."""
-    files = sorted((folder / RUNS_DIR).glob("*-seed*.csv"))
+    files = sorted((folder / RUNS_DIR).glob(results_schema.RUN_FILE_PATTERN))
     if not files:
         raise SemoreError(
             f"{folder / RUNS_DIR} has no ARM-seedS.csv files: expected a results "
             "folder written by semore-compare"
         )
-    results_file = folder / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    results = results_schema.read_results(folder)
     records = []
     for path in files:
-        arm, seed = path.stem.rsplit("-seed", 1)
+        arm, seed = results_schema.run_name(path)
         text = _read(path)
-        cpu = results.get("arms", {}).get(arm, {}).get("cpu_s_per_seed", {}).get(seed)
+        results_schema.check_run_rows(path, text)
+        cpu = results.get("arms", {}).get(arm, {}).get("cpu_s_per_seed", {}).get(str(seed))
         records.append(
             RunRecord(arm, int(seed), text, _last_wall_time(text), cpu, results.get("reference"))
         )

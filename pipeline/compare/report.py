@@ -23,6 +23,7 @@ from pipeline.compare.plots import plot_curves
 from pipeline.compare.records import RUNS_DIR, RunRecord, final_means
 from pipeline.compare.writing import commands_script, verdicts, write
 from pipeline.config import to_dict
+from pipeline.data import manifest as mf
 
 
 def _cell(estimate: estimates.Estimate, i: int) -> str:
@@ -243,7 +244,7 @@ def _write_provenance(study: Path, folder: Path) -> None:
     study encoder's export ``encoders/NAME.pt`` (so the study can go on from this folder)."""
     manifest_file = study / "data" / "manifest.json"
     if manifest_file.is_file():
-        manifest = json.loads(manifest_file.read_text())
+        manifest = mf.read_manifest(study / "data")
         keep = ("command", "config_hash", "git_revision", "totals", "config")
         dataset = {
             "manifest_sha256": hashlib.sha256(manifest_file.read_bytes()).hexdigest(),

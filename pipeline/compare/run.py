@@ -31,11 +31,13 @@ from pipeline.compare.jobs import Command, run_jobs
 from pipeline.compare.plan import StudyPlan, plan_study, setup_commands
 from pipeline.compare.records import from_job, from_results
 from pipeline.compare.report import write_results_folder
+from pipeline.compare.results_schema import check_results_folder
 from pipeline.compare.slurm import launch_study
 from pipeline.compare.writing import config_label
 from pipeline.config import load_config
 from pipeline.errors import SemoreError
 from pipeline.launch import cli as launch_cli
+from semore.checks import MAX_PROCESSES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="study YAML (or a compare preset name)")
     parser.add_argument("--out", type=Path, help="study folder (runs/, report/)")
     parser.add_argument("--report", type=Path, help="results folder (default: OUT/report)")
-    parser.add_argument("--jobs", type=cli.positive_int, help="runs at a time on this machine")
+    parser.add_argument(
+        "--jobs", type=cli.int_in(1, MAX_PROCESSES), help="runs at a time on this machine"
+    )
     parser.add_argument(
         "--print-commands", action="store_true", help="print one command per unfinished run"
     )
@@ -94,6 +98,7 @@ def run_plan(plan: StudyPlan, out: Path, carry: Path | None, num_jobs: int) -> N
 def _report_from_results(args: argparse.Namespace, overrides: list[str]) -> None:
     """Rebuild a results folder's report from the run CSVs it keeps (the runs may be gone)."""
     folder = args.from_results
+    check_results_folder(folder)  # every file it reads, before anything is written
     cfg = load_config(CompareConfig, args.config or folder / "study.yaml", overrides, "compare")
     cfg.jobs = args.jobs or cfg.jobs  # how many ran at once: the threads each run had
     order = {arm: i for i, arm in enumerate(cfg.arms)}

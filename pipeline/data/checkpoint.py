@@ -13,11 +13,13 @@ the counters and random states of the loop (``step`` ...) and the replay buffer'
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 
 from pipeline.errors import SemoreError
+from semore.baselines import DrQv2Encoder, make_encoder
 from semore.encoder import EncoderConfig, SemoreEncoder
 
 FORMAT = "semore-finetune"
@@ -44,7 +46,9 @@ def read_checkpoint(path: Path) -> dict:
             f"(RUN/{CHECKPOINT_DIR}/{LAST_CHECKPOINT})"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle makes torch warn before refusing
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign or corrupt files
         raise SemoreError(
             f"{path} is not readable ({type(err).__name__}): expected a checkpoint "
@@ -60,9 +64,11 @@ def read_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def checkpoint_encoder(checkpoint: dict) -> SemoreEncoder:
-    """The encoder of a checkpoint (:func:`read_checkpoint`), as RL left it."""
-    encoder = SemoreEncoder.from_config(EncoderConfig(**checkpoint["encoder_config"]))
+def checkpoint_encoder(checkpoint: dict) -> SemoreEncoder | DrQv2Encoder:
+    """The encoder of a checkpoint (:func:`read_checkpoint`), as RL left it. Runs written
+    before the strided trunk record no ``trunk``: they ran the DrQ trunk."""
+    config = {"trunk": "drq", **checkpoint["encoder_config"]}
+    encoder = make_encoder(EncoderConfig(**config))
     weights, cut = checkpoint["agent"]["agent"], len(ENCODER_PREFIX)
     encoder.load_state_dict(
         {k[cut:]: v for k, v in weights.items() if k.startswith(ENCODER_PREFIX)}

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.data import schema
+from pipeline.data.manifest_schema import check_manifest
 from pipeline.errors import SemoreError
 from pipeline.files import atomic_write
+from semore.checks import show
 
 
 def manifest_path(root: str | Path) -> Path:
@@ -77,9 +79,10 @@ def read_manifest(root: str | Path, required: bool = True) -> dict | None:
 
 def parse_manifest(data: bytes, where: str | Path) -> dict:
     """Parse and version-check a manifest's bytes; ``where`` (a path or URL) names it in errors."""
+    # ValueError is also a number past Python's 4300-digit limit; RecursionError, deep nesting.
     try:
         manifest = json.loads(data.decode())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise SemoreError(
             f"{where} is not valid JSON ({err.__class__.__name__}): expected a manifest"
         ) from None
@@ -88,9 +91,10 @@ def parse_manifest(data: bytes, where: str | Path) -> dict:
     found = manifest["format_version"]
     if found != schema.FORMAT_VERSION:
         raise SemoreError(
-            f"{where} has format version {found}: expected {schema.FORMAT_VERSION} "
-            f"(written by semore {manifest.get('semore_version', '?')}, this is {__version__})"
+            f"{where} has format version {show(found)}: expected {schema.FORMAT_VERSION} "
+            f"(written by semore {show(manifest.get('semore_version', '?'))}, this is {__version__})"
         )
+    check_manifest(manifest, str(where))
     return manifest
 
 

@@ -219,8 +219,15 @@ def motion_manifest_fields() -> dict:
 
 # Run names become the first key field; keys must not contain dots (webdataset splits
 # the member extension at the first dot) nor underscores (the key's field separator).
-_RUN_NAME = re.compile(r"^[A-Za-z0-9-]{1,32}$")
-_KEY = re.compile(r"^(?P<run>[A-Za-z0-9-]+)_(?P<worker>\d{2})_(?P<episode>\d{6})_(?P<step>\d{5})$")
+RUN_NAME_PATTERN = r"[A-Za-z0-9-]{1,32}"
+KEY_PATTERN = r"(?P<run>[A-Za-z0-9-]+)_(?P<worker>\d{2})_(?P<episode>\d{6})_(?P<step>\d{5})"
+_RUN_NAME = re.compile(f"^{RUN_NAME_PATTERN}$")
+_KEY = re.compile(f"^{KEY_PATTERN}$")
+# What the key's fixed-width fields can hold: the limits of a dataset's size.
+MAX_NODES = 100  # worker: 2 digits, so at most 100 slices (--num-workers) write keys
+MAX_EPISODES = 10**6  # episode: 6 digits, global episode indices 0 .. 999999
+MAX_EPISODE_STEPS = 10**5  # step: 5 digits, steps 0 .. 99999 of an episode
+MAX_IMAGE_SIZE = 4096  # frame height and width, pixels (a 4096x4096 RGB frame is 48 MiB)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from urllib.parse import quote, unquote
 
 from pipeline.data import dataset, schema
 from pipeline.data import manifest as mf
+from pipeline.data import manifest_schema as ms
 from pipeline.data.shards import iter_shard
 from pipeline.errors import SemoreError, first_line
 
@@ -196,6 +197,7 @@ def shard_urls(data: str | Path, with_ann: bool = True) -> list[tuple[str, str |
     if not with_ann:
         return [(url, None) for url in raw_urls]
     ann_urls = _completed_shards(source, manifest, "ann")
+    ms.check_pairing(manifest, mf.manifest_where(_location(source)))
     raw_table, ann_table = manifest["raw"]["shards"], manifest["ann"]["shards"]
     if len(raw_urls) != len(ann_urls):
         raise SemoreError(

@@ -7,7 +7,19 @@ from typing import ClassVar, Literal
 
 from pipeline.config import resumable
 from pipeline.sim import EnvConfig, backend_spec
-from semore.encoder import EncoderArch
+from semore.checks import (
+    MAX_BATCH,
+    MAX_BUFFER,
+    MAX_LR,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_WEIGHT,
+    Float,
+    Int,
+    Opt,
+    check_fields,
+)
+from semore.encoder import MAX_FRAME_STACK, EncoderArch
 from semore.sac_config import SACConfig
 
 
@@ -67,17 +79,15 @@ class GuideConfig:
     replay_every: int = 0
 
     def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"guide.weight is {self.weight}: expected >= 0 (0 = finetune)")
-        for name in ("every", "batch_size", "shuffle_buffer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"guide.{name} is {getattr(self, name)}: expected an int >= 1")
-        if self.heads_lr <= 0:
-            raise ValueError(f"guide.heads_lr is {self.heads_lr}: expected > 0")
-        if self.replay_every < 0:
-            raise ValueError(
-                f"guide.replay_every is {self.replay_every}: expected 0 (off) or an int >= 1"
-            )
+        check_fields(
+            self,
+            weight=Float(0.0, MAX_WEIGHT),  # 0 = finetune
+            every=Int(1, MAX_STEPS),
+            batch_size=Int(1, MAX_BATCH),
+            heads_lr=Float(0.0, MAX_LR, low_open=True),
+            shuffle_buffer=Int(1, MAX_BUFFER),
+            replay_every=Int(0, MAX_STEPS),  # 0 = off
+        )
 
 
 SCRATCH_ENCODER_LR = 1e-3  # DrQ's rate for an encoder learned from scratch
@@ -158,25 +168,30 @@ class FinetuneConfig:
     fabric: FabricConfig = resumable(default_factory=FabricConfig)
 
     def __post_init__(self) -> None:
-        positive = (
-            "frame_stack",
-            "num_train_steps",
-            "update_every",
-            "updates_per_step",
-            "batch_size",
-            "nstep",
+        steps = Int(1, MAX_STEPS)
+        check_fields(
+            self,
+            action_repeat=Opt(Int(1, 1000)),
+            frame_stack=Int(1, MAX_FRAME_STACK),
+            num_train_steps=steps,
+            num_seed_steps=Int(0, MAX_STEPS),
+            update_every=steps,
+            updates_per_step=Int(1, 1000),
+            batch_size=Int(1, MAX_BATCH),
+            replay_capacity=Int(1, MAX_BUFFER),  # its memory is checked against the machine's
+            nstep=Int(1, 1000),
+            eval_every_steps=steps,
+            num_eval_episodes=Int(1, 10**5),
+            warmup_updates=Int(0, MAX_STEPS),
+            encoder_lr=Opt(Float(0.0, MAX_LR, low_open=True)),
+            seed=Int(0, MAX_SEED),
+            eval_seed=Int(0, MAX_SEED),
         )
-        for name in (*positive, "eval_every_steps", "num_eval_episodes", "replay_capacity"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} is {getattr(self, name)}: expected an integer >= 1")
-        if self.warmup_updates < 0:
-            raise ValueError(f"warmup_updates is {self.warmup_updates}: expected >= 0")
-        if self.encoder_lr is not None and self.encoder_lr <= 0:
-            raise ValueError(f"encoder_lr is {self.encoder_lr}: expected > 0 or null")
-        if self.num_seed_steps < 0:
-            raise ValueError(f"num_seed_steps is {self.num_seed_steps}: expected >= 0")
-        if self.action_repeat is not None and self.action_repeat < 1:
-            raise ValueError(f"action_repeat is {self.action_repeat}: expected >= 1 or null")
+        if self.replay_capacity <= self.frame_stack + self.nstep:
+            raise ValueError(
+                f"replay_capacity is {self.replay_capacity}: expected more than frame_stack + "
+                f"nstep = {self.frame_stack + self.nstep}"
+            )
         if self.encoder.kind == "drqv2" and (self.encoder_mode == "guided" or self.caches_tokens):
             raise ValueError(
                 f"encoder.kind drqv2 with encoder_mode {self.encoder_mode} and "

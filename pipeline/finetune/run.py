@@ -23,7 +23,7 @@ from lightning.fabric import Fabric
 from lightning.fabric.loggers import TensorBoardLogger
 from torch import nn
 
-from pipeline import cli
+from pipeline import cli, memory
 from pipeline.config import (
     content_dict,
     content_of,
@@ -43,6 +43,7 @@ from pipeline.sim import backend_spec, make_env
 from pipeline.sim.base import ACTION_DIM
 from pipeline.sim.driver import MOTION_DIM, Driver
 from semore.baselines import make_encoder
+from semore.checks import MAX_SEED, MAX_STEPS
 from semore.encoder import EncoderArch, EncoderConfig, SemoreEncoder, load_encoder, load_export
 from semore.guide import PretrainGuide
 from semore.replay import ReplayBuffer
@@ -174,6 +175,21 @@ def _checkpoint_to_resume(out: Path, resume: bool) -> dict | None:
     return read_checkpoint(path)
 
 
+def check_memory(cfg: FinetuneConfig) -> None:
+    """Refuse a replay buffer or batch that cannot fit in this machine's memory."""
+    height, width = backend_spec(cfg.env).image_shape
+    frame = memory.frame_bytes(height, width)
+    memory.check_fits(
+        f"fine-tuning on {height}x{width} frames",
+        {
+            f"replay of {cfg.replay_capacity} frames": cfg.replay_capacity * frame,
+            # obs and next_obs stacks, as uint8 and as float32
+            f"batches of {cfg.batch_size}": cfg.batch_size * 2 * cfg.frame_stack * frame * 5,
+        },
+        "a smaller replay_capacity or batch_size",
+    )
+
+
 def _build_learner(
     cfg: FinetuneConfig, encoder: SemoreEncoder, metadata: dict, source: str, device: torch.device
 ) -> tuple[SACAgent, ReplayBuffer, OnlineCaptions | None]:
@@ -228,6 +244,7 @@ def _drivers(cfg: FinetuneConfig, envs: list) -> tuple[Driver, Driver | None]:
 
 def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = False) -> dict:
     """Run (or continue) one fine-tuning run; returns the summary written to out."""
+    check_memory(cfg)
     checkpoint = _checkpoint_to_resume(out, resume)
     torch.manual_seed(cfg.seed)  # before building the encoder: see build_encoder
     encoder, metadata, enc_cfg = build_encoder(encoder_arg, cfg)
@@ -277,10 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--num-train-steps",
-        type=cli.positive_int,
+        type=cli.int_in(1, MAX_STEPS),
         help="agent steps in total (a resume continues to it)",
     )
-    parser.add_argument("--seed", type=int, help="seeds the networks, replay sampling and episodes")
+    parser.add_argument(
+        "--seed",
+        type=cli.int_in(0, MAX_SEED),
+        help="seeds the networks, replay sampling and episodes",
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from --out/checkpoints/last.pt"
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from pipeline import memory
 from pipeline.data import dataset, schema
 from pipeline.data import manifest as mf
 from pipeline.data.shards import decode_member, iter_shard
@@ -25,6 +26,9 @@ from pipeline.errors import SemoreError
 
 DEFAULT_EPISODES = 2  # shown when none are requested
 DEFAULT_MAX_STEPS = 50
+# Episodes one page or sheet shows at most: each is a block of frames held in memory and
+# embedded in one file.
+MAX_SHOWN_EPISODES = 100
 # Contact-sheet geometry: frames are upscaled (nearest) to at least MIN_TILE_PX wide so labels
 # fit; columns fill at most SHEET_WIDTH_PX; each tile has a label strip of LABEL_PX below it.
 MIN_TILE_PX = 96
@@ -99,6 +103,8 @@ def read_episodes(
             f"episode {unknown[0]} is not in {data_dir}: available episodes are {_format_ranges(available)}"
         )
     annotated = "ann" in manifest
+    if annotated:  # captions are shown by key: a shard of other keys would show none
+        dataset.check_annotations(data_dir, manifest)
     views: dict[int, EpisodeView] = {}
     for shard in sorted({where[e] for e in episodes}):
         wanted = {e for e in episodes if where[e] == shard}
@@ -280,14 +286,14 @@ def contact_sheet(views: list[EpisodeView]) -> Image.Image:
     tile_w, tile_h = frame_w * scale, frame_h * scale
     columns = max(1, min(SHEET_WIDTH_PX // tile_w, max(len(v.steps) for v in views)))
     rows = sum(math.ceil(len(v.steps) / columns) for v in views)
-    sheet = Image.new(
-        "RGB",
-        (
-            columns * tile_w + (columns + 1) * PAD_PX,
-            rows * (tile_h + LABEL_PX) + (rows + 1) * PAD_PX,
-        ),
-        "white",
+    sheet_w = columns * tile_w + (columns + 1) * PAD_PX
+    sheet_h = rows * (tile_h + LABEL_PX) + (rows + 1) * PAD_PX
+    memory.check_fits(
+        f"a contact sheet of {sum(len(v.steps) for v in views)} frames",
+        {f"{sheet_w}x{sheet_h} RGB image": memory.frame_bytes(sheet_h, sheet_w)},
+        "fewer --episodes or a smaller --max-steps",
     )
+    sheet = Image.new("RGB", (sheet_w, sheet_h), "white")
     draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()
     row = 0
     for view in views:

@@ -6,8 +6,11 @@ import argparse
 from pathlib import Path
 
 from pipeline import cli
+from pipeline.data import schema
+from pipeline.errors import SemoreError
 from pipeline.inspect.page import (
     DEFAULT_MAX_STEPS,
+    MAX_SHOWN_EPISODES,
     contact_sheet,
     read_episodes,
     write_html,
@@ -24,13 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="HTML page to write")
     parser.add_argument(
         "--episodes",
-        type=cli.non_negative_int,
+        type=cli.int_in(0, schema.MAX_EPISODES - 1),
         nargs="+",
-        help="episode indices (default: the first two)",
+        help=f"episode indices, at most {MAX_SHOWN_EPISODES} (default: the first two)",
     )
     parser.add_argument(
         "--max-steps",
-        type=cli.positive_int,
+        type=cli.int_in(1, schema.MAX_EPISODE_STEPS),
         default=DEFAULT_MAX_STEPS,
         help="steps shown per episode",
     )
@@ -39,11 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
+    if args.episodes is not None and len(set(args.episodes)) > MAX_SHOWN_EPISODES:
+        raise SemoreError(
+            f"--episodes names {len(set(args.episodes))} episodes: expected at most "
+            f"{MAX_SHOWN_EPISODES} on one page"
+        )
     views = read_episodes(args.data, args.episodes, args.max_steps)
+    sheet = contact_sheet(views) if args.png is not None else None  # its size is checked first
     write_html(args.data, views, args.out)
-    if args.png is not None:
+    if sheet is not None:
         args.png.parent.mkdir(parents=True, exist_ok=True)
-        contact_sheet(views).save(args.png)
+        sheet.save(args.png)
     steps = sum(len(v.steps) for v in views)
     print(
         f"{args.out}: {len(views)} episodes, {steps} steps"

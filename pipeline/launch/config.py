@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from semore.checks import MAX_PROCESSES, Float, Int, check_fields
+
 LAUNCHERS = ("local", "slurm")
 
 
@@ -48,11 +50,13 @@ class LauncherConfig:
     poll_s: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("time_min", "cpus_per_task", "array_parallelism"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"launcher.{name} is {getattr(self, name)}: expected >= 1")
-        for name in ("gpus_per_task", "max_requeues", "mem_gb"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"launcher.{name} is {getattr(self, name)}: expected >= 0")
-        if self.poll_s <= 0:
-            raise ValueError(f"launcher.poll_s is {self.poll_s}: expected > 0")
+        check_fields(
+            self,
+            time_min=Int(1, 525_600),  # a year: past any partition's limit
+            cpus_per_task=Int(1, MAX_PROCESSES),
+            gpus_per_task=Int(0, 64),
+            mem_gb=Float(0.0, 1e5),
+            array_parallelism=Int(1, 10**6),
+            max_requeues=Int(0, 1000),
+            poll_s=Float(0.0, 3600.0, low_open=True),
+        )

@@ -6,7 +6,24 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.config import resumable
-from semore.encoder import EncoderArch
+from pipeline.data import schema
+from semore.checks import (
+    MAX_AUG_PAD,
+    MAX_BATCH,
+    MAX_BUFFER,
+    MAX_LR,
+    MAX_PROCESSES,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_WEIGHT,
+    MAX_WIDTH,
+    Either,
+    Float,
+    Int,
+    Str,
+    check_fields,
+)
+from semore.encoder import MAX_FRAME_STACK, EncoderArch
 
 
 @dataclass
@@ -26,12 +43,15 @@ class DataConfig:
     holdout_every: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "frame_stack", "shuffle_buffer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"data.{name} is {getattr(self, name)}: expected an int >= 1")
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers is {self.num_workers}: expected an int >= 0")
-        if self.holdout_every == 1 or self.holdout_every < 0:
+        check_fields(
+            self,
+            batch_size=Int(1, MAX_BATCH),
+            frame_stack=Int(1, MAX_FRAME_STACK),
+            num_workers=Int(0, MAX_PROCESSES),
+            shuffle_buffer=Int(1, MAX_BUFFER),
+            holdout_every=Int(0, schema.MAX_EPISODES),
+        )
+        if self.holdout_every == 1:
             raise ValueError(
                 f"data.holdout_every is {self.holdout_every}: expected 0 (no held-out "
                 "episodes) or an int >= 2"
@@ -58,6 +78,18 @@ class LossSection:
     # wiring) left h shaped by the reward head alone, effective rank 3.5 of 50.
     heads_read: Literal["h", "streams"] = "h"
 
+    def __post_init__(self) -> None:
+        weight = Float(0.0, MAX_WEIGHT)
+        check_fields(
+            self,
+            sem_weight=weight,
+            mot_weight=weight,
+            motion_reg_weight=weight,
+            reward_weight=weight,
+            state_weight=weight,
+            temperature=Float(0.0, MAX_WEIGHT, low_open=True),
+        )
+
 
 @dataclass
 class OptimSection:
@@ -65,6 +97,11 @@ class OptimSection:
     lr: float = 3e-4
     # Light AdamW decay on weight matrices only; a regulariser, not a tuning knob.
     weight_decay: float = 1e-4
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self, lr=Float(0.0, MAX_LR, low_open=True), weight_decay=Float(0.0, MAX_WEIGHT)
+        )
 
 
 @dataclass
@@ -89,15 +126,18 @@ class TrainerSection:
     strategy: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in (
-            "max_steps",
-            "val_check_interval",
-            "checkpoint_every_n_steps",
-            "log_every_n_steps",
-            "num_nodes",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"trainer.{name} is {getattr(self, name)}: expected an int >= 1")
+        steps = Int(1, MAX_STEPS)
+        check_fields(
+            self,
+            max_steps=steps,
+            val_check_interval=steps,
+            # Lightning: an int counts batches (0: none), a float is a fraction of them.
+            limit_val_batches=Either((Int(0, MAX_STEPS), Float(0.0, 1.0))),
+            checkpoint_every_n_steps=steps,
+            log_every_n_steps=steps,
+            devices=Either((Int(-1, MAX_PROCESSES), Str())),  # -1: every GPU
+            num_nodes=Int(1, MAX_PROCESSES),
+        )
 
 
 @dataclass
@@ -113,11 +153,12 @@ class ATCSection:
     hidden_dim: int = 512
 
     def __post_init__(self) -> None:
-        for name in ("temporal_shift", "hidden_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"atc.{name} is {getattr(self, name)}: expected an int >= 1")
-        if not 0 < self.momentum_tau <= 1:
-            raise ValueError(f"atc.momentum_tau is {self.momentum_tau}: expected 0 < tau <= 1")
+        check_fields(
+            self,
+            temporal_shift=Int(1, 100),  # agent steps; an episode is ~100 on highway
+            momentum_tau=Float(0.0, 1.0, low_open=True),
+            hidden_dim=Int(1, MAX_WIDTH),
+        )
 
 
 @dataclass
@@ -135,3 +176,6 @@ class PretrainConfig:
     # DrQ's 4-pixel random shift for 84 px frames; 0 turns augmentation off.
     aug_pad: int = 4
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self, aug_pad=Int(0, MAX_AUG_PAD), seed=Int(0, MAX_SEED))

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline import cli
+from pipeline import cli, memory
 from pipeline.data import schema
 from pipeline.data.checkpoint import (
     LAST_CHECKPOINT,
@@ -35,9 +35,11 @@ from pipeline.data.checkpoint import (
 )
 from pipeline.data.source import iter_pairs, read_dataset_info, shard_urls
 from pipeline.data.windows import Collate, EpisodeSplit, iter_windows
-from pipeline.errors import SemoreError
+from pipeline.errors import SemoreError, first_line
 from pipeline.files import atomic_write
-from semore.encoder import EncoderConfig, SemoreEncoder, load_export
+from semore.checks import MAX_BATCH, MAX_STEPS, AnyValue, CheckError, Int, MapOf, Record, Str
+from semore.encoder import MAX_FRAME_STACK, EncoderConfig, SemoreEncoder, load_export
+from semore.export_schema import WEIGHTS
 from semore.probe import RidgeProbe, episode_bootstrap_r2, select_alpha
 
 log = logging.getLogger(__name__)
@@ -220,22 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="dataset folder, or hf://datasets/ORG/NAME[@REVISION]"
     )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--batch-size", type=cli.positive_int, default=256)
+    parser.add_argument("--batch-size", type=cli.int_in(1, MAX_BATCH), default=256)
     parser.add_argument(
         "--holdout-every",
-        type=cli.positive_int,
+        type=cli.int_in(2, schema.MAX_EPISODES),
         default=None,
         help="held-out episode rule (default: the encoder's pretraining value, else 4)",
     )
     parser.add_argument(
         "--frame-stack",
-        type=cli.positive_int,
+        type=cli.int_in(1, MAX_FRAME_STACK),
         default=3,
         help="frames per input of the random encoder",
     )
     parser.add_argument(
         "--alpha",
-        type=float,
+        type=cli.float_in(0.0, 1e12, low_open=True),
         default=None,
         help="ridge penalty on standardised h (default: chosen per target by cross-validation "
         "over the training episodes)",
@@ -253,18 +255,56 @@ def load_probe_encoder(spec: str, data_dir: str | Path, frame_stack: int) -> tup
         path = last_checkpoint(path)
     if path.suffix == ".pt" and path.name == LAST_CHECKPOINT:
         return finetuned_encoder(path)
-    return load_export(spec)
+    try:
+        return load_export(spec)
+    except ValueError as err:  # names the file, the field and what was expected
+        raise SemoreError(str(err)) from None
+
+
+# What the probe reads of a semore-finetune checkpoint, checked before a model is built.
+FINETUNE_CHECKPOINT = Record(
+    {
+        "format": Str(choices=("semore-finetune",)),
+        "encoder_config": MapOf(AnyValue()),
+        "agent": Record({"agent": WEIGHTS}, required=("agent",)),
+        "step": Int(0, MAX_STEPS),
+        "encoder_source": Str(),
+    },
+    required=("format", "encoder_config", "agent", "step", "encoder_source"),
+)
 
 
 def finetuned_encoder(checkpoint_path: Path) -> tuple[nn.Module, dict]:
     """The encoder of a ``semore-finetune`` checkpoint, as RL left it."""
     checkpoint = read_checkpoint(checkpoint_path)
+    try:
+        FINETUNE_CHECKPOINT.check(checkpoint, "checkpoint")
+        encoder = checkpoint_encoder(checkpoint)
+    except CheckError as err:
+        raise SemoreError(f"{checkpoint_path}: {err}: a semore-finetune checkpoint") from None
+    except (ValueError, TypeError, KeyError, RuntimeError) as err:
+        raise SemoreError(
+            f"{checkpoint_path}: the encoder weights do not match its encoder_config "
+            f"({first_line(err)})"
+        ) from None
     metadata = {"finetune_step": checkpoint["step"], "encoder_source": checkpoint["encoder_source"]}
-    return checkpoint_encoder(checkpoint), metadata
+    return encoder, metadata
+
+
+def check_memory(data: str | Path, frame_stack: int, batch_size: int) -> None:
+    """Refuse a feature batch that cannot fit in this machine's memory."""
+    info = read_dataset_info(data, with_ann=False)
+    frame = memory.frame_bytes(info.image_height, info.image_width)
+    memory.check_fits(
+        f"the probe at --batch-size {batch_size} on {info.image_height}x{info.image_width} frames",
+        {"input batch (uint8 + float32)": batch_size * frame_stack * frame * 5},
+        "a smaller --batch-size",
+    )
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     encoder, metadata = load_probe_encoder(args.encoder, args.data, args.frame_stack)
+    check_memory(args.data, encoder.config.frame_stack, args.batch_size)
     holdout_every = args.holdout_every or metadata.get("holdout_every") or DEFAULT_HOLDOUT_EVERY
     result = run_probe(
         encoder,

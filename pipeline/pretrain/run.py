@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tqdm import tqdm
 
-from pipeline import cli
+from pipeline import cli, memory
 from pipeline.config import content_dict, content_of, first_difference, load_config, to_dict
 from pipeline.data import manifest as mf
 from pipeline.data import schema
@@ -28,7 +28,7 @@ from pipeline.files import atomic_write
 from pipeline.pretrain.config import PretrainConfig
 from pipeline.pretrain.datamodule import SemoreDataModule
 from pipeline.pretrain.module import SemorePretrainModule
-from semore.encoder import save_encoder
+from semore.encoder import save_encoder, trunk_output_size
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,28 @@ def prepare_run(cfg: PretrainConfig, out: Path, resume: bool) -> Path | None:
             f"--out {out} already holds checkpoints: expected --resume to continue it, or a new --out"
         )
     return None
+
+
+def check_memory(cfg: PretrainConfig, image_hw: tuple[int, int]) -> None:
+    """Refuse a batch or shuffle buffer that cannot fit in this machine's memory."""
+    data, arch = cfg.data, cfg.encoder
+    frame = memory.frame_bytes(*image_hw)
+    streams = 2 if arch.streams == "both" else 1
+    # The four convs' maps shrink by 2 pixels each after the strided first one; each layer
+    # keeps its output and its ReLU's for the backward pass, which adds a gradient as large.
+    map_h, map_w = trunk_output_size(*image_hw)
+    map_pixels = sum((map_h + 2 * i) * (map_w + 2 * i) for i in range(4))
+    batch = data.batch_size
+    activations = batch * streams * arch.num_filters * map_pixels * 3 * memory.FLOAT32_BYTES
+    memory.check_fits(
+        f"pretraining at data.batch_size {batch} on {image_hw[0]}x{image_hw[1]} frames",
+        {
+            "input batch (uint8 + float32)": batch * data.frame_stack * frame * 5,
+            "conv activations and gradients": activations,
+            "shuffle buffers": data.shuffle_buffer * frame * max(1, data.num_workers),
+        },
+        "a smaller data.batch_size, data.shuffle_buffer or encoder.num_filters",
+    )
 
 
 def build_module(cfg: PretrainConfig, dm: SemoreDataModule) -> SemorePretrainModule:
@@ -271,6 +293,7 @@ def pretrain(
     """
     ckpt_path = prepare_run(cfg, out, resume)
     dm = SemoreDataModule(data, cfg.data, seed=cfg.seed, extra_frames=extra_frames(cfg))
+    check_memory(cfg, dm.image_hw)  # before the first pass over the data
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, dm)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.errors import SemoreError
+from semore.checks import MAX_WEIGHT, Float, check_fields
 
 # Actions are 2-D in [-1, 1]: highway = [acceleration, steering], CARLA = [steer, throttle_brake].
 ACTION_DIM = 2
@@ -29,6 +30,10 @@ class RewardConfig:
     collision_coef: float = 1e-4
     # DBC's |steer| penalty weight.
     steer_coef: float = 1.0
+
+    def __post_init__(self) -> None:
+        coef = Float(-MAX_WEIGHT, MAX_WEIGHT)
+        check_fields(self, progress_coef=coef, collision_coef=coef, steer_coef=coef)
 
 
 def driving_reward(

@@ -6,9 +6,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.config import resumable
+from pipeline.data import schema
 from pipeline.sim.base import RewardConfig
+from semore.checks import Float, Int, ListOf, Opt, check_fields
 
 BACKENDS = ("highway", "carla")
+# Ranges of the simulator settings: what the sample key and the renderers can hold, and far
+# above any traffic scene in use.
+IMAGE_SIZE = Int(1, schema.MAX_IMAGE_SIZE)
+EPISODE_STEPS = Int(1, schema.MAX_EPISODE_STEPS)
+MAX_LANES = 16
+MAX_VEHICLES = 1000
+MAX_HZ = 1000
+MAX_CAMERAS = 16
 
 
 @dataclass
@@ -42,13 +52,21 @@ class HighwayConfig:
     target_speed_mps: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("image_height", "image_width", "lanes_count", "max_episode_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"highway.{name} is {getattr(self, name)}: expected >= 1")
-        if not 0.0 <= self.render_ego_x_fraction <= 1.0:
-            raise ValueError(
-                f"highway.render_ego_x_fraction is {self.render_ego_x_fraction}: expected in [0, 1]"
-            )
+        check_fields(
+            self,
+            image_height=IMAGE_SIZE,
+            image_width=IMAGE_SIZE,
+            lanes_count=Int(1, MAX_LANES),
+            vehicles_count=Int(0, MAX_VEHICLES),
+            vehicles_density=Float(0.0, 100.0),
+            simulation_frequency_hz=Int(1, MAX_HZ),
+            policy_frequency_hz=Int(1, MAX_HZ),
+            max_episode_steps=EPISODE_STEPS,
+            render_scaling=Float(0.0, 100.0, low_open=True),
+            render_ego_x_fraction=Float(0.0, 1.0),
+            collision_impulse=Float(0.0, 1e12),
+            target_speed_mps=Float(0.0, 200.0, low_open=True),
+        )
         if self.simulation_frequency_hz % self.policy_frequency_hz:
             raise ValueError(
                 "highway.simulation_frequency_hz must be a multiple of policy_frequency_hz"
@@ -112,19 +130,35 @@ class CarlaConfig:
             name, _, port = host.rpartition(":")
             if not name or not port.isdigit():
                 raise ValueError(f"carla.hosts entry {host!r} is invalid: expected HOST:PORT")
-        if self.timeout_s <= 0 or self.fixed_delta_s <= 0:
-            raise ValueError("carla.timeout_s and carla.fixed_delta_s must be > 0")
-        if not self.camera_yaws_deg or self.image_height < 1 or self.image_width < 1:
-            raise ValueError("carla needs at least one camera yaw and image sizes >= 1")
+        metres = Float(-1e5, 1e5)
+        check_fields(
+            self,
+            timeout_s=Float(0.0, 3600.0, low_open=True),
+            fixed_delta_s=Float(0.0, 1.0, low_open=True),
+            tm_port_offset=Int(-65535, 65535),
+            num_vehicles=Int(0, MAX_VEHICLES),
+            camera_yaws_deg=ListOf(Float(-360.0, 360.0), 1, MAX_CAMERAS),
+            camera_fov_deg=Float(0.0, 180.0, low_open=True),
+            image_height=IMAGE_SIZE,
+            image_width=IMAGE_SIZE,
+            max_episode_steps=EPISODE_STEPS,
+            max_retries=Int(0, 1000),
+            server_start_wait_s=Float(0.0, 3600.0),
+            spawn_road_id=Opt(Int(-(10**9), 10**9)),
+            spawn_lane_ids=ListOf(Int(-100, 100)),
+            ego_spawn_s_m=metres,
+            vehicles_spawn_s_range_m=ListOf(metres, 2, 2),
+            vehicles_spawn_gap_m=Float(0.0, 1e4, low_open=True),
+            tm_speed_difference_pct=Float(-1000.0, 100.0),
+            camera_location_m=ListOf(Float(-100.0, 100.0), 3, 3),
+            reset_warmup_ticks=Int(0, 10**5),
+            collision_terminate_ticks=Int(0, schema.MAX_EPISODE_STEPS),
+        )
         if self.spawn_road_id is not None and not self.spawn_lane_ids:
             raise ValueError("carla.spawn_lane_ids is empty: expected lane ids of spawn_road_id")
         s_range = self.vehicles_spawn_s_range_m
-        if len(s_range) != 2 or s_range[0] > s_range[1]:
+        if s_range[0] > s_range[1]:
             raise ValueError("carla.vehicles_spawn_s_range_m must be [low, high] with low <= high")
-        if self.vehicles_spawn_gap_m <= 0 or len(self.camera_location_m) != 3:
-            raise ValueError(
-                "carla.vehicles_spawn_gap_m must be > 0 and camera_location_m [x, y, z]"
-            )
 
 
 @dataclass
@@ -154,12 +188,14 @@ class PolicyConfig:
     perturb_expert: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.expert_prob <= 1.0:
-            raise ValueError(f"policy.expert_prob is {self.expert_prob}: expected in [0, 1]")
-        if not 0.0 <= self.perturb_prob <= 1.0 or self.perturb_steps < 1:
-            raise ValueError("policy.perturb_prob must be in [0, 1] and perturb_steps >= 1")
-        if self.perturb_steer < 0 or self.action_noise_std < 0:
-            raise ValueError("policy.perturb_steer and policy.action_noise_std must be >= 0")
+        check_fields(
+            self,
+            expert_prob=Float(0.0, 1.0),
+            perturb_prob=Float(0.0, 1.0),
+            perturb_steps=Int(1, schema.MAX_EPISODE_STEPS),
+            perturb_steer=Float(0.0, 2.0),  # steering lives in [-1, 1]
+            action_noise_std=Float(0.0, 10.0),
+        )
 
 
 @dataclass
