@@ -18,6 +18,7 @@ from pathlib import Path
 from pipeline import cli
 from pipeline.config import load_config, override_flags, resolve_config
 from pipeline.errors import SemoreError
+from pipeline.lock import FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = load_config(RunConfig, args.config, overrides)
     root = Path.cwd()
-    report = run_pipeline(cfg, args.out, root, debug=args.debug)
+    with FolderLock(args.out, "run"):
+        report = run_pipeline(cfg, args.out, root, debug=args.debug)
     print(f"semore-run: done; report at {report}")
 
 

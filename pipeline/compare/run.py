@@ -32,6 +32,7 @@ from pipeline.config import load_config
 from pipeline.errors import SemoreError
 from pipeline.launch import cli as launch_cli
 from pipeline.launch.study import launch_study
+from pipeline.lock import FolderLock
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,9 +122,19 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
         _print_commands(cfg, args.out, carry)
         return
     if args.launcher == "slurm" and not args.report_only:
+        # no lock here: the cluster's tasks lock what they write (the report task its study)
         if launch_study(cfg, args.out, args.argv, args.wait, carry):
             print(f"{args.out}: study finished; results in {report_dir}")
         return
+    with FolderLock(args.out, "compare"):
+        _run_locally(args, cfg, report_dir, carry)
+
+
+def _run_locally(
+    args: argparse.Namespace, cfg: CompareConfig, report_dir: Path, carry: Path | None
+) -> None:
+    """Build the study's inputs, run its unfinished jobs and write its report (or, with
+    ``--report-only``, only the report), holding the study folder's lock."""
     num_jobs = args.jobs or cfg.jobs
     if not args.report_only:
         restore_encoders(cfg, args.out, carry)
