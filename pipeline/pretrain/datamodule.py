@@ -58,9 +58,9 @@ class TrainStream(IterableDataset):
     """One rank's training batches, ``batches_per_epoch`` per epoch, from ``start_batch`` on.
 
     Each ``iter()`` is the next epoch (the first starts at ``start_batch``, a global batch
-    index: the step a run resumes at). ``iter()`` counts epochs eagerly in every worker's
-    copy (persistent workers keep theirs), since a worker with no batch left in an epoch is
-    still asked for one.
+    index: the step a run resumes at). Every loader worker counts epochs in its own copy
+    (persistent workers keep it), when ``iter()`` is called rather than when a first batch
+    is asked for: a worker may have no batch left in an epoch.
     """
 
     def __init__(

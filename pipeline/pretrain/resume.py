@@ -114,20 +114,21 @@ class CommittedCheckpoint(Callback):
             os.replace(pending, self.path)
 
 
-def step_seed(seed: int, step: int) -> int:
-    """A seed for the RNGs at ``step``: independent streams for neighbouring steps."""
-    return int(np.random.SeedSequence([seed % 2**32, step]).generate_state(1)[0])
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """A seed for the RNGs of ``rank`` at ``step``: independent streams for neighbouring steps
+    and for the ranks of a DDP run (each augments its own batch differently)."""
+    return int(np.random.SeedSequence([seed % 2**32, step, rank]).generate_state(1)[0])
 
 
 class StepSeed(Callback):
     """Reseed torch (CPU and CUDA), numpy and Python's ``random`` before every training step
-    from (seed, global step): a resumed step draws what the uninterrupted step drew."""
+    from (seed, global step, rank): a resumed step draws what the uninterrupted step drew."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        value = step_seed(self.seed, trainer.global_step)
+        value = step_seed(self.seed, trainer.global_step, trainer.global_rank)
         torch.manual_seed(value)
         np.random.seed(value)
         random.seed(value)
