@@ -207,7 +207,8 @@ class FolderLock:
                 f"cannot write to {self.folder} ({err.strerror}): expected a writable folder"
             ) from None
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # never written if the folder is not one
+                tmp.unlink(missing_ok=True)
         self.holder = holder
         try:
             self._check_after_link(holder)

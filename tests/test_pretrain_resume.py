@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.pretrain.resume import checkpoint_step
+from pipeline.pretrain.resume import checkpoint_step, keep_metrics_before
 from pipeline.pretrain.run import main
 from tests.conftest import write_synthetic_raw
 from tests.synthetic_ann import write_synthetic_ann
@@ -162,3 +162,14 @@ def test_resume_with_loader_workers_is_exact(dataset, reference, tmp_path):
     killed_child(dataset, out, 2, "train_batch_end", 7)  # mid-epoch, odd: the streams rotate
     assert main(argv(dataset, out, 2) + ["--resume"]) == 0
     assert_same_run(out, reference(2))
+
+
+def test_metrics_are_cut_back_to_the_checkpoint_and_a_torn_row_goes(tmp_path):
+    path = tmp_path / "metrics.csv"
+    rows = "".join(f"0,{step},{step / 10}\r\n" for step in range(6))
+    path.write_bytes(b"epoch,step,train/loss\r\n" + rows.encode() + b"0,3")  # a kill mid-row
+    keep_metrics_before(path, 4)  # a checkpoint at step 4 holds the rows of steps 0-3
+    kept = "".join(f"0,{step},{step / 10}\r\n" for step in range(4))
+    assert path.read_bytes() == b"epoch,step,train/loss\r\n" + kept.encode()
+    keep_metrics_before(path, 0)  # a new run: no rows
+    assert not path.exists()
