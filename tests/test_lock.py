@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,9 @@ from pipeline.collect.run import main as collect_main
 from pipeline.errors import SemoreError
 from pipeline.lock import FolderLock, Holder, lock_name, process_start_ticks
 from pipeline.pretrain.run import main as pretrain_main
+from pipeline.share.run import main as push_main
 from tests.conftest import dead_pid
+from tests.synthetic_ann import write_synthetic_ann
 from tests.test_collect import CONFIG as COLLECT_CONFIG
 from tests.test_collect import FakeEnv
 from tests.test_collect import run as collect_run
@@ -255,18 +256,48 @@ def test_the_lock_is_released_on_errors_and_ctrl_c(tmp_path, fake_sim, capsys):
     assert not list(out.glob(".semore-collect*.lock"))
 
 
-def test_pretrain_refuses_an_out_another_pretrain_writes(tmp_path, capsys):
-    out = tmp_path / "run"
-    holder = hold(out, "pretrain")
+@pytest.mark.parametrize(
+    ("stage", "argv"),
+    [
+        ("pretrain", ["--config", "quickstart", "--data", "DATA"]),
+        ("finetune", ["--config", "quickstart", "--encoder", "none"]),
+        ("compare", ["--config", "quick", "--pretrained", "encoder.pt"]),
+        ("run", ["--config", "quickstart"]),
+    ],
+)
+def test_every_stage_refuses_an_out_another_writer_holds(tmp_path, capsys, stage, argv):
+    from pipeline.compare.run import main as compare_main
+    from pipeline.finetune.run import main as finetune_main
+    from pipeline.run_all import main as run_main
+
+    main = {"pretrain": pretrain_main, "finetune": finetune_main, "compare": compare_main,
+            "run": run_main}[stage]  # fmt: skip
+    out = tmp_path / "out"
+    holder = hold(out, stage)
     try:
-        args = ["--config", "quickstart", "--data", str(tmp_path / "none"), "--out", str(out)]
-        assert pretrain_main(args) == 2
+        assert main([*argv, "--out", str(out)]) == 2
         line = error_line(capsys)
-        assert f"is being written by semore-pretrain pid {holder.pid}" in line
+        assert f"{out} is being written by semore-{stage} pid {holder.pid}" in line
     finally:
-        holder.send_signal(signal.SIGKILL)
+        holder.kill()
         holder.wait()
-    assert not (out / "config.yaml").exists()
+    assert [p.name for p in out.iterdir()] == [lock_name(stage)]  # the holder's, nothing else
+
+
+def test_push_to_a_local_folder_refuses_one_another_push_writes(raw_dataset, tmp_path, capsys):
+    write_synthetic_ann(raw_dataset, embedding_dim=8)
+    out = tmp_path / "export"
+    holder = hold(out, "push")
+    try:
+        args = ["--data", str(raw_dataset), "--repo-id", "semore/syn-test-v1", "--local-dir"]
+        assert push_main([*args, str(out)]) == 2
+        assert f"is being written by semore-push pid {holder.pid}" in error_line(capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "manifest.json").exists()
+    assert push_main([*args, str(out)]) == 0  # its lock was left by a killed process
+    assert (out / "manifest.json").is_file() and not list(out.glob(".semore-*"))
 
 
 def test_holder_slices_overlap_only_within_one_split():

@@ -26,6 +26,7 @@ CONFIG = (
 )
 ROOT = Path(__file__).resolve().parents[1]
 MAX_STEPS = 10
+THREADS = 1
 # 10 episodes x 4 steps, episodes 4 and 9 held out: 32 training samples, 8 batches of 4 per
 # epoch. Validation every 2 steps (one batch), checkpoints every 4: step 8 has both and ends
 # epoch 0.
@@ -41,10 +42,12 @@ FLAGS = [
 # it runs after the run's own callbacks at the same hook (the checkpoint is written by then).
 KILLER = """
 import os, signal, sys
+import torch
 from lightning.pytorch.callbacks import Callback
 import pipeline.pretrain.run as run
 
 hook, step = sys.argv[1], int(sys.argv[2])
+torch.set_num_threads(int(sys.argv[3]))
 
 class KillAt(Callback):
     def _at(self, name, trainer):
@@ -65,8 +68,19 @@ def build_trainer(*args, **kwargs):
     trainer.callbacks.append(KillAt())
     return trainer
 run.build_trainer = build_trainer
-sys.exit(run.main(sys.argv[3:]))
+sys.exit(run.main(sys.argv[4:]))
 """
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every run of the module with one torch thread, the killed children too: float sums split
+    over another number of threads round differently, so only equal counts compare bit for bit
+    (and another test may have changed this process's count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +112,8 @@ def reference(dataset: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def killed_child(data: Path, out: Path, workers: int, hook: str, step: int) -> None:
-    command = [sys.executable, "-c", KILLER, hook, str(step), *argv(data, out, workers)]
+    command = [sys.executable, "-c", KILLER, hook, str(step), str(THREADS)]
+    command += argv(data, out, workers)
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
 
