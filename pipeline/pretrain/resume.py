@@ -85,6 +85,20 @@ class CommittedCheckpoint(Callback):
         self.every_n_steps = every_n_steps
         self._pending: Path | None = None
 
+    def state_dict(self) -> dict:
+        # CPU float sums split over another number of threads round differently.
+        return {"torch_threads": torch.get_num_threads()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        threads = state_dict.get("torch_threads")
+        if threads is not None and threads != torch.get_num_threads():
+            log.warning(
+                "--resume: torch uses %d threads, the checkpoint was written with %d: the run "
+                "goes on correctly but not bit for bit as it would have",
+                torch.get_num_threads(),
+                threads,
+            )
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step % self.every_n_steps == 0 or step >= trainer.max_steps:
