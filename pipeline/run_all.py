@@ -23,6 +23,7 @@ from pipeline.config import load_config, override_flags, resolve_config
 from pipeline.data import schema
 from pipeline.errors import SemoreError
 from pipeline.inspect.page import MAX_SHOWN_EPISODES
+from pipeline.lock import FolderLock
 from pipeline.pretrain import probe
 from pipeline.pretrain import run as pretrain_run
 from pipeline.report import write_run_report
@@ -152,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = load_config(RunConfig, args.config, overrides)
     root = Path.cwd()
-    report = run_pipeline(cfg, args.out, root, debug=args.debug)
+    with FolderLock(args.out, "run"):
+        report = run_pipeline(cfg, args.out, root, debug=args.debug)
     print(f"semore-run: done; report at {report}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,13 @@ from pipeline.data import (
 )
 from pipeline.data import manifest as mf  # noqa: E402
 from pipeline.data.shards import AtomicShardWriter  # noqa: E402
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited: what a killed writer leaves in its file names."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def synthetic_state(episode: int, step: int, dt_s: float) -> dict:

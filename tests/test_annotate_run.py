@@ -14,7 +14,7 @@ import pytest
 from pipeline.annotate.run import main
 from pipeline.data import schema
 from pipeline.data.shards import AtomicShardWriter, iter_shard
-from tests.conftest import write_synthetic_raw
+from tests.conftest import dead_pid, write_synthetic_raw
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "annotate" / "quickstart.yaml"
 
@@ -111,7 +111,7 @@ def test_rerun_is_idempotent_and_rewrites_a_missing_shard_identically(raw_datase
     assert _annotate(raw_dataset) == 0  # nothing to do
     assert _digests(ann_dir) == first and _manifest(raw_dataset) == manifest
     (ann_dir / "ann-000001.tar").unlink()
-    (ann_dir / ".ann-000000.tar.tmp-12345").write_bytes(b"partial")  # left by a killed run
+    (ann_dir / f".ann-000000.tar.tmp-{dead_pid()}").write_bytes(b"partial")  # a killed run's
     assert _annotate(raw_dataset) == 0
     assert _digests(ann_dir) == first
     assert not list(ann_dir.glob(".*tmp*"))

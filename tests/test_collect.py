@@ -20,6 +20,7 @@ from pipeline.data import manifest as mf
 from pipeline.data import schema
 from pipeline.data.shards import iter_shard
 from pipeline.sim.base import StepResult
+from tests.conftest import dead_pid
 
 CONFIG = (
     Path(__file__).resolve().parents[1] / "pipeline" / "presets" / "collect" / "quickstart.yaml"
@@ -248,7 +249,7 @@ def test_unwritable_out_and_foreign_datasets(tmp_path, capsys, fake_env):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert run(blocker / "sub") == 2
-    assert "cannot write to --out" in capsys.readouterr().err
+    assert f"cannot write to {blocker / 'sub'}" in capsys.readouterr().err
     out = tmp_path / "d"
     assert run(out, "--episodes", "2") == 0
     before = shard_bytes(out)
@@ -310,8 +311,8 @@ def test_a_node_leaves_other_nodes_temporary_shards_alone(tmp_path, fake_env):
     raw = out / "raw"
     assert run(out, "--episodes", "4", "--episodes_per_shard", "2") == 0
     # node 1 of 2 is writing block 3 right now; node 0 restarts and must not delete it
-    in_flight = raw / ".raw-000003.tar.tmp-999"
-    own_stale = raw / ".raw-000002.tar.tmp-998"
+    in_flight = raw / f".raw-000003.tar.tmp-{dead_pid()}"
+    own_stale = raw / f".raw-000002.tar.tmp-{dead_pid()}"
     in_flight.write_bytes(b"partial")
     own_stale.write_bytes(b"partial")
     args = ["--episodes", "8", "--episodes_per_shard", "2", "--worker-index", "0"]

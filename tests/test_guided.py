@@ -74,7 +74,10 @@ def test_guided_weight_zero_is_finetune_bit_for_bit(pretrained, tmp_path):
 
 def test_guided_run_logs_the_guide_terms_and_resumes(pretrained, tmp_path):
     out = tmp_path / "guided"
-    assert run(pretrained, out, "--encoder_mode", "guided", "--guide.every", "2") == 0
+    # 5-step episodes: one ends after the first update whatever the policy does (train rows
+    # carry the update metrics of the episode's end)
+    short = ["--env.highway.max_episode_steps", "5"]
+    assert run(pretrained, out, "--encoder_mode", "guided", "--guide.every", "2", *short) == 0
     train = [r for r in read_metrics(out / "metrics.csv") if r["phase"] == "train"]
     for term in TERMS:
         assert any(r.get(term, "") != "" for r in train), term
@@ -82,7 +85,7 @@ def test_guided_run_logs_the_guide_terms_and_resumes(pretrained, tmp_path):
     assert int(ckpt["agent"]["agent"]["guide.num_drawn"]) == 3  # updates 0, 2, 4 of 5
     assert "guide" in ckpt["agent"]["optimizers"]
     resume = [*TINY, "--encoder", str(pretrained), "--out", str(out), "--resume",
-              *GUIDE, "--encoder_mode", "guided", "--guide.every", "2"]  # fmt: skip
+              *GUIDE, "--encoder_mode", "guided", "--guide.every", "2", *short]  # fmt: skip
     assert main([*resume, "--num-train-steps", "24"]) == 0
     assert int(load_ckpt(out)["agent"]["agent"]["guide.num_drawn"]) == 4  # and update 6 of 7
 

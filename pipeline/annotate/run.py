@@ -36,6 +36,7 @@ from pipeline.data import manifest_schema as ms
 from pipeline.data.shards import list_shards, remove_stale_tmp
 from pipeline.errors import SemoreError
 from pipeline.launch import cli as launch_cli
+from pipeline.lock import FolderLock
 from semore.checks import MAX_PROCESSES
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,8 @@ def _open_section(
 
 
 def _remove_stale(root: Path, todo: list[tuple[Path, Path]], num_workers: int) -> None:
-    """Delete temporary shards of killed runs; with several nodes, only this slice's."""
+    """Delete temporary shards of killed runs (under this slice's lock, see ``_run``); with
+    several nodes, only this slice's."""
     names = None if num_workers == 1 else [ann.name for _, ann in todo]
     for path in remove_stale_tmp(root / schema.ANN_DIR, names):
         log.info("removed incomplete shard %s left by an interrupted run", path.name)
@@ -325,9 +327,10 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
         manifest = mf.read_manifest(args.data)
     else:
         worker_index, num_workers = cli.node_slice(args.worker_index, args.num_workers)
-        manifest = annotate(
-            cfg, args.data, worker_index, num_workers, args.skip_bad, not args.quiet
-        )
+        with FolderLock(args.data, "annotate", worker_index, num_workers, create=False):
+            manifest = annotate(
+                cfg, args.data, worker_index, num_workers, args.skip_bad, not args.quiet
+            )
     section = manifest.get("ann", {})
     totals = section.get("totals", {})
     lookups = totals.get("caption_lookups", 0)

@@ -22,6 +22,7 @@ from pipeline.data import manifest as mf
 from pipeline.data.shards import list_shards, remove_stale_tmp
 from pipeline.errors import SemoreError
 from pipeline.launch import cli as launch_cli
+from pipeline.lock import FolderLock
 from pipeline.sim import backend_spec, make_env
 from pipeline.sim.configs import BACKENDS
 from pipeline.sim.policies import CollectionPolicy
@@ -66,9 +67,7 @@ def pending_slices(cfg: CollectConfig, out: Path, num_workers: int) -> list[int]
     return [i for i in range(num_workers) if plan_blocks(cfg, recorded, i, num_workers)]
 
 
-def prepare_output(
-    cfg: CollectConfig, out: Path, worker_index: int = 0, num_workers: int = 1
-) -> dict:
+def prepare_output(cfg: CollectConfig, out: Path) -> dict:
     """Create or validate ``out``; reconcile shards on disk with the manifest; return it."""
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -109,12 +108,6 @@ def prepare_output(
                 "shards": {},
             }
         raw_dir = out / schema.RAW_DIR
-        mine = None  # one node: every leftover temporary is stale
-        if num_workers > 1:
-            blocks = slice_blocks(cfg, worker_index, num_workers)
-            mine = [schema.shard_name(schema.RAW_PREFIX, b) for b in blocks]
-        for stale in remove_stale_tmp(raw_dir, mine):
-            log.info("removed incomplete shard %s left by an interrupted run", stale.name)
         shards = raw.setdefault("shards", {})
         for name in [n for n in shards if not (raw_dir / n).is_file()]:
             log.warning("shard %s is listed but missing; it will be recorded again", name)
@@ -131,6 +124,20 @@ def prepare_output(
         raw["totals"] = mf.totals(shards)
         mf.write_manifest(out, manifest)
     return manifest
+
+
+def remove_stale_shards(cfg: CollectConfig, out: Path, worker_index: int, num_workers: int) -> None:
+    """Delete temporary shards of killed runs: this slice's only, whose writers are gone.
+
+    Called under this slice's lock (see ``_run``), never by a launcher: another node's
+    writer may hold a temporary of its own slice in the same folder.
+    """
+    mine = None  # one node: every leftover temporary is stale
+    if num_workers > 1:
+        blocks = slice_blocks(cfg, worker_index, num_workers)
+        mine = [schema.shard_name(schema.RAW_PREFIX, b) for b in blocks]
+    for stale in remove_stale_tmp(out / schema.RAW_DIR, mine):
+        log.info("removed incomplete shard %s left by an interrupted run", stale.name)
 
 
 def _work(
@@ -186,7 +193,8 @@ def _subprocess_main(
 
 def collect(cfg: CollectConfig, out: Path, worker_index: int = 0, num_workers: int = 1) -> dict:
     """Record the episodes of ``cfg`` that ``out`` lacks; returns the final manifest."""
-    manifest = prepare_output(cfg, out, worker_index, num_workers)
+    manifest = prepare_output(cfg, out)
+    remove_stale_shards(cfg, out, worker_index, num_workers)
     blocks = plan_blocks(cfg, manifest["raw"]["shards"], worker_index, num_workers)
     total = sum(len(block_episodes(b, cfg.episodes_per_shard, cfg.episodes)) for b in blocks)
     if not blocks:
@@ -317,7 +325,8 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
         manifest = mf.read_manifest(args.out)
     else:
         worker_index, num_workers = cli.node_slice(args.worker_index, args.num_workers)
-        manifest = collect(cfg, args.out, worker_index, num_workers)
+        with FolderLock(args.out, "collect", worker_index, num_workers):
+            manifest = collect(cfg, args.out, worker_index, num_workers)
     totals = manifest["raw"].get("totals", {})
     print(
         f"{args.out}: {totals.get('num_episodes', 0)} episodes, {totals.get('num_samples', 0)} samples "

@@ -37,6 +37,7 @@ from pipeline.compare.writing import config_label
 from pipeline.config import load_config
 from pipeline.errors import SemoreError
 from pipeline.launch import cli as launch_cli
+from pipeline.lock import FolderLock
 from semore.checks import MAX_PROCESSES
 
 
@@ -136,14 +137,16 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
         print_plan(plan)
         return
     if args.launcher == "slurm" and not args.report_only:
+        # no lock here: the cluster's tasks lock what they write (the report task its study)
         if launch_study(plan, cfg, args.out, args.wait):
             print(f"{args.out}: study finished; results in {report_dir}")
         return
-    if args.report_only:
-        check_dataset(args.out, carry)  # also in a cluster's report task, after its dataset
-    else:
-        run_plan(plan, args.out, carry, args.jobs or cfg.jobs)
-    _report(cfg, plan, args, report_dir)
+    with FolderLock(args.out, "compare"):
+        if args.report_only:
+            check_dataset(args.out, carry)  # also in a cluster's report task, after its dataset
+        else:
+            run_plan(plan, args.out, carry, args.jobs or cfg.jobs)
+        _report(cfg, plan, args, report_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

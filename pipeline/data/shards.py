@@ -22,6 +22,7 @@ from PIL import Image
 
 from pipeline.data import schema
 from pipeline.errors import SemoreError, first_line
+from pipeline.lock import tmp_owner_gone
 
 TMP_MARK = ".tmp-"  # in-progress shards: `.raw-000001.tar.tmp-<pid>`; never read as data
 _FIXED_MTIME = 0  # reproducible tar headers (an int: a float adds a pax header per member)
@@ -111,15 +112,18 @@ def remove_stale_tmp(folder: str | Path, shard_names: Iterable[str] | None = Non
     """Delete temporary shards left by a killed run; returns what was removed.
 
     With ``shard_names``, only those shards' temporaries go: other nodes of a multi-node
-    job may be writing theirs into the same folder right now.
+    job may be writing theirs into the same folder right now. Call it under the stage's
+    lock on those shards (``pipeline.lock``); even then a temporary whose writer (the pid in
+    its name) still runs on this host is kept: a worker of a killed parent may outlive it.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     if shard_names is None:
-        stale = sorted(folder.glob(f".*{TMP_MARK}*"))
+        found = folder.glob(f".*{TMP_MARK}*")
     else:
-        stale = sorted(p for name in shard_names for p in folder.glob(f".{name}{TMP_MARK}*"))
+        found = (p for name in shard_names for p in folder.glob(f".{name}{TMP_MARK}*"))
+    stale = sorted(p for p in found if tmp_owner_gone(p.name.rpartition(TMP_MARK)[2]))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -54,19 +54,64 @@ def _float_or_nan(value: object) -> float:
     return math.nan if value is None else float(value)
 
 
+class Frame:
+    """One recorded frame: its PNG bytes, decoded at most once.
+
+    The windows of an episode share their frames, so a frame is decoded once for all the
+    stacks it is in, and only when the first of them is decoded (a skipped window costs no
+    decoding). The decoded array lives as long as a window that holds the frame.
+    """
+
+    __slots__ = ("key", "png", "array")
+
+    def __init__(self, key: str, png: bytes) -> None:
+        self.key = key
+        self.png = png
+        self.array: np.ndarray | None = None
+
+    def decode(self, image_hw: tuple[int, int] | None, where: str) -> np.ndarray:
+        if self.array is None:
+            frame = decode_member(schema.RGB, self.png)  # (H, W, 3) uint8
+            if image_hw is not None and frame.shape[:2] != tuple(image_hw):
+                raise SemoreError(
+                    f"{where}sample {self.key!r} has a {frame.shape[0]}x{frame.shape[1]} frame: "
+                    f"expected {image_hw[0]}x{image_hw[1]} as in the manifest"
+                )
+            self.array, self.png = frame, b""
+        return self.array
+
+
+@dataclass
+class Window:
+    """A frame stack and its sample's members, not yet decoded (what a shuffle buffer holds)."""
+
+    raw: dict
+    ann: dict | None
+    key: schema.SampleKey
+    frames: tuple[Frame, ...]  # the latest frame_stack frames, oldest first
+    image_hw: tuple[int, int] | None
+    where: str
+
+    def decode(self) -> dict:
+        """The windowed sample: decoded frames, action, reward, state targets, annotations."""
+        return _decode(self)
+
+
 def iter_windows(
     pairs: Iterable[tuple[dict, dict | None]],
     frame_stack: int,
     keep_episode: Callable[[int], bool] = EpisodeSplit(0),
     image_hw: tuple[int, int] | None = None,
     where: str = "",
-) -> Iterator[dict]:
+    lazy: bool = False,
+) -> Iterator[dict] | Iterator[Window]:
     """Decoded samples with ``frames``: the latest ``frame_stack`` frames, oldest first.
 
     At an episode's start the first frame is repeated; stacks never cross episodes.
-    Episodes that ``keep_episode`` rejects are skipped without decoding.
+    Episodes that ``keep_episode`` rejects are skipped without decoding. ``lazy`` yields
+    :class:`Window` objects instead, decoded later by ``Window.decode`` (after a shuffle).
     """
-    history: deque[np.ndarray] = deque(maxlen=frame_stack)
+    history: deque[Frame] = deque(maxlen=frame_stack)
     episode_id, last_step = None, -1
     for raw, ann in pairs:
         key = schema.parse_key(raw["__key__"])
@@ -81,28 +126,27 @@ def iter_windows(
         last_step = key.step
         if not keep_episode(key.episode):
             continue
-        yield _decode(raw, ann, key, history, image_hw, where)
+        if schema.RGB not in raw:
+            schema.validate_raw_sample(raw, where)  # names what else is missing first
+            raise SemoreError(f"{where}sample {raw['__key__']!r} has no {schema.RGB}")
+        frame = Frame(raw["__key__"], raw[schema.RGB])
+        if history:
+            history.append(frame)
+        else:
+            history.extend([frame] * history.maxlen)
+        window = Window(raw, ann, key, tuple(history), image_hw, where)
+        yield window if lazy else window.decode()
 
 
-def _decode(raw, ann, key, history, image_hw, where) -> dict:
+def _decode(window: Window) -> dict:
+    raw, ann, key, where = window.raw, window.ann, window.key, window.where
     schema.validate_raw_sample(raw, where)
-    if schema.RGB not in raw:
-        raise SemoreError(f"{where}sample {raw['__key__']!r} has no {schema.RGB}")
-    frame = decode_member(schema.RGB, raw[schema.RGB])  # (H, W, 3) uint8
-    if image_hw is not None and frame.shape[:2] != tuple(image_hw):
-        raise SemoreError(
-            f"{where}sample {raw['__key__']!r} has a {frame.shape[0]}x{frame.shape[1]} frame: "
-            f"expected {image_hw[0]}x{image_hw[1]} as in the manifest"
-        )
-    if history:
-        history.append(frame)
-    else:
-        history.extend([frame] * history.maxlen)
+    frames = tuple(frame.decode(window.image_hw, where) for frame in window.frames)
     state = decode_member(schema.STATE, raw[schema.STATE])
     sample = {
         "episode": key.episode,
         "step": key.step,
-        "frames": tuple(history),
+        "frames": frames,
         "action": decode_member(schema.ACTION, raw[schema.ACTION]).astype(np.float32),
         "reward": float(decode_member(schema.REWARD, raw[schema.REWARD])),
         "caption_state": schema.caption_state(state),
@@ -125,7 +169,10 @@ def _decode(raw, ann, key, history, image_hw, where) -> dict:
 
 
 class ShardPairReader:
-    """Pipeline stage: ``{"url": raw_url}`` items in, windowed samples out (picklable)."""
+    """Pipeline stage: ``{"url": raw_url}`` items in, windowed samples out (picklable).
+
+    ``lazy`` yields undecoded :class:`Window` objects (see :func:`iter_windows`).
+    """
 
     def __init__(
         self,
@@ -133,18 +180,25 @@ class ShardPairReader:
         frame_stack: int,
         keep_episode: Callable[[int], bool],
         image_hw: tuple[int, int] | None = None,
+        lazy: bool = False,
     ) -> None:
         self.ann_by_raw = ann_by_raw
         self.frame_stack = frame_stack
         self.keep_episode = keep_episode
         self.image_hw = image_hw
+        self.lazy = lazy
 
-    def __call__(self, source: Iterable[dict]) -> Iterator[dict]:
+    def __call__(self, source: Iterable[dict]) -> Iterator[dict] | Iterator[Window]:
         for item in source:
             raw_url = item["url"]
             pairs = iter_pairs(raw_url, self.ann_by_raw[raw_url])
             yield from iter_windows(
-                pairs, self.frame_stack, self.keep_episode, self.image_hw, where=f"{raw_url}: "
+                pairs,
+                self.frame_stack,
+                self.keep_episode,
+                self.image_hw,
+                where=f"{raw_url}: ",
+                lazy=self.lazy,
             )
 
 

@@ -39,6 +39,7 @@ from pipeline.finetune.features import replay_features
 from pipeline.finetune.guide import build_guide, guide_captions
 from pipeline.finetune.loop import OnlineTrainer
 from pipeline.finetune.reference import REFERENCE_NAME, reference_for
+from pipeline.lock import FolderLock
 from pipeline.sim import backend_spec, make_env
 from pipeline.sim.base import ACTION_DIM
 from pipeline.sim.driver import MOTION_DIM, Driver
@@ -313,7 +314,8 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = load_config(FinetuneConfig, args.config, overrides, stage="finetune")
     flags = {"num_train_steps": args.num_train_steps, "seed": args.seed}
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-    summary = finetune(cfg, args.encoder, args.out, resume=args.resume)
+    with FolderLock(args.out, "finetune"):
+        summary = finetune(cfg, args.encoder, args.out, resume=args.resume)
     final = summary["final_eval"]
     print(
         f"{args.out}: step {summary['step']}, eval return {final['episode_return']:.1f}, "

@@ -1,30 +1,39 @@
 """The pretraining DataModule: raw + annotation shards streamed with webdataset.
 
-Training stream, per DataLoader worker of each rank::
+Training stream of each rank, split over its loader workers (``TrainStream``)::
 
-    ResampledShards(raw urls)      shards drawn with replacement, seeded by (seed, rank, worker)
-    -> ShardPairReader             raw + ann tars read in lockstep, joined by key, frame stacks
-                                   rebuilt within episodes, held-out episodes dropped
-    -> WorkerShuffle(buffer)       shuffling only after windowing, so stacks stay intact
-    -> batched(batch_size)         collated to tensors in the worker
-    -> EpochStream                 a fixed number of batches per epoch from one endless stream
+    shards drawn with replacement     seeded by (seed, rank, stream, epoch)
+    -> ShardPairReader(lazy)          raw + ann tars read in lockstep, joined by key, frame
+                                      stacks rebuilt within episodes, held-out episodes
+                                      dropped; nothing decoded yet
+    -> shuffle(buffer)                after windowing, so stacks stay intact; same seed
+    -> skip                           the batches a resumed run already trained on
+    -> decode, batched(batch_size)    in the worker
+
+Every epoch's batches are a function of (seed, rank, number of loader workers, epoch) only,
+and an epoch is a fixed number of batches, so the batch at any global step can be found
+again: a run resumed at step S reads exactly the batches an uninterrupted run reads after S
+(the skipped part of the epoch is read but not decoded). The loader workers are the
+epoch's "streams": batch ``i`` of an epoch is batch ``i // W`` of stream ``i % W`` (the
+DataLoader takes its workers in turn); a resumed epoch renumbers the workers so that the
+first one it asks is the stream that holds the next batch.
 
 DDP: every rank resamples shards with its own seed (no rank can run out of shards, however
 few there are) and stops after the same number of batches: ``batches_per_rank =
-num_train_samples // (batch_size * world_size)`` (at least 1), split evenly over the
-loader workers, so one epoch is about one pass over the training samples in total and
-all ranks step in sync. Validation reads the held-out episodes' shards once, in order,
-split over the loader workers only: every rank sees the whole (small) held-out set, so
-the ranks' logged validation values agree and no rank waits on another.
+num_train_samples // (batch_size * world_size)`` (at least 1), so one epoch is about one
+pass over the training samples in total and all ranks step in sync. Validation reads the
+held-out episodes' shards once, in order, split over the loader workers only: every rank
+sees the whole (small) held-out set, so the ranks' logged validation values agree and no
+rank waits on another.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
+from collections.abc import Iterator
 from functools import cached_property
-from itertools import islice
+from itertools import count, islice
 from pathlib import Path
 
 import lightning as L
@@ -45,54 +54,72 @@ from pipeline.pretrain.config import DataConfig
 log = logging.getLogger(__name__)
 
 
-class WorkerSeed:
-    """ResampledShards' seed source: distinct per (rank, loader worker), fixed across runs."""
+class TrainStream(IterableDataset):
+    """One rank's training batches, ``batches_per_epoch`` per epoch, from ``start_batch`` on.
 
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
-
-    def __call__(self) -> int:
-        info = get_worker_info()
-        return self.rank * 1000 + (info.id if info is not None else 0)
-
-
-class WorkerShuffle:
-    """Buffer shuffle with an RNG seeded by (seed, rank, loader worker)."""
-
-    def __init__(self, buffer_size: int, seed: int, rank: int) -> None:
-        self.buffer_size = buffer_size
-        self.seed = seed
-        self.rank = rank
-
-    def __call__(self, source):
-        info = get_worker_info()
-        worker = info.id if info is not None else 0
-        rng = random.Random(hash((self.seed, self.rank, worker)))
-        return wds.shuffle(self.buffer_size, initial=self.buffer_size, rng=rng)(source)
-
-
-class EpochStream(IterableDataset):
-    """``items_per_epoch`` items per epoch from one long-lived pipeline iterator.
-
-    webdataset's ``with_epoch`` restarts the pipeline at every epoch, which drops the
-    shuffle buffer and refills it (seconds of PNG decoding) before the next batch; one
-    iterator kept per worker (workers are persistent) fills it once per run.
+    Each ``iter()`` is the next epoch (the first starts at ``start_batch``, a global batch
+    index: the step a run resumes at). Every loader worker counts epochs in its own copy
+    (persistent workers keep it), when ``iter()`` is called rather than when a first batch
+    is asked for: a worker may have no batch left in an epoch.
     """
 
-    def __init__(self, pipeline: wds.DataPipeline, items_per_epoch: int, length: int) -> None:
+    def __init__(
+        self,
+        raw_urls: list[str],
+        reader: ShardPairReader,
+        collate: Collate,
+        cfg: DataConfig,
+        seed: int,
+        rank: int,
+        batches_per_epoch: int,
+        start_batch: int = 0,
+    ) -> None:
         super().__init__()
-        self.pipeline = pipeline
-        self.items_per_epoch = items_per_epoch
-        self.length = length
-        self._iterator = None  # created lazily inside the worker that iterates
-
-    def __iter__(self):
-        if self._iterator is None:
-            self._iterator = iter(self.pipeline)
-        return islice(self._iterator, self.items_per_epoch)
+        self.raw_urls = raw_urls
+        self.reader = reader
+        self.collate = collate
+        self.batch_size = cfg.batch_size
+        self.shuffle_buffer = cfg.shuffle_buffer
+        self.num_streams = max(1, cfg.num_workers)  # one per loader worker
+        self.seed = seed
+        self.rank = rank
+        self.batches_per_epoch = batches_per_epoch
+        self.start_batch = start_batch
+        self._epochs_started = 0
 
     def __len__(self) -> int:
-        return self.length
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        first_epoch, first_offset = divmod(self.start_batch, self.batches_per_epoch)
+        epoch = first_epoch + self._epochs_started
+        offset = first_offset if self._epochs_started == 0 else 0
+        self._epochs_started += 1
+        # The DataLoader asks worker 0 first: it plays the stream that holds batch `offset`.
+        stream = (worker + offset) % self.num_streams
+        mine = range(stream, self.batches_per_epoch, self.num_streams)  # epoch batch indices
+        done = len(range(stream, offset, self.num_streams))  # of them, trained on already
+        return self._batches(stream, epoch, done, len(mine) - done)
+
+    def _rng(self, stream: int, epoch: int, part: str) -> random.Random:
+        # A string seed is hashed with SHA-512: the same in every process and Python run.
+        return random.Random(f"semore/{self.seed}/{self.rank}/{stream}/{epoch}/{part}")
+
+    def _batches(self, stream: int, epoch: int, skip: int, take: int) -> Iterator[dict]:
+        shard_rng = self._rng(stream, epoch, "shards")
+        shards = ({"url": shard_rng.choice(self.raw_urls)} for _ in count())
+        shuffle = wds.shuffle(
+            self.shuffle_buffer,
+            initial=self.shuffle_buffer,
+            rng=self._rng(stream, epoch, "shuffle"),
+        )
+        windows = shuffle(self.reader(shards))  # endless, undecoded
+        for _ in range(skip * self.batch_size):
+            next(windows)
+        for _ in range(take):
+            yield self.collate([window.decode() for window in islice(windows, self.batch_size)])
 
 
 class SemoreDataModule(L.LightningDataModule):
@@ -104,11 +131,17 @@ class SemoreDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, data: str | Path, cfg: DataConfig, seed: int = 0, extra_frames: int = 0
+        self,
+        data: str | Path,
+        cfg: DataConfig,
+        seed: int = 0,
+        start_batch: int = 0,
+        extra_frames: int = 0,
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.seed = seed
+        self.start_batch = start_batch  # the global step a resumed run continues from
         # Windows hold frame_stack + extra_frames frames (ATC's anchor and its positive).
         self.window = cfg.frame_stack + extra_frames
         self.info: DatasetInfo = read_dataset_info(data, with_ann=True)
@@ -153,26 +186,23 @@ class SemoreDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world_size = self._rank_world()
         cfg = self.cfg
-        loader_workers = max(1, cfg.num_workers)
-        batches_per_worker = math.ceil(self.batches_per_rank(world_size) / loader_workers)
-        pipeline = wds.DataPipeline(
-            wds.ResampledShards(
-                [raw for raw, _ in self.urls],
-                seed=self.seed,
-                worker_seed=WorkerSeed(rank),
-                deterministic=True,
-            ),
-            ShardPairReader(
-                self.ann_by_raw,
-                self.window,
-                EpisodeSplit(cfg.holdout_every, "train"),
-                self.image_hw,
-            ),
-            WorkerShuffle(cfg.shuffle_buffer, self.seed, rank),
-            wds.batched(cfg.batch_size, collation_fn=self._collate(), partial=False),
+        reader = ShardPairReader(
+            self.ann_by_raw,
+            self.window,
+            EpisodeSplit(cfg.holdout_every, "train"),
+            self.image_hw,
+            lazy=True,
         )
-        # Every worker yields batches_per_worker batches; the length is the rank's total.
-        stream = EpochStream(pipeline, batches_per_worker, batches_per_worker * loader_workers)
+        stream = TrainStream(
+            [raw for raw, _ in self.urls],
+            reader,
+            self._collate(),
+            cfg,
+            self.seed,
+            rank,
+            self.batches_per_rank(world_size),
+            self.start_batch,
+        )
         return self._loader(stream, cfg.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:

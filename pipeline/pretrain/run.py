@@ -1,9 +1,11 @@
 """Stage 3a, ``semore-pretrain``: train the dual-stream encoder on raw + annotation shards.
 
 A run folder holds ``config.yaml`` (the resolved config of the latest invocation),
-``checkpoints/`` (Lightning checkpoints, ``last.ckpt`` always the newest), ``logs/``
-(``csv/version_N/metrics.csv`` and ``tensorboard/version_N``, one version per invocation)
-and, when training finishes, ``encoder.pt`` (the export fine-tuning and probing load).
+``checkpoints/last.ckpt`` (the newest complete Lightning checkpoint), ``logs/``
+(``csv/version_0/metrics.csv`` and ``tensorboard/version_0``, one per run: a ``--resume``
+continues them) and, when training finishes, ``encoder.pt`` (the export fine-tuning and
+probing load). A run resumed after a kill at any point ends as an uninterrupted one would,
+bit for bit on CPU (see ``pipeline.pretrain.resume``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from pathlib import Path
 
 import lightning as L
 import yaml
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from tqdm import tqdm
 
 from pipeline import cli, memory
@@ -25,9 +27,18 @@ from pipeline.data import manifest as mf
 from pipeline.data import schema
 from pipeline.errors import SemoreError
 from pipeline.files import atomic_write
+from pipeline.lock import FolderLock
 from pipeline.pretrain.config import PretrainConfig
 from pipeline.pretrain.datamodule import SemoreDataModule
 from pipeline.pretrain.module import SemorePretrainModule
+from pipeline.pretrain.resume import (
+    CommittedCheckpoint,
+    RunCSVLogger,
+    StepSeed,
+    checkpoint_step,
+    keep_metrics_before,
+    remove_dead_pending,
+)
 from semore.encoder import save_encoder, trunk_output_size
 
 log = logging.getLogger(__name__)
@@ -36,6 +47,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 ENCODER_EXPORT = "encoder.pt"
 CONFIG_NAME = "config.yaml"  # the resolved config of the latest invocation
+LOG_VERSION = 0  # one metrics file per run, continued by --resume
 # The loss settings guided fine-tuning rebuilds SemorePretrainLoss with (export["heads"]).
 HEAD_LOSS_FIELDS = (
     "sem_weight",
@@ -50,6 +62,7 @@ HEAD_LOSS_FIELDS = (
 def prepare_run(cfg: PretrainConfig, out: Path, resume: bool) -> Path | None:
     """Check ``out`` against ``--resume``; return the checkpoint to resume from, if any."""
     checkpoints = out / CHECKPOINT_DIR
+    remove_dead_pending(checkpoints)
     existing = sorted(checkpoints.glob("*.ckpt")) if checkpoints.is_dir() else []
     if resume:
         last = checkpoints / LAST_CHECKPOINT
@@ -65,6 +78,14 @@ def prepare_run(cfg: PretrainConfig, out: Path, resume: bool) -> Path | None:
                     f"--resume: {name} is {now!r} but {saved_path} has {before!r}: expected the "
                     "config the run was started with (only trainer.* and data.num_workers may "
                     "change), or a new --out"
+                )
+            workers = saved.get("data", {}).get("num_workers")
+            if workers is not None and workers != cfg.data.num_workers:
+                log.warning(
+                    "--resume: data.num_workers is %d, the run started with %s: the batches "
+                    "from here on come in another order than without the interruption",
+                    cfg.data.num_workers,
+                    workers,
                 )
         return last
     if existing:
@@ -122,21 +143,6 @@ def extra_frames(cfg: PretrainConfig) -> int:
     return cfg.atc.temporal_shift if cfg.objective == "atc" else 0
 
 
-class FinalStepCheckpoint(Callback):
-    """Save ``last.ckpt`` at the final step too, whatever the checkpoint interval.
-
-    Saved from the same hook as ModelCheckpoint's step checkpoints, so the loop state in
-    it resumes exactly like theirs (the logged step continues without a gap).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step >= trainer.max_steps:
-            trainer.save_checkpoint(self.path)
-
-
 class StepProgress(Callback):
     """One tqdm bar over optimiser steps (as collect and annotate show samples), with the loss.
 
@@ -173,16 +179,13 @@ class StepProgress(Callback):
     on_exception = on_train_end  # a Ctrl-C leaves the terminal tidy
 
 
-def build_trainer(cfg: PretrainConfig, out: Path, quiet: bool = False) -> L.Trainer:
+def build_trainer(
+    cfg: PretrainConfig, out: Path, quiet: bool = False, start_step: int = 0
+) -> L.Trainer:
+    """The Trainer of a run in ``out``; ``start_step`` is where a resumed run continues (the
+    TensorBoard events of later steps, left by the interrupted run, are dropped)."""
     t = cfg.trainer
-    checkpoint = ModelCheckpoint(
-        dirpath=out / CHECKPOINT_DIR,
-        filename="step{step:07d}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=t.checkpoint_every_n_steps,
-        save_top_k=1,  # with no monitored metric: keep the newest only
-        save_last=True,
-    )
+    logs = out / "logs"
     return L.Trainer(
         max_steps=t.max_steps,
         val_check_interval=t.val_check_interval,
@@ -196,18 +199,26 @@ def build_trainer(cfg: PretrainConfig, out: Path, quiet: bool = False) -> L.Trai
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         logger=[
-            CSVLogger(out / "logs", name="csv"),
-            TensorBoardLogger(out / "logs", name="tensorboard"),
+            RunCSVLogger(logs, name="csv", version=LOG_VERSION),
+            TensorBoardLogger(
+                logs, name="tensorboard", version=LOG_VERSION, purge_step=start_step or None
+            ),
         ],
         callbacks=[
-            FinalStepCheckpoint(out / CHECKPOINT_DIR / LAST_CHECKPOINT),
-            checkpoint,
+            CommittedCheckpoint(out / CHECKPOINT_DIR / LAST_CHECKPOINT, t.checkpoint_every_n_steps),
+            StepSeed(cfg.seed),
             *([] if quiet else [StepProgress()]),
         ],
+        enable_checkpointing=False,  # CommittedCheckpoint instead of ModelCheckpoint
         enable_progress_bar=False,  # StepProgress instead
         # The layer table is framework detail; --debug shows it (see cli.quiet_frameworks).
         enable_model_summary=logging.getLogger("lightning.pytorch").isEnabledFor(logging.INFO),
     )
+
+
+def metrics_path(out: Path) -> Path:
+    """The run's CSV metrics (every training and validation row, across resumes)."""
+    return out / "logs" / "csv" / f"version_{LOG_VERSION}" / "metrics.csv"
 
 
 def dataset_record(dm: SemoreDataModule) -> dict:
@@ -279,7 +290,9 @@ def export_metadata(cfg: PretrainConfig, dm: SemoreDataModule, global_step: int)
         "holdout_every": cfg.data.holdout_every,
         "heldout_episodes": dm.stats.heldout_episodes,
         "config": to_dict(cfg),
-        "command": mf.command_line(),  # what made the export, for reports that cite it
+        # What made the export, for reports that cite it: the command without --resume
+        # reproduces it (a resumed run ends as an uninterrupted one).
+        "command": mf.command_line().replace(" --resume", ""),
         "global_step": global_step,
     }
 
@@ -292,14 +305,19 @@ def pretrain(
     Returns the export's path on the rank that wrote it (global rank 0), else None.
     """
     ckpt_path = prepare_run(cfg, out, resume)
-    dm = SemoreDataModule(data, cfg.data, seed=cfg.seed, extra_frames=extra_frames(cfg))
+    start_step = checkpoint_step(ckpt_path) if ckpt_path is not None else 0
+    dm = SemoreDataModule(
+        data, cfg.data, seed=cfg.seed, start_batch=start_step, extra_frames=extra_frames(cfg)
+    )
     check_memory(cfg, dm.image_hw)  # before the first pass over the data
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, dm)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / CONFIG_NAME, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    # Rows after the checkpoint are logged again; a new run starts a new file.
+    keep_metrics_before(metrics_path(out), start_step)
 
-    trainer = build_trainer(cfg, out, quiet)
+    trainer = build_trainer(cfg, out, quiet, start_step)
     if not dm.stats.heldout_episodes:
         log.warning(
             "no held-out episodes (data.holdout_every=%d): validation is off",
@@ -347,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = load_config(PretrainConfig, args.config, overrides, stage="pretrain")
-    export = pretrain(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet)
+    with FolderLock(args.out, "pretrain"):
+        export = pretrain(cfg, args.data, args.out, resume=args.resume, quiet=args.quiet)
     if export is not None:
         print(f"{args.out}: encoder exported to {export}")
 

@@ -23,6 +23,7 @@ from pipeline.data import manifest as mf
 from pipeline.data.shards import TMP_MARK
 from pipeline.errors import SemoreError, first_line
 from pipeline.files import atomic_save
+from pipeline.lock import FolderLock
 from pipeline.share import card as cards
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,13 @@ def export_local(data_dir: str | Path, files: list[str], out_dir: str | Path) ->
         raise SemoreError(
             f"--local-dir {out_dir} is inside --data {data_dir}: expected a separate folder"
         )
+    with FolderLock(out_dir, "push"):
+        _copy_files(data_dir, files, out_dir)
+    return out_dir
+
+
+def _copy_files(data_dir: Path, files: list[str], out_dir: Path) -> None:
+    """The copies of ``export_local``, made while it holds ``out_dir``'s lock."""
     wanted = set(files)
     for folder in (schema.RAW_DIR, schema.ANN_DIR):
         for stray in sorted((out_dir / folder).glob(f"*{schema.SHARD_SUFFIX}")):
@@ -143,7 +151,6 @@ def export_local(data_dir: str | Path, files: list[str], out_dir: str | Path) ->
         with open(src, "rb") as source:
             atomic_save(dst, lambda handle, source=source: shutil.copyfileobj(source, handle))
         shutil.copystat(src, dst)  # same mtime: a rerun skips the file (see _same_file)
-    return out_dir
 
 
 def _same_file(a: Path, b: Path) -> bool:
