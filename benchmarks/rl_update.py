@@ -8,15 +8,15 @@
    ``next_obs``, its backward, and the heads (critic, actor, temperature) alone.
 2. Update time at ``--batch-size`` on 84x84 frame stacks, every variant timed round-robin (one
    update of each per repeat, so load from other processes weighs on all alike): the frozen
-   arm on cached features; Semore end to end from the pixels with the strided trunk (today's
-   default) and with the DrQ trunk it replaced; guided end to end (a guide batch of
+   arm on cached features; Semore end to end from the pixels with each trunk (the DrQ trunk,
+   the default; strided4 and ATC's strided, cheaper but lower on tuning seeds); guided end to end (a guide batch of
    ``--guide-batch-size`` from memory: PNG decoding is not timed); DrQ-v2's encoder end to
    end; and the cached-token variants (``encoder_trainable_from``), plain and guided.
 3. Cost per agent step of each arm on one matched learner (``--updates-per-step`` updates per
    step, the study of record's 1): the simulator step, what the arm encodes per stored frame
    to act, and its updates; ratios against the frozen arm.
 4. Agent steps/s of ``semore-finetune``'s own loop on that learner, frozen and from the pixels
-   (Semore strided, DrQ-v2), against the bare simulator.
+   (Semore on the default trunk, DrQ-v2), against the bare simulator.
 
 Ratios are what to compare: the machine's speed varies from day to day.
 """
@@ -52,23 +52,24 @@ from semore.sac import SACAgent, SACConfig  # noqa: E402
 from semore.trunk_cache import cached_tokens, features_of_tokens, tokens_to_cache  # noqa: E402
 
 FROZEN = "frozen (cached features)"
-E2E = "end to end, strided trunk"
-E2E_DRQ = "end to end, DrQ trunk (before)"
-GUIDED = "guided end to end, strided trunk"
+E2E = "end to end, DrQ trunk (default)"
+E2E_S4 = "end to end, strided4 trunk"
+E2E_ATC = "end to end, strided trunk (ATC's)"
+GUIDED = "guided end to end, DrQ trunk"
 DRQV2 = "DrQ-v2 encoder end to end"
-# encoder_trainable_from: (plain, guided on guide tokens), on the strided trunk
+# encoder_trainable_from: (plain, guided on guide tokens), on the default trunk
 CACHED = {
     "interaction": ("from interaction, tokens cached", "guided from interaction, cached"),
     "projection": ("from projection, tokens cached", "guided from projection, cached"),
 }
-TRUNK_OF = {E2E: "strided", E2E_DRQ: "drq"}  # the profiled trunks
+TRUNK_OF = {E2E: "drq", E2E_S4: "strided4", E2E_ATC: "strided"}  # the profiled trunks
 SHIFTS = "DrQ shifts of obs and next_obs"
 CRITIC = "critic step incl. encoder backward"
 HEADS_ALONE = "critic step, heads alone (h detached)"
 BACKWARD = "encoder backward (difference of the two)"
 
 
-def encoder_of(kind: str = "semore", trunk: str = "strided", trainable_from: str = "trunk"):
+def encoder_of(kind: str = "semore", trunk: str = "drq", trainable_from: str = "trunk"):
     """A fresh 84x84x3-frame encoder, channels-last as the loop runs it."""
     torch.manual_seed(0)
     encoder = make_encoder(EncoderConfig(kind=kind, trunk=trunk))
@@ -152,7 +153,8 @@ def update_variants(args) -> dict[str, tuple[SACAgent, dict]]:
     variants = {
         FROZEN: (agent_of(encoder_of(), encoder_trainable=False), features),
         E2E: (agent_of(encoder_of()), frames),
-        E2E_DRQ: (agent_of(encoder_of(trunk="drq")), frames),
+        E2E_S4: (agent_of(encoder_of(trunk="strided4")), frames),
+        E2E_ATC: (agent_of(encoder_of(trunk="strided")), frames),
         GUIDED: (agent_of(encoder_of(), args.guide_batch_size), frames),
         DRQV2: (agent_of(encoder_of("drqv2")), frames),
     }
@@ -217,8 +219,9 @@ def per_frame_costs(repeats: int) -> dict[str, float]:
     obs = np.random.default_rng(0).integers(0, 256, (9, 84, 84), dtype=np.uint8)
     cpu = torch.device("cpu")
     encoders = {
-        "strided": encoder_of(),
-        "drq": encoder_of(trunk="drq"),
+        "drq": encoder_of(),
+        "strided4": encoder_of(trunk="strided4"),
+        "strided": encoder_of(trunk="strided"),
         "drqv2": encoder_of("drqv2"),
     }
     acting = {name: agent_of(enc, encoder_trainable=False) for name, enc in encoders.items()}
@@ -272,7 +275,8 @@ def loop_rate(cfg: FinetuneConfig, steps: int, **changes) -> float:
 
 def arm_costs(times: dict, frame: dict, env_s: float, updates: int) -> dict[str, float]:
     """Seconds per agent step of each arm: simulator + acting encoder pass + its updates."""
-    acting = {FROZEN: "strided", E2E: "strided", E2E_DRQ: "drq", GUIDED: "strided", DRQV2: "drqv2"}
+    acting = {FROZEN: "drq", E2E: "drq", E2E_S4: "strided4", E2E_ATC: "strided"}
+    acting.update({GUIDED: "drq", DRQV2: "drqv2"})
     acting.update({name: point for point, names in CACHED.items() for name in names})
     return {name: env_s + frame[acting[name]] + updates * times[name] for name in times}
 
@@ -313,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     costs = arm_costs(times, frame, 1.0 / bare, args.updates_per_step)
     print_table(
         f"cost per agent step ({args.updates_per_step} update(s) per step; simulator "
-        f"{1000 / bare:.1f} ms, h of a frame: strided {1000 * frame['strided']:.1f} ms, "
-        f"drq {1000 * frame['drq']:.1f} ms, DrQ-v2 {1000 * frame['drqv2']:.1f} ms):",
+        f"{1000 / bare:.1f} ms, h of a frame: drq {1000 * frame['drq']:.1f} ms, "
+        f"strided4 {1000 * frame['strided4']:.1f} ms, DrQ-v2 {1000 * frame['drqv2']:.1f} ms):",
         costs, costs[FROZEN], "ms",
     )  # fmt: skip
     if args.no_loop:
@@ -323,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
                "updates_per_step": args.updates_per_step}  # fmt: skip
     rates = {
         FROZEN: loop_rate(cfg, args.steps, encoder_mode="frozen", **learner),
-        E2E: loop_rate(cfg, args.steps, encoder_mode="finetune", **learner),
+        E2E: loop_rate(
+            cfg, args.steps, encoder_mode="finetune",
+            encoder=replace(cfg.encoder, trunk=TRUNK_OF[E2E]), **learner,
+        ),
         DRQV2: loop_rate(
             cfg, args.steps, encoder_mode="finetune", encoder=replace(cfg.encoder, kind="drqv2"),
             **learner,

@@ -198,6 +198,9 @@ class FolderLock:
             raise SemoreError(f"{self.folder} is not a folder: expected an existing dataset folder")
         holder = self._new_holder()
         tmp = self.folder / f"{self.path.name}.{holder.token}.tmp"
+        # A folder made only to hold the lock goes again on release if nothing was written
+        # to it: a run refused after taking the lock (bad input) leaves no trace.
+        self._made = [d for d in (self.folder, *self.folder.parents) if not d.exists()]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(asdict(holder), indent=1) + "\n")
@@ -278,6 +281,11 @@ class FolderLock:
             current = read_holder(self.path)
             if current is not None and current.token == holder.token:
                 self.path.unlink()
+        for folder in getattr(self, "_made", []):  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something was written, keep it (and its parents)
+                break
 
     def __enter__(self) -> FolderLock:
         return self.acquire()

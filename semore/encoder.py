@@ -4,8 +4,8 @@ Layout of one forward pass for ``obs`` of shape (B, 3K, H, W), frames oldest fir
 
   semantic trunk (latest frame)          motion trunk (K frames + K-1 differences)
         |                                         |
-  token grid (<= max_tokens positions, same grid for both streams): the strided trunk's
-  map itself (7x7 for 84 px), or the DrQ trunk's 35x35 map average-pooled to 8x8
+  token grid (<= max_tokens positions, same grid for both streams): the DrQ trunk's 35x35
+  map average-pooled to 8x8 (default), or a strided trunk's smaller map (16x16 pooled, 7x7)
         |  <---- bidirectional cross-attention, gated residuals (gate 0 at init) ---->  |
   flatten -> Linear -> z_sem (256)                      flatten -> Linear -> z_mot (256)
         \\_____________________ concat ____________________/
@@ -74,13 +74,14 @@ class EncoderArch:
     # "semore" is the method; "drqv2" is DrQ-v2's own encoder, the end-to-end baseline
     # (semore.baselines; the fields from `trunk` to `max_tokens` below do not apply to it).
     kind: Literal["semore", "drqv2"] = "semore"
-    # Which conv trunk each stream runs. "strided" (ATC's encoder: strides 2, 2, 2, 1) yields
-    # the 7x7 token grid of an 84 px frame directly: ~7M multiply-adds per frame and stream
-    # against ~42M for "drq" (stride 2, then three stride-1 convs at 35x35), whose map the
-    # token pooling then averages down to 8x8 anyway. It is what makes end-to-end arms
-    # affordable on CPU (benchmarks/results/rl_update/); "drq" is the trunk of the exports
-    # written before the field existed, which load as "drq".
-    trunk: Literal["strided", "strided4", "drq"] = "strided"
+    # Which conv trunk each stream runs. "drq" (DrQ's: stride 2, then three stride-1 convs at
+    # 35x35 for 84 px frames, pooled to the 8x8 token grid) is the default. "strided4" (strides
+    # 2, 2, 1, 1: a 16x16 map pooled 2x2) and "strided" (ATC's strides 2, 2, 2, 1: the 7x7 grid
+    # directly) make end-to-end updates ~2-3x cheaper, but on tuning seeds 102-105 the guided
+    # arm scored 0.33 with either at 3000 steps against 0.53 with "drq", and "strided" probed
+    # worse (speed R2 0.75 against 0.90; benchmarks/results/tune_trunk/), so neither was
+    # adopted.
+    trunk: Literal["drq", "strided4", "strided"] = "drq"
     # Trunk width (DrQ's and ATC's 32); enough for 84 px inputs and cheap on CPU.
     num_filters: int = 32
     # 50 dims as in the SAC-AE / DrQ family, so agent heads are comparable.

@@ -9,7 +9,11 @@ import shutil
 import pytest
 import yaml
 
+from pipeline.compare.carry import check_study
+from pipeline.compare.config import CompareConfig
 from pipeline.compare.run import main
+from pipeline.config import from_dict
+from pipeline.errors import SemoreError
 from tests.test_compare_run import dataset_study
 
 
@@ -80,3 +84,15 @@ def test_a_different_rebuilt_dataset_is_a_one_line_error(finished_study, capsys)
     assert code == 2 and last.startswith("semore-compare: error: ") and "Traceback" not in err
     assert "differs from the one the runs in" in last and "(in raw.totals;" in last
     assert (report / "runs" / "scratch-seed0.csv").is_file()  # nothing kept is lost
+
+
+def test_a_study_may_add_encoders_but_not_change_one(finished_study):
+    """Adding an encoder (and its arm) to a study goes on from its results folder; changing an
+    encoder that kept runs were made with is refused."""
+    _, _, report, _ = finished_study
+    study = dataset_study()
+    study["encoders"]["tiny_more"] = {"config": "quickstart"}
+    check_study(from_dict(CompareConfig, study), report)  # an added encoder: fine
+    study["encoders"]["tiny"]["overrides"]["encoder"]["num_filters"] = 4
+    with pytest.raises(SemoreError, match="differs from this study in encoders.tiny:"):
+        check_study(from_dict(CompareConfig, study), report)

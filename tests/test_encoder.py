@@ -275,8 +275,8 @@ def _trunk_flops(trunk: str) -> int:
 
 
 def test_strided_trunk_yields_the_token_grid_directly_at_under_a_quarter_of_the_cost():
-    strided = SemoreEncoder(3, 84, 84)
-    assert strided.config.trunk == "strided"  # the default
+    assert SemoreEncoder(3, 84, 84).config.trunk == "drq"  # the default (tune_trunk)
+    strided = SemoreEncoder(3, 84, 84, trunk="strided")
     assert trunk_output_size(84, 84, "strided") == (7, 7) and strided.grid == (7, 7)
     assert isinstance(strided.pool, torch.nn.Identity)  # no map computed only to be averaged
     tokens = strided.trunk_tokens(make_obs(2, 3, 84, 84))
@@ -285,11 +285,12 @@ def test_strided_trunk_yields_the_token_grid_directly_at_under_a_quarter_of_the_
     assert trunk_output_size(84, 84, "strided4") == (16, 16)  # pooled 2x2 to 8x8
     assert SemoreEncoder(3, 84, 84, trunk="strided4").grid == (8, 8)
     # A panorama's map is wider than the cap allows: pooled to the grid as before.
-    assert SemoreEncoder(3, 84, 420).grid[0] * SemoreEncoder(3, 84, 420).grid[1] <= 64
+    panorama = SemoreEncoder(3, 84, 420, trunk="strided")
+    assert panorama.grid[0] * panorama.grid[1] <= 64
     ratio = _trunk_flops("drq") / _trunk_flops("strided")
     assert ratio > 4, f"strided trunk only {ratio:.1f}x cheaper than drq"
     with pytest.raises(ValueError, match="image_height=24; expected an int >= 31 for the strided"):
-        SemoreEncoder(3, 24, 84)
+        SemoreEncoder(3, 24, 84, trunk="strided")
     with pytest.raises(ValueError, match="trunk='resnet'"):
         SemoreEncoder(3, 84, 84, trunk="resnet")
 

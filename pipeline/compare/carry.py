@@ -54,6 +54,7 @@ _NOT_RUN_SETTINGS = (
     "arms",
     "baseline_arms",
     "also_compare_to",
+    "encoders",  # compared one by one: a study may add encoders (check_study)
 )
 # The dataset's fingerprint: what was asked for and what came out, not where or by which
 # commit it was built (the manifest's own hash changes with those).
@@ -130,7 +131,8 @@ def kept_runs(folder: Path | None) -> list[Path]:
 
 def check_study(cfg: CompareConfig, folder: Path | None) -> None:
     """Refuse to go on from a results folder whose runs come from another study: every setting
-    that changes a run, and every arm both hold, must be equal (seeds and arms may be added)."""
+    that changes a run, and every arm and encoder both hold, must be equal (seeds, arms and
+    encoders may be added)."""
     if folder is not None and folder.is_dir():
         check_results_folder(folder)  # before anything is built or written for it
     if not kept_runs(folder) or not (folder / STUDY_NAME).is_file():
@@ -138,8 +140,9 @@ def check_study(cfg: CompareConfig, folder: Path | None) -> None:
     kept = to_dict(load_config(CompareConfig, folder / STUDY_NAME))  # typed, as the report reads it
     now = to_dict(cfg)
     differ = [k for k in now if k not in _NOT_RUN_SETTINGS and kept.get(k) != now[k]]
-    both = sorted(set(now["arms"]) & set(kept.get("arms", {})))
-    differ += [f"arms.{a}" for a in both if kept["arms"][a] != now["arms"][a]]
+    for section in ("arms", "encoders"):
+        both = sorted(set(now[section]) & set(kept.get(section) or {}))
+        differ += [f"{section}.{a}" for a in both if kept[section][a] != now[section][a]]
     if differ:
         raise SemoreError(
             f"{folder / 'study.yaml'} differs from this study in {', '.join(differ)}: its runs "

@@ -132,16 +132,17 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     report_dir = args.report or args.out / "report"
     carry = args.report  # only a named results folder carries a study on (see carry.py)
     check_study(cfg, carry)  # before anything is built for runs it cannot keep
-    plan = plan_study(cfg, args.out, carry, args.argv)
     if args.print_commands:
-        print_plan(plan)
+        print_plan(plan_study(cfg, args.out, carry, args.argv))
         return
     if args.launcher == "slurm" and not args.report_only:
         # no lock here: the cluster's tasks lock what they write (the report task its study)
+        plan = plan_study(cfg, args.out, carry, args.argv)
         if launch_study(plan, cfg, args.out, args.wait):
             print(f"{args.out}: study finished; results in {report_dir}")
         return
     with FolderLock(args.out, "compare"):
+        plan = plan_study(cfg, args.out, carry, args.argv)
         if args.report_only:
             check_dataset(args.out, carry)  # also in a cluster's report task, after its dataset
         else:
