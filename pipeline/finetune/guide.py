@@ -29,15 +29,14 @@ import webdataset as wds
 from torch import nn
 
 from pipeline.data import schema
-from pipeline.data.source import DatasetInfo, read_dataset_info, shard_urls
+from pipeline.data.source import read_dataset_info, shard_urls
 from pipeline.data.windows import Collate, EpisodeSplit, ShardPairReader, TrainStats, train_stats
 from pipeline.errors import SemoreError
 from pipeline.finetune.captions import OnlineCaptions, online_captions
-from semore.atc import ATCLoss, ATCModel
-from semore.encoder import SemoreEncoder, load_pretrain_heads
+from pipeline.finetune.guide_model import pretraining_model
+from semore.atc import ATCModel
+from semore.encoder import SemoreEncoder
 from semore.guide import FROM_REPLAY, PretrainGuide
-from semore.heads import SemorePretrainModel
-from semore.losses import SemorePretrainLoss
 from semore.replay import ReplayBuffer
 from semore.trunk_cache import tokens_to_cache
 
@@ -58,7 +57,7 @@ def export_stats(metadata: dict, state_dim: int) -> TrainStats:
         reward_mean=float(metadata["reward_mean"]),
         reward_std=float(metadata["reward_std"]),
         # The no-language control's state targets, as pretraining standardised them (exports
-        # written before they were recorded guide without the state term: _pretraining_model).
+        # written before they were recorded guide without the state term: guide_model).
         state_mean=np.asarray(metadata.get("state_mean", np.zeros(state_dim)), np.float32),
         state_std=np.asarray(metadata.get("state_std", np.ones(state_dim)), np.float32),
         num_train_samples=0,
@@ -177,23 +176,6 @@ def mixed_batches(
         yield next(stream)
 
 
-def _check_dataset(info: DatasetInfo, where: str, encoder: SemoreEncoder, heads: dict) -> None:
-    """One-line error when the guide dataset cannot feed this encoder and these heads."""
-    cfg = encoder.config
-    wanted = {
-        "image size": ((info.image_height, info.image_width), (cfg.image_height, cfg.image_width)),
-        "embedding dim": (info.embedding_dim, heads["text_dim"]),
-        "motion targets": (len(info.motion_targets), heads["motion_dim"]),
-        "action dim": (info.action_dim, heads["action_dim"]),
-    }
-    for name, (found, expected) in wanted.items():
-        if found != expected:
-            raise SemoreError(
-                f"guide dataset {where} has {name} {found}: expected {expected}, as the "
-                "encoder and its pretraining heads (guide.data names another dataset)"
-            )
-
-
 def _guide_data(cfg: FinetuneConfig, metadata: dict) -> str:
     if cfg.guide.data is not None:
         return cfg.guide.data
@@ -217,18 +199,6 @@ def guide_captions(cfg: FinetuneConfig, metadata: dict) -> OnlineCaptions:
     return online_captions(info, cfg.repeat)
 
 
-def _heads_spec(info: DatasetInfo, saved: dict | None) -> dict:
-    if saved is not None:
-        return saved["model"]
-    return {
-        "text_dim": info.embedding_dim,
-        "motion_dim": len(info.motion_targets),
-        "action_dim": info.action_dim,
-        "heads_read": "h",
-        "state_dim": 0,
-    }
-
-
 def build_guide(
     encoder: nn.Module,
     cfg: FinetuneConfig,
@@ -247,7 +217,7 @@ def build_guide(
     except SemoreError as err:
         raise SemoreError(f"guide dataset: {err}") from None
     device = next(encoder.parameters()).device
-    model, loss, tau = _pretraining_model(encoder, cfg, info, data, export, metadata, device)
+    model, loss, tau = pretraining_model(encoder, cfg, info, data, export, metadata, device)
     atc = model if isinstance(model, ATCModel) else None
     if "motion_mean" in metadata:
         stats = export_stats(metadata, len(schema.CAPTION_STATE_FIELDS))
@@ -288,78 +258,6 @@ def build_guide(
     return guide.to(device)
 
 
-def _pretraining_model(
-    encoder: nn.Module,
-    cfg: FinetuneConfig,
-    info: DatasetInfo,
-    data: str,
-    export: Path | None,
-    metadata: dict,
-    device: torch.device,
-) -> tuple[SemorePretrainModel | ATCModel, SemorePretrainLoss | ATCLoss, float | None]:
-    """The pretraining model around ``encoder`` with the export's heads and loss (fresh ones
-    without), checked against the guide dataset ``data`` (read as ``info``), and an ATC
-    model's momentum rate (None for the method's)."""
-    saved = load_pretrain_heads(export) if export is not None else None
-    if saved is None:
-        log.warning("guided: %s has no pretraining heads; they start fresh", export or "none")
-    recorded = metadata.get("dataset", {})
-    if recorded.get("manifest_sha256") not in (None, info.dataset_id()["manifest_sha256"]):
-        log.warning("guide dataset %s changed since pretraining (manifest hash differs)", data)
-    if saved is not None and saved.get("objective") == "atc":
-        model = _atc_model(encoder, cfg, info, saved, export).to(device)
-        return model, ATCLoss(), float(saved["momentum_tau"])
-    spec = _heads_spec(info, saved)
-    _check_dataset(info, str(data), encoder, spec)
-    model = SemorePretrainModel(encoder, **spec).to(device)
-    loss_kwargs = dict(saved["loss"]) if saved is not None else {}
-    if "state_std" not in metadata:  # the state term needs the state targets' scaling
-        loss_kwargs["state_weight"] = 0.0
-    loss = SemorePretrainLoss(**loss_kwargs).to(device)
-    if saved is not None:
-        _load_heads(model, loss, saved, export)
-    return model, loss, None
-
-
-def _atc_model(
-    encoder: nn.Module, cfg: FinetuneConfig, info: DatasetInfo, saved: dict, export: Path
-) -> ATCModel:
-    """ATC's predictor, contrast and momentum encoder from the export, around the agent's
-    encoder (its momentum copy starts as exported, not as a copy of the online encoder)."""
-    spec = saved["model"]
-    if cfg.guide.replay_every:
-        raise SemoreError(
-            f"{export} was pretrained with ATC: expected guide.replay_every 0 (replayed frames "
-            "are captioned for the method's terms; ATC's guide reads dataset windows only)"
-        )
-    if spec["frame_stack"] != cfg.frame_stack:
-        raise SemoreError(
-            f"{export} contrasts stacks of {spec['frame_stack']} frames: expected frame_stack "
-            f"{spec['frame_stack']}"
-        )
-    enc = encoder.config
-    if (info.image_height, info.image_width) != (enc.image_height, enc.image_width):
-        raise SemoreError(
-            f"guide dataset has {info.image_height}x{info.image_width} frames: expected "
-            f"{enc.image_height}x{enc.image_width}, as the encoder"
-        )
-    model = ATCModel(encoder, spec["frame_stack"], spec["temporal_shift"], spec["hidden_dim"])
-    try:
-        missing, unexpected = model.load_state_dict(saved["state_dict"], strict=False)
-    except RuntimeError as err:
-        raise SemoreError(
-            f"{export}: its ATC heads do not fit its encoder ({str(err).splitlines()[-1]}): "
-            "expected an export written by semore-pretrain --objective atc"
-        ) from None
-    lacking = sorted(key for key in missing if not key.startswith("encoder."))
-    if unexpected or lacking:
-        raise SemoreError(
-            f"{export}: ATC heads lack {lacking} / have extra {sorted(unexpected)}: expected an "
-            "export written by semore-pretrain --objective atc"
-        )
-    return model
-
-
 def _cached_table(
     encoder: nn.Module,
     device: torch.device,
@@ -387,26 +285,6 @@ def _cached_table(
         time.perf_counter() - start_s,
     )
     return table
-
-
-def _load_heads(
-    model: SemorePretrainModel, loss: SemorePretrainLoss, saved: dict, export: Path
-) -> None:
-    """The export's heads into ``model`` (whose encoder is the agent's, already loaded)."""
-    try:
-        missing, unexpected = model.load_state_dict(saved["state_dict"], strict=False)
-        loss.load_state_dict(saved["loss_state_dict"])
-    except RuntimeError as err:
-        raise SemoreError(
-            f"{export}: its pretraining heads do not fit its encoder ({str(err).splitlines()[-1]})"
-            ": expected an export written by semore-pretrain"
-        ) from None
-    lacking = sorted(key for key in missing if not key.startswith("encoder."))
-    if unexpected or lacking:
-        raise SemoreError(
-            f"{export}: pretraining heads lack {lacking} / have extra {sorted(unexpected)}: "
-            "expected an export written by semore-pretrain"
-        )
 
 
 def _holdout(metadata: dict) -> int:
