@@ -80,14 +80,22 @@ class CheckError(ValueError):
 
 
 class Spec:
-    """One value's type and range. ``check`` returns nothing and raises :class:`CheckError`."""
+    """One value's type and range. ``check`` returns nothing and raises :class:`CheckError`.
+
+    A subclass defines one of the two: a plain value its ``accepts`` (``check`` then names the
+    value), a structure its ``check`` (naming the inner field that fails; ``accepts`` then
+    asks it)."""
 
     def check(self, value: Any, path: str = "value") -> None:
         if not self.accepts(value):
             raise CheckError(path, value, self.describe())
 
     def accepts(self, value: Any) -> bool:
-        raise NotImplementedError
+        try:
+            self.check(value)
+        except CheckError:
+            return False
+        return True
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -226,13 +234,6 @@ class ListOf(Spec):
         if self.unique and len({repr(v) for v in value}) != len(value):
             raise CheckError(path, value, self.describe())
 
-    def accepts(self, value: Any) -> bool:
-        try:
-            self.check(value)
-        except CheckError:
-            return False
-        return True
-
     def describe(self) -> str:
         distinct = "distinct " if self.unique else ""
         if self.min_len == self.max_len:
@@ -261,13 +262,6 @@ class MapOf(Spec):
                 raise CheckError(f"{path} key", name, self.key.describe())
             self.value.check(item, f"{path}.{name}")
 
-    def accepts(self, value: Any) -> bool:
-        try:
-            self.check(value)
-        except CheckError:
-            return False
-        return True
-
     def describe(self) -> str:
         return "a mapping"
 
@@ -289,13 +283,6 @@ class Record(Spec):
         for name, spec in self.fields.items():
             if name in value:
                 spec.check(value[name], f"{path}.{name}")
-
-    def accepts(self, value: Any) -> bool:
-        try:
-            self.check(value)
-        except CheckError:
-            return False
-        return True
 
     def describe(self) -> str:
         return "a mapping"

@@ -114,13 +114,6 @@ class _Heads(Spec):
         atc = isinstance(value, dict) and value.get("objective") == "atc"
         (ATC_HEADS if atc else METHOD_HEADS).check(value, path)
 
-    def accepts(self, value: Any) -> bool:
-        try:
-            self.check(value)
-        except CheckError:
-            return False
-        return True
-
     def describe(self) -> str:
         return "the method's or ATC's pretraining heads"
 
