@@ -57,7 +57,9 @@ def pretraining_model(
         loss_kwargs["state_weight"] = 0.0
     loss = SemorePretrainLoss(**loss_kwargs).to(device)
     if saved is not None:
-        _load_heads(model, loss, saved, export)
+        _load_heads(
+            model, saved["state_dict"], export, loss=loss, loss_state_dict=saved["loss_state_dict"]
+        )
     return model, loss, None
 
 
@@ -84,19 +86,7 @@ def _atc_model(
             f"{enc.image_height}x{enc.image_width}, as the encoder"
         )
     model = ATCModel(encoder, spec["frame_stack"], spec["temporal_shift"], spec["hidden_dim"])
-    try:
-        missing, unexpected = model.load_state_dict(saved["state_dict"], strict=False)
-    except RuntimeError as err:
-        raise SemoreError(
-            f"{export}: its ATC heads do not fit its encoder ({str(err).splitlines()[-1]}): "
-            "expected an export written by semore-pretrain --objective atc"
-        ) from None
-    lacking = sorted(key for key in missing if not key.startswith("encoder."))
-    if unexpected or lacking:
-        raise SemoreError(
-            f"{export}: ATC heads lack {lacking} / have extra {sorted(unexpected)}: expected an "
-            "export written by semore-pretrain --objective atc"
-        )
+    _load_heads(model, saved["state_dict"], export, "ATC heads", "semore-pretrain --objective atc")
     return model
 
 
@@ -130,20 +120,28 @@ def _heads_spec(info: DatasetInfo, saved: dict | None) -> dict:
 
 
 def _load_heads(
-    model: SemorePretrainModel, loss: SemorePretrainLoss, saved: dict, export: Path
+    model: nn.Module,
+    state_dict: dict,
+    export: Path,
+    heads: str = "pretraining heads",
+    writer: str = "semore-pretrain",
+    loss: nn.Module | None = None,
+    loss_state_dict: dict | None = None,
 ) -> None:
-    """The export's heads into ``model`` (whose encoder is the agent's, already loaded)."""
+    """The export's ``heads`` (and the loss's state) into ``model``, whose encoder is the
+    agent's, already loaded; a one-line error naming what does not fit."""
     try:
-        missing, unexpected = model.load_state_dict(saved["state_dict"], strict=False)
-        loss.load_state_dict(saved["loss_state_dict"])
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        if loss is not None:
+            loss.load_state_dict(loss_state_dict)
     except RuntimeError as err:
         raise SemoreError(
-            f"{export}: its pretraining heads do not fit its encoder ({str(err).splitlines()[-1]})"
-            ": expected an export written by semore-pretrain"
+            f"{export}: its {heads} do not fit its encoder ({str(err).splitlines()[-1]}): "
+            f"expected an export written by {writer}"
         ) from None
     lacking = sorted(key for key in missing if not key.startswith("encoder."))
     if unexpected or lacking:
         raise SemoreError(
-            f"{export}: pretraining heads lack {lacking} / have extra {sorted(unexpected)}: "
-            "expected an export written by semore-pretrain"
+            f"{export}: {heads} lack {lacking} / have extra {sorted(unexpected)}: expected an "
+            f"export written by {writer}"
         )
