@@ -173,6 +173,7 @@ class FolderLock:
     ) -> None:
         self.folder = Path(folder)
         self.create = create  # False: the folder must exist (a stage that adds to a dataset)
+        self._made: list[Path] = []  # folders acquire() created, deepest first
         self.stage = stage
         self.worker_index = worker_index
         self.num_workers = num_workers
@@ -281,7 +282,7 @@ class FolderLock:
             current = read_holder(self.path)
             if current is not None and current.token == holder.token:
                 self.path.unlink()
-        for folder in getattr(self, "_made", []):  # deepest first
+        for folder in self._made:
             try:
                 folder.rmdir()
             except OSError:  # not empty: something was written, keep it (and its parents)
