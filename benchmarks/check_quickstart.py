@@ -8,17 +8,18 @@ README quotes. Wall-clock columns (``steps_per_s``, ``wall_time_s``) are left ou
 the machine's, not the run's. The quickstart is deterministic on one machine (fixed seeds, one
 thread per run, the pretraining data order seeded per epoch), so on the machine that made the
 folder every compared value is equal; on another CPU, float rounding in the convolutions may
-differ, and this script then says which file first differs and by how much.
+differ, and this script then names, per file, the first row and column that differ with both values.
 Exit 0 when all match, 1 when something differs, 2 when a file is missing.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
+
+from pipeline.finetune.eval import read_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quickstart"
 PROBES = ("probe_pretrained.json", "probe_random.json")
@@ -29,12 +30,10 @@ WALL_CLOCK_COLUMNS = frozenset({"steps_per_s", "wall_time_s"})
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
-    """A run's metrics rows without the wall-clock columns."""
-    with path.open(newline="") as f:
-        return [
-            {k: v for k, v in row.items() if k not in WALL_CLOCK_COLUMNS}
-            for row in csv.DictReader(f)
-        ]
+    """A run's metrics rows (strings, as written) without the wall-clock columns."""
+    return [
+        {k: v for k, v in row.items() if k not in WALL_CLOCK_COLUMNS} for row in read_metrics(path)
+    ]
 
 
 def _first_difference(ours: list[dict[str, str]], kept: list[dict[str, str]]) -> str | None:
