@@ -2,7 +2,7 @@
 
     python benchmarks/pretrain.py [--data DIR] [--config quickstart]
         [--precision 32-true|bf16-mixed] [--accelerator cpu|gpu] [--batches 20]
-        [--section.field VALUE ...]
+        [--compare-precision] [--section.field VALUE ...]
 
 Three numbers, in one process:
 
@@ -13,6 +13,8 @@ Three numbers, in one process:
 3. training steps/s: ``Trainer.fit`` end to end (loader and step together).
 
 The loader should be at least 3x faster than consumption, so training is compute-bound.
+``--compare-precision`` times consumption in float32 and in bf16-mixed instead, one step of
+each in turn on the same batches (so a busy machine slows both alike), and prints the ratio.
 Without ``--data`` a small real dataset is made in a temporary folder first: 8 episodes of
 the quickstart collect preset, annotated with the quickstart annotate preset (scene captions,
 384-d MiniLM embeddings), through the stages' own commands.
@@ -78,19 +80,8 @@ def consumption_rate(
     module, batches: list[dict], device: torch.device, precision: str, num_steps: int
 ) -> float:
     """Samples/s of forward + backward + optimiser step on preloaded batches."""
-    module = module.to(device).train()
-    optimizer = module.configure_optimizers()
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in precision)
-
-    def step(batch: dict) -> None:
-        with autocast:
-            outputs = module.model(module.augment(batch["obs"]), batch["action"])
-            loss = module.loss(outputs, batch)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step = _stepper(module, device, precision)
     for batch in batches[:2]:  # warm-up (allocator, kernels)
         step(batch)
     if device.type == "cuda":
@@ -101,6 +92,39 @@ def consumption_rate(
     if device.type == "cuda":
         torch.cuda.synchronize()
     return num_steps * batches[0]["obs"].shape[0] / (time.perf_counter() - start)
+
+
+def precision_ratio(cfg: PretrainConfig, dm: SemoreDataModule, batches: list[dict], steps: int):
+    """Median seconds per consumption step in 32-true and bf16-mixed, timed in turn."""
+    device = torch.device("cpu")
+    precisions = ("32-true", "bf16-mixed")
+    steppers = {p: _stepper(build_module(cfg, dm), device, p) for p in precisions}
+    times: dict[str, list[float]] = {p: [] for p in precisions}
+    for i in range(steps + 2):
+        for precision, step in steppers.items():
+            start = time.perf_counter()
+            step(batches[i % len(batches)])
+            if i >= 2:  # the first two warm up allocator and kernels
+                times[precision].append(time.perf_counter() - start)
+    return {p: sorted(t)[len(t) // 2] for p, t in times.items()}
+
+
+def _stepper(module, device: torch.device, precision: str):
+    """One forward + backward + optimiser step of ``module`` as the Trainer runs it."""
+    module = module.to(device).train()
+    module.on_fit_start()  # the memory layout training uses
+    optimizer = module.configure_optimizers()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in precision)
+
+    def step(batch: dict) -> None:
+        with autocast:
+            outputs = module.model(module.augment(batch["obs"]), batch["action"])
+            loss = module.loss(outputs, batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
 
 
 def training_rate(cfg: PretrainConfig, dm: SemoreDataModule, out: Path, warmup: int) -> float:
@@ -132,6 +156,11 @@ def main() -> None:
     parser.add_argument("--precision", default=None, help="e.g. bf16-mixed on a GPU")
     parser.add_argument("--accelerator", default=None, help="cpu, gpu or auto")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per measure")
+    parser.add_argument(
+        "--compare-precision",
+        action="store_true",
+        help="time CPU steps in 32-true against bf16-mixed, in turn, and print the ratio",
+    )
     args, overrides = parser.parse_known_args()
     cfg = load_config(PretrainConfig, args.config, overrides, stage="pretrain")
     if args.precision:
@@ -159,8 +188,15 @@ def main() -> None:
             f"precision {cfg.trainer.precision}, encoder {cfg.encoder}"
         )
 
-        loader = loader_rate(dm, args.batches)
         batches = [b for b, _ in zip(dm.train_dataloader(), range(8), strict=False)]
+        if args.compare_precision:
+            median_s = precision_ratio(cfg, dm, batches, args.batches)
+            for precision, seconds in median_s.items():
+                print(f"{precision:>10}: {seconds * 1000:7.1f} ms per step (median, preloaded)")
+            ratio = median_s["bf16-mixed"] / median_s["32-true"]
+            print(f"bf16-mixed / 32-true: {ratio:.2f}x the time per step")
+            return
+        loader = loader_rate(dm, args.batches)
         consume = consumption_rate(
             build_module(cfg, dm), batches, device, cfg.trainer.precision, args.batches
         )

@@ -118,7 +118,7 @@ def finetune_jobs(cfg: CompareConfig, out: Path) -> list[Job]:
                 "--eval_every_steps", str(cfg.eval_every_steps),
                 "--num_eval_episodes", str(cfg.num_eval_episodes),
                 *override_flags(cfg.overrides), *override_flags(arm.overrides),
-                "--resume", "--quiet",
+                "--shared-reference", str(out / "reference"), "--resume", "--quiet",
             ]  # fmt: skip
             jobs.append(Job(FINETUNE_MODULE, argv, arm=name, seed=seed, out=run_dir))
     return jobs

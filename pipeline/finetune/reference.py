@@ -3,8 +3,9 @@ evaluation seeds, so that any return R reads as the expert-normalised score
 ``(R - R_random) / (R_expert - R_random)`` (0 = random, 1 = expert).
 
 ``semore-reference --config quickstart --out reference.json`` computes them on their own;
-``semore-finetune`` computes them once per run folder and adds ``normalized_return`` to every
-evaluation row.
+``semore-finetune`` computes them once per run folder (or takes them from the folder that
+``--shared-reference`` names: a study's runs share one measurement) and adds
+``normalized_return`` to every evaluation row.
 """
 
 from __future__ import annotations
@@ -95,21 +96,45 @@ def load_reference(path: Path, cfg: FinetuneConfig) -> ReferenceScores | None:
     return saved if saved.task_hash == task_hash(cfg) else None
 
 
-def reference_for(cfg: FinetuneConfig, driver: Driver, path: Path) -> ReferenceScores:
-    """Saved scores of this task from ``path``, or computed now and saved there."""
+def shared_reference_path(folder: Path, cfg: FinetuneConfig) -> Path:
+    """Where a folder of scores shared by several runs (a study's) keeps ``cfg``'s task."""
+    return folder / f"reference-{task_hash(cfg)[:16]}.json"
+
+
+def reference_for(
+    cfg: FinetuneConfig, driver: Driver, path: Path, shared: Path | None = None
+) -> ReferenceScores:
+    """Saved scores of this task from ``path``, or computed now and saved there.
+
+    ``shared``: a folder of scores shared by runs on the same task (a study's runs measure
+    the expert once, not once per run, ~10 s each): read from it when ``path`` has none, and
+    written to it when computed. Two runs that start together may both compute; the scores
+    are deterministic and each write is atomic, so either file is the same.
+    """
     scores = load_reference(path, cfg)
+    common = shared_reference_path(shared, cfg) if shared is not None else None
+    if scores is None and common is not None:
+        scores = load_reference(common, cfg)
+        if scores is not None:
+            _save(path, scores)
     if scores is None:
         log.info(
             "measuring expert and random returns on %d evaluation episodes",
             len(eval_seeds(cfg.eval_seed, cfg.num_eval_episodes)),
         )
         scores = compute_reference(cfg, driver)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(asdict(scores), indent=2) + "\n")
+        for where in (path, common):
+            if where is not None:
+                _save(where, scores)
     log.info(
         "reference returns: expert %.1f, random %.1f", scores.expert_return, scores.random_return
     )
     return scores
+
+
+def _save(path: Path, scores: ReferenceScores) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(asdict(scores), indent=2) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -243,8 +243,15 @@ def _drivers(cfg: FinetuneConfig, envs: list) -> tuple[Driver, Driver | None]:
     return driver, Driver(envs[1], cfg.repeat, cfg.frame_stack, spec.max_retries)
 
 
-def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = False) -> dict:
-    """Run (or continue) one fine-tuning run; returns the summary written to out."""
+def finetune(
+    cfg: FinetuneConfig,
+    encoder_arg: str,
+    out: Path,
+    resume: bool = False,
+    shared_reference: Path | None = None,
+) -> dict:
+    """Run (or continue) one fine-tuning run; returns the summary written to out.
+    ``shared_reference``: a folder of reference scores shared with other runs (a study's)."""
     check_memory(cfg)
     checkpoint = _checkpoint_to_resume(out, resume)
     torch.manual_seed(cfg.seed)  # before building the encoder: see build_encoder
@@ -268,7 +275,9 @@ def finetune(cfg: FinetuneConfig, encoder_arg: str, out: Path, resume: bool = Fa
             cfg, agent, driver, replay, out, fabric, run_info, eval_driver, captions
         )
         if cfg.measure_reference:
-            trainer.reference = reference_for(cfg, eval_driver or driver, out / REFERENCE_NAME)
+            trainer.reference = reference_for(
+                cfg, eval_driver or driver, out / REFERENCE_NAME, shared_reference
+            )
         if checkpoint is not None:
             trainer.load(checkpoint)
             log.info("resuming %s at step %d", out, trainer.step)
@@ -306,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume", action="store_true", help="continue from --out/checkpoints/last.pt"
     )
+    parser.add_argument(
+        "--shared-reference",
+        type=Path,
+        help="folder of expert/random scores shared with other runs on the same task (a "
+        "study's): reused when measured, else measured and added",
+    )
     return parser
 
 
@@ -315,7 +330,9 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     flags = {"num_train_steps": args.num_train_steps, "seed": args.seed}
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     with FolderLock(args.out, "finetune"):
-        summary = finetune(cfg, args.encoder, args.out, resume=args.resume)
+        summary = finetune(
+            cfg, args.encoder, args.out, resume=args.resume, shared_reference=args.shared_reference
+        )
     final = summary["final_eval"]
     print(
         f"{args.out}: step {summary['step']}, eval return {final['episode_return']:.1f}, "
