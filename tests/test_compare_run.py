@@ -14,6 +14,7 @@ import pipeline.compare.slurm as compare_slurm
 from pipeline.compare.run import main
 from pipeline.finetune.eval import read_metrics
 from pipeline.finetune.run import main as finetune_main
+from pipeline.lock import FolderLock
 from semore.encoder import SemoreEncoder, save_encoder
 
 TINY_FINETUNE = {
@@ -111,6 +112,25 @@ def test_study_runs_reports_and_skips_finished_runs(tmp_path, capsys):
     assert after["arms"]["scratch"]["wall_time_s"] <= before["arms"]["scratch"]["wall_time_s"]
     rows = read_metrics(report / "runs" / "scratch-seed0.csv")
     assert max(int(r["step"]) for r in rows) == 8
+    _report_beside_a_running_study(study, out, tmp_path, capsys)
+
+
+def _report_beside_a_running_study(study: Path, out: Path, tmp_path: Path, capsys) -> None:
+    """While a study runs (its lock held), a report of its finished runs goes to a results
+    folder outside it; the study's own report folder stays its writer's."""
+    partial = tmp_path / "partial"
+    with FolderLock(out, "compare"):
+        before = sorted(p.name for p in out.rglob("*"))
+        argv = ["--config", str(study), "--out", str(out), "--report-only", "--quiet"]
+        assert main([*argv, "--report", str(partial)]) == 0
+        assert sorted(p.name for p in (partial / "runs").glob("*.csv")) == sorted(
+            p.name for p in (out / "report" / "runs").glob("*.csv")
+        )
+        assert sorted(p.name for p in out.rglob("*")) == before  # nothing written to the study
+        capsys.readouterr()
+        assert main(argv) == 2  # a usage error: another writer holds the folder
+        assert "is being written by semore-compare" in capsys.readouterr().err
+        assert main([*argv, "--report", str(partial)]) == 0  # its lock is released after
 
 
 def test_bad_study_is_a_one_line_error(tmp_path, capsys):

@@ -87,15 +87,21 @@ def report_argv(argv: list[str]) -> list[str]:
 
 
 def plan_study(
-    cfg: CompareConfig, out: Path, carry: Path | None = None, argv: list[str] = ()
+    cfg: CompareConfig,
+    out: Path,
+    carry: Path | None = None,
+    argv: list[str] = (),
+    restore: bool = True,
 ) -> StudyPlan:
     """What is left of the study ``cfg`` in ``out``; ``argv`` is the command line that asked.
 
     Encoders the results folder ``carry`` keeps are first copied into place
     (:func:`~pipeline.compare.carry.restore_encoders`): restoring is not pretraining, so
-    they are not left to do.
+    they are not left to do. ``restore=False`` plans without writing to ``out`` (a report
+    read beside a running study).
     """
-    restore_encoders(cfg, out, carry)
+    if restore:
+        restore_encoders(cfg, out, carry)
     dataset = [] if dataset_done(cfg, out) else dataset_commands(cfg, out)
     encoders = [job for job in pretrain_jobs(cfg, out) if not job.finished(0)]
     all_runs = finetune_jobs(cfg, out)
