@@ -141,18 +141,12 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
         if launch_study(plan, cfg, args.out, args.wait):
             print(f"{args.out}: study finished; results in {report_dir}")
         return
-    if args.report_only and not report_dir.resolve().is_relative_to(args.out.resolve()):
-        # A reader: a finished run never changes (summary.json is written last, atomically), so
-        # a report of the finished runs needs no lock on a study that may be running; the
-        # results folder it writes does (and nothing is restored into the study).
-        with FolderLock(report_dir, "compare"):
-            check_dataset(args.out, carry)
-            _report(
-                cfg, plan_study(cfg, args.out, carry, args.argv, restore=False), args, report_dir
-            )
-        return
-    with FolderLock(args.out, "compare"):
-        plan = plan_study(cfg, args.out, carry, args.argv)
+    # A report into a folder outside the study only reads it: a finished run never changes
+    # (summary.json is written last, atomically), so it needs no lock on a study that may be
+    # running, only on the results folder it writes, and it restores nothing into the study.
+    reader = args.report_only and not report_dir.resolve().is_relative_to(args.out.resolve())
+    with FolderLock(report_dir if reader else args.out, "compare"):
+        plan = plan_study(cfg, args.out, carry, args.argv, restore=not reader)
         if args.report_only:
             check_dataset(args.out, carry)  # also in a cluster's report task, after its dataset
         else:
