@@ -67,6 +67,19 @@ def _steady_state(data: Path, overrides: list[str]) -> tuple[int, float, float]:
     return samples, wall, cpu
 
 
+def _distinct_captions(data: Path) -> tuple[int, int]:
+    """Distinct captions summed shard by shard (what a per-shard cache must encode), and
+    distinct over the whole dataset."""
+    per_shard_unique, everything = 0, set()
+    for path in sorted((data / schema.ANN_DIR).glob("ann-*.tar")):
+        captions = set()
+        for sample in iter_shard(path):
+            captions |= {sample[schema.CAPTION_SEM], sample[schema.CAPTION_MOT]}
+        per_shard_unique += len(captions)
+        everything |= captions
+    return per_shard_unique, len(everything)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=4, help="highway episodes to collect")
@@ -95,15 +108,8 @@ def main() -> None:
         samples = manifest["raw"]["totals"]["num_samples"]
         steady_samples, steady_s, steady_cpu = _steady_state(data, overrides)
 
-        ann = manifest["ann"]
-        per_shard_unique, everything = 0, set()
-        for path in sorted((data / schema.ANN_DIR).glob("ann-*.tar")):
-            captions = set()
-            for sample in iter_shard(path):
-                captions |= {sample[schema.CAPTION_SEM], sample[schema.CAPTION_MOT]}
-            per_shard_unique += len(captions)
-            everything |= captions
-        totals = ann["totals"]
+        per_shard_unique, distinct = _distinct_captions(data)
+        totals = manifest["ann"]["totals"]
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -131,7 +137,7 @@ def main() -> None:
     print(
         f"text encoder: {totals['encoder_calls']} captions encoded for {totals['caption_lookups']} lookups "
         f"(cache hit rate {100 * totals['cache_hits'] / totals['caption_lookups']:.1f}%); distinct captions: "
-        f"{per_shard_unique} summed per shard (target: equal to encoded), {len(everything)} over the dataset"
+        f"{per_shard_unique} summed per shard (target: equal to encoded), {distinct} over the dataset"
     )
 
 
