@@ -54,6 +54,7 @@ _NOT_RUN_SETTINGS = (
     "arms",
     "baseline_arms",
     "also_compare_to",
+    "continue_best",  # which arms go on; the arms themselves are compared one by one
     "encoders",  # compared one by one: a study may add encoders (check_study)
 )
 # The dataset's fingerprint: what was asked for and what came out, not where or by which

@@ -52,6 +52,19 @@ STRONGEST = "strongest"
 
 
 @dataclass
+class ContinueConfig:
+    """A longer budget for two arms of a shorter study in the same ``--out``: its best method arm
+    and its strongest baseline, picked on the IQM at the shorter budget, go on from their
+    checkpoints there; the other arms stop (``pipeline.compare.continuation``)."""
+
+    # The shorter study's budget: every run must have reached it, and the picks are its IQMs.
+    from_step: int = 10_000
+    # What was picked (arm -> IQM at from_step), written by semore-compare into the results
+    # folder's study.yaml so that a rebuilt or carried report keeps the same arms; leave empty.
+    picked: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class CompareConfig:
     """A study: every arm runs on every seed with the same fine-tune config and budget."""
 
@@ -93,6 +106,9 @@ class CompareConfig:
     # Bootstrap resamples per interval: rliable's default (50,000) for reported results; quick
     # presets use fewer, since the percentile ends move by ~0.01 at 2,000 on a handful of runs.
     bootstrap_reps: int = resumable(default=50_000)
+    # Set in a continuation preset (a *_20k study): only the best method arm and the strongest
+    # baseline of the shorter study go on, so the budget is spent where the question is left.
+    continue_best: ContinueConfig | None = None
     # Learner settings (dotted fine-tune keys, e.g. batch_size, sac.critic_lr) in which arms may
     # differ on purpose; say why next to the list in the study YAML. Any other difference in
     # batch, update-to-data ratio, n-step, head settings or evaluation is flagged in table.md.
@@ -116,6 +132,8 @@ class CompareConfig:
                 raise ValueError(
                     f"{key} {unknown} are not arms: expected among {', '.join(self.arms)}"
                 )
+        if self.continue_best is not None:
+            self._check_continuation(self.continue_best)
         if self.encoders and self.dataset is None:
             raise ValueError("encoders need a dataset to pretrain on: expected a dataset section")
         for name, arm in self.arms.items():
@@ -139,6 +157,24 @@ class CompareConfig:
             # rliable's 50,000 takes seconds; 10**8 would take hours and gigabytes.
             bootstrap_reps=Int(1, 10**7),
         )
+
+    def _check_continuation(self, cont: ContinueConfig) -> None:
+        if not self.baseline_arms or len(self.baseline_arms) == len(self.arms):
+            raise ValueError(
+                "continue_best picks the best method arm and the strongest baseline: expected "
+                "baseline_arms listed, and at least one arm that is not a baseline"
+            )
+        if not 1 <= cont.from_step < self.num_train_steps:
+            raise ValueError(
+                f"continue_best.from_step is {cont.from_step}: expected a step of the shorter "
+                f"study, from 1 to below num_train_steps ({self.num_train_steps})"
+            )
+        unknown = [arm for arm in cont.picked if arm not in self.arms]
+        if unknown:
+            raise ValueError(
+                f"continue_best.picked {unknown} are not arms: expected among "
+                f"{', '.join(self.arms)} (the pick semore-compare records; leave it empty)"
+            )
 
     def steps_to_report(self) -> list[int]:
         if self.report_steps:

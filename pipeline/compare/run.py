@@ -27,6 +27,7 @@ from pathlib import Path
 from pipeline import cli
 from pipeline.compare.carry import check_dataset, check_study
 from pipeline.compare.config import CompareConfig
+from pipeline.compare.continuation import continued
 from pipeline.compare.jobs import Command, run_jobs
 from pipeline.compare.plan import StudyPlan, plan_study, setup_commands
 from pipeline.compare.records import from_job, from_results
@@ -101,6 +102,7 @@ def _report_from_results(args: argparse.Namespace, overrides: list[str]) -> None
     folder = args.from_results
     check_results_folder(folder)  # every file it reads, before anything is written
     cfg = load_config(CompareConfig, args.config or folder / "study.yaml", overrides, "compare")
+    cfg = continued(cfg, None, folder)  # a continuation's arms as its study.yaml recorded them
     cfg.jobs = args.jobs or cfg.jobs  # how many ran at once: the threads each run had
     order = {arm: i for i, arm in enumerate(cfg.arms)}
     records = sorted(from_results(folder), key=lambda r: (order.get(r.arm, len(order)), r.seed))
@@ -131,6 +133,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = load_config(CompareConfig, args.config, overrides, stage="compare")
     report_dir = args.report or args.out / "report"
     carry = args.report  # only a named results folder carries a study on (see carry.py)
+    cfg = continued(cfg, args.out, carry)  # a continuation: only the arms that go on
     check_study(cfg, carry)  # before anything is built for runs it cannot keep
     if args.print_commands:
         print_plan(plan_study(cfg, args.out, carry, args.argv))

@@ -70,6 +70,10 @@ def verdicts(cfg: CompareConfig, a: Analysis) -> list[str]:
     if ref != cfg.reference_arm:
         lines.append(f"- The strongest baseline at step {a.report_steps[-1]} is {ref} (of "
                      f"{', '.join(b for b in cfg.baseline_arms if b in a.scores)}).")  # fmt: skip
+    if cfg.continue_best is not None:
+        picks = ", ".join(f"{arm} ({iqm:.2f})" for arm, iqm in cfg.continue_best.picked.items())
+        lines.append(f"- Continued from step {cfg.continue_best.from_step}: {picks}, the best "
+                     "method arm and the strongest baseline there by IQM; the other arms stop.")  # fmt: skip
     lines += [f"- {_verdict(ref, arm, a)}" for arm in judged if arm in a.improvement]
     for other, table in a.also.items():
         lines += [f"- {_verdict(other, arm, a, table)}" for arm in judged if arm in table]
