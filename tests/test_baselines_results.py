@@ -51,6 +51,19 @@ def test_the_readme_quotes_the_committed_headline():
     assert not missing, f"README.md lacks the committed study's {missing}"
 
 
+def test_the_readme_table_is_the_committed_table():
+    """One README row per arm: its runs, IQM [interval] at each report step, CPU-minutes."""
+    results = _results()
+    steps = results["steps"]
+    rows = {line.split("|")[1].strip(): line for line in README.read_text().splitlines()
+            if line.startswith("| `")}  # fmt: skip
+    for name, arm in results["arms"].items():
+        cells = [str(len(arm["seeds"]))]
+        cells += [_iqm(arm, steps, step) for step in results["report_steps"]]
+        cells.append(f"{arm['cpu_min_per_run']:.0f}")
+        assert rows.get(f"`{name}`") == f"| `{name}` | {' | '.join(cells)} |", name
+
+
 def test_the_readme_states_how_many_runs_the_folder_holds():
     results, study = _results(), _study()
     finished = sum(len(arm["seeds"]) for arm in results["arms"].values())
