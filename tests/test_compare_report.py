@@ -87,6 +87,7 @@ def test_report_from_results_says_what_it_shows_and_flags_unmatched_arms(tmp_pat
     assert verdict[1].startswith("- Not one learner: the arms differ in batch_size")
     assert "| frozen | 5 |" in table and "batch_size 128" in table and "batch_size 32" in table
     assert "| ~2.0 |" in table  # 2 min of wall time x 1 thread (2 cores, 2 jobs): not measured
+    assert "CPU-hours per arm (runs x CPU-min / run): frozen 0.2, scratch 0.2; 0.3 in all." in table
     assert str(tmp_path) not in table and "`" not in table
     assert "semore-compare --config study.yaml" in table
     results = json.loads((folder / "results.json").read_text())

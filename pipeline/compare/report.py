@@ -122,6 +122,13 @@ def _footer(cfg: CompareConfig, records: list[RunRecord], a: Analysis, label: st
             "task).",
             "",
         ]
+    hours = {arm: cpu * len(a.scores[arm]) / 60 for arm, (cpu, _) in a.cpu_min.items()}
+    lines += [
+        "CPU-hours per arm (runs x CPU-min / run): "
+        + ", ".join(f"{arm} {h:.1f}" for arm, h in hours.items())
+        + f"; {sum(hours.values()):.1f} in all.",
+        "",
+    ]
     estimated = [arm for arm, (_, measured) in a.cpu_min.items() if not measured]
     if estimated:
         lines += [
