@@ -63,6 +63,9 @@ class ContinueConfig:
     # folder's study.yaml so that a rebuilt or carried report keeps the same arms; leave empty.
     picked: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_fields(self, from_step=Int(1, MAX_STEPS))
+
 
 @dataclass
 class CompareConfig:
@@ -164,7 +167,7 @@ class CompareConfig:
                 "continue_best picks the best method arm and the strongest baseline: expected "
                 "baseline_arms listed, and at least one arm that is not a baseline"
             )
-        if not 1 <= cont.from_step < self.num_train_steps:
+        if cont.from_step >= self.num_train_steps:
             raise ValueError(
                 f"continue_best.from_step is {cont.from_step}: expected a step of the shorter "
                 f"study, from 1 to below num_train_steps ({self.num_train_steps})"
