@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
+import time
 from pathlib import Path
 
 import torch
 import yaml
 
+import pipeline.compare.jobs as compare_jobs
 import pipeline.compare.run as compare_run
 import pipeline.compare.slurm as compare_slurm
 from pipeline.compare.run import main
@@ -275,3 +278,28 @@ def test_printed_commands_the_local_runner_and_slurm_run_one_plan(tmp_path, monk
         Path("runs/tiny_frozen/seed0"),
         Path("runs/tiny_frozen/seed1"),
     }  # the finished scratch seed 1 is in none of them
+
+
+def test_each_run_is_reported_as_it_ends_not_in_queue_order(monkeypatch, caplog):
+    """A long run at the head of the queue does not hold back the progress of the short runs
+    that end beside it; the runs still start in the plan's order."""
+    started, long_may_end = [], threading.Event()
+
+    def fake_run(job, threads):
+        started.append(job.arm)
+        if job.arm == "long":
+            assert long_may_end.wait(timeout=30)
+        else:
+            time.sleep(0.05)
+            if job.arm == "short2":
+                long_may_end.set()
+        return job, 0, 1.0
+
+    monkeypatch.setattr(compare_jobs, "_run_job", fake_run)
+    queue = [compare_jobs.Job("m", [], arm=arm) for arm in ("long", "short1", "short2")]
+    with caplog.at_level("INFO", logger="pipeline.compare.jobs"):
+        assert compare_jobs.run_jobs(queue, num_jobs=2) == []
+    done = [r.getMessage() for r in caplog.records if " done in " in r.getMessage()]
+    assert started[0] == "long" and set(started) == {"long", "short1", "short2"}
+    assert [line.split()[1] for line in done] == ["short1", "short2", "long"]
+    assert done[0].startswith("[1/3] short1")

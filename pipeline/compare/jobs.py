@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -168,9 +168,11 @@ def run_jobs(jobs: list[Job], num_jobs: int) -> list[str]:
     log.info("%d runs, %d at a time, %d thread(s) each", len(jobs), num_jobs, threads)
     failures = []
     with ThreadPoolExecutor(num_jobs) as pool:
-        for done, (job, code, seconds) in enumerate(
-            pool.map(lambda j: _run_job(j, threads), jobs), start=1
-        ):
+        # Started in the plan's order; reported as each ends, so a 2-hour run at the head of
+        # the queue does not hold back the lines of the short runs that end beside it.
+        futures = [pool.submit(_run_job, job, threads) for job in jobs]
+        for done, future in enumerate(as_completed(futures), start=1):
+            job, code, seconds = future.result()
             status = "done" if code == 0 else f"FAILED (exit {code}, see {job.out}.log)"
             log.info(
                 "[%d/%d] %s seed %d %s in %.0f s",
