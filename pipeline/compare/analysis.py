@@ -57,8 +57,13 @@ def _cpu_minutes(cfg: CompareConfig, records: list[RunRecord]) -> dict[str, tupl
     }
 
 
+def best_arm(arms: list[str], iqm: dict[str, float]) -> str:
+    """The arm of ``arms`` with the highest IQM, the first listed on a tie."""
+    return max(arms, key=lambda arm: (iqm[arm], -arms.index(arm)))
+
+
 def strongest(
-    cfg: CompareConfig, steps: np.ndarray, scores: dict[str, np.ndarray], reps: int, step: int
+    cfg: CompareConfig, steps: np.ndarray, scores: dict[str, np.ndarray], step: int
 ) -> str:
     """The baseline arm with the highest IQM at ``step`` (the first listed on a tie)."""
     column = int(np.flatnonzero(steps == step)[0])
@@ -68,8 +73,8 @@ def strongest(
             f"no baseline arm ({', '.join(cfg.baseline_arms)}) has a finished run: "
             "expected at least one to pick the strongest"
         )
-    curves = estimates.iqm_curves({arm: scores[arm] for arm in ran}, reps)
-    return max(ran, key=lambda arm: (float(curves[arm].value[column]), -ran.index(arm)))
+    points = estimates.iqm_points({arm: scores[arm] for arm in ran})
+    return best_arm(ran, {arm: float(points[arm][column]) for arm in ran})
 
 
 def analyse(cfg: CompareConfig, records: list[RunRecord]) -> Analysis:
@@ -80,7 +85,7 @@ def analyse(cfg: CompareConfig, records: list[RunRecord]) -> Analysis:
     reps = cfg.bootstrap_reps
     reference = cfg.reference_arm
     if reference == STRONGEST:
-        reference = strongest(cfg, steps, scores, reps, report_steps[-1])
+        reference = strongest(cfg, steps, scores, report_steps[-1])
     if reference not in scores:
         raise SemoreError(
             f"reference arm {reference} has no finished run: expected "

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.compare.config import CompareConfig, ContinueConfig
-from pipeline.compare.estimates import iqm_per_step
+from pipeline.compare.analysis import best_arm
+from pipeline.compare.config import CompareConfig
+from pipeline.compare.estimates import iqm_points
 from pipeline.compare.jobs import finetune_jobs
 from pipeline.compare.records import from_job, score_matrix
 from pipeline.compare.results_schema import STUDY_NAME
@@ -54,13 +55,7 @@ def _iqms_at(cfg: CompareConfig, out: Path, step: int) -> dict[str, float]:
             f"(last: {steps[-1]}): expected a multiple of eval_every_steps"
         )
     column = int(np.flatnonzero(steps == step)[0])
-    # (runs, steps) -> (runs, tasks=1, steps), the layout iqm_per_step takes
-    return {arm: float(iqm_per_step(m[:, None, :])[column]) for arm, m in scores.items()}
-
-
-def _best(arms: list[str], iqm: dict[str, float]) -> str:
-    """The arm with the highest IQM, the first listed on a tie."""
-    return max(arms, key=lambda arm: (iqm[arm], -arms.index(arm)))
+    return {arm: float(curve[column]) for arm, curve in iqm_points(scores).items()}
 
 
 def pick(cfg: CompareConfig, out: Path | None, carry: Path | None = None) -> dict[str, float]:
@@ -77,7 +72,7 @@ def pick(cfg: CompareConfig, out: Path | None, carry: Path | None = None) -> dic
         )
     iqm = _iqms_at(cfg, out, cont.from_step)
     method = [arm for arm in cfg.arms if arm not in cfg.baseline_arms]
-    chosen = (_best(method, iqm), _best(list(cfg.baseline_arms), iqm))
+    chosen = (best_arm(method, iqm), best_arm(list(cfg.baseline_arms), iqm))
     log.info(
         "continue_best at step %d: %s",
         cont.from_step,
@@ -97,7 +92,7 @@ def continued(cfg: CompareConfig, out: Path | None, carry: Path | None = None) -
             arms={arm: spec for arm, spec in cfg.arms.items() if arm in picked},
             baseline_arms=[arm for arm in cfg.baseline_arms if arm in picked],
             also_compare_to=[arm for arm in cfg.also_compare_to if arm in picked],
-            continue_best=ContinueConfig(cfg.continue_best.from_step, picked),
+            continue_best=dataclasses.replace(cfg.continue_best, picked=picked),
         )
     except ValueError as err:  # e.g. a recorded pick naming an arm this study lacks
         raise SemoreError(f"continue_best: {err}") from None

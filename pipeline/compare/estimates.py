@@ -81,6 +81,13 @@ def _per_column(metric, *arrays: np.ndarray) -> np.ndarray:
     return np.array([metric(*(a[..., i] for a in arrays)) for i in range(steps)], dtype=float)
 
 
+def iqm_points(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """rliable's ``aggregate_iqm`` of each arm's (runs, steps) scores at every step, without
+    intervals (the point estimates of :func:`iqm_curves`)."""
+    # (runs, steps) -> (runs, tasks=1, steps), the layout rliable's metrics take
+    return {arm: _per_column(metrics.aggregate_iqm, m[:, None, :]) for arm, m in scores.items()}
+
+
 def iqm_curves(scores: dict[str, np.ndarray], reps: int, seed: int = 0) -> dict[str, Estimate]:
     """IQM of each arm's (runs, steps) scores at every step, with stratified bootstrap
     intervals: one bootstrap call per arm, in which rliable's stratified resampling draws the
@@ -90,8 +97,7 @@ def iqm_curves(scores: dict[str, np.ndarray], reps: int, seed: int = 0) -> dict[
         _, intervals = rly.get_interval_estimates(
             data, iqm_per_step, reps=reps, confidence_interval_size=CONFIDENCE
         )
-    points = {arm: _per_column(metrics.aggregate_iqm, m) for arm, m in data.items()}
-    return _estimates(points, intervals)
+    return _estimates(iqm_points(scores), intervals)
 
 
 def improvement(
