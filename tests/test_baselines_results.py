@@ -86,3 +86,10 @@ def test_a_moved_number_is_caught():
     ref, column = results["reference_arm"], results["steps"].index(results["report_steps"][-1])
     results["arms"][ref]["curve"][column]["iqm"] += 0.05
     assert headline(results, study)[0] not in _readme()
+
+
+def test_the_20k_continuation_picks_from_this_folder_on_a_fresh_checkout():
+    preset = ROOT / "pipeline" / "presets" / "compare" / "baselines_20k.yaml"
+    cont = yaml.safe_load(preset.read_text())["continue_best"]
+    assert (ROOT / cont["from_results"]).resolve() == RESULTS.resolve()
+    assert cont["from_step"] == _results()["report_steps"][-1]

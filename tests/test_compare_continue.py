@@ -120,3 +120,38 @@ def test_a_wrong_continuation_is_refused(tmp_path, change, message):
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     with pytest.raises(SemoreError, match=re.escape(message)):
         load_config(CompareConfig, path, stage="compare")
+
+
+def _kept_results(tmp_path: Path, config: Path, out: Path) -> Path:
+    """The shorter study's results folder, written from its finished runs in ``out``."""
+    shorter = yaml.safe_load(config.read_text())
+    shorter.pop("continue_best")
+    shorter["num_train_steps"] = 2
+    path = tmp_path / "shorter.yaml"
+    path.write_text(yaml.safe_dump(shorter, sort_keys=False))
+    folder = tmp_path / "shorter_report"
+    argv = ["--config", str(path), "--out", str(out), "--report", str(folder), "--report-only"]
+    assert main(argv) == 0
+    return folder
+
+
+def test_a_fresh_checkout_picks_from_the_shorter_studys_results_folder(tmp_path):
+    config, out = _study(tmp_path), tmp_path / "out"
+    _runs(out, last_step=2)
+    folder = _kept_results(tmp_path, config, out)
+    for run in (out / "runs").glob("*/seed*"):  # the run folders gone, as on a fresh checkout
+        (run / "summary.json").unlink()
+    study = yaml.safe_load(config.read_text())
+    study["continue_best"]["from_results"] = str(folder)
+    config.write_text(yaml.safe_dump(study, sort_keys=False))
+    cfg = continued(load_config(CompareConfig, config, stage="compare"), out)
+    assert list(cfg.arms) == ["m2", "b1"]
+    assert cfg.continue_best.picked == pytest.approx({"m2": 0.605, "b1": 0.505})
+    # One kept run missing: the pick refuses to read an unfinished shorter study.
+    (folder / "runs" / "b2-seed1.csv").unlink()
+    with pytest.raises(SemoreError, match=re.escape("lacks 1 of 8 runs (first: b2 seed 1)")):
+        continued(load_config(CompareConfig, config, stage="compare"), out)
+    study["continue_best"]["from_results"] = str(tmp_path / "nowhere")
+    config.write_text(yaml.safe_dump(study, sort_keys=False))
+    with pytest.raises(SemoreError, match="from_results .*nowhere is not a folder"):
+        continued(load_config(CompareConfig, config, stage="compare"), out)

@@ -55,13 +55,18 @@ STRONGEST = "strongest"
 class ContinueConfig:
     """A longer budget for two arms of a shorter study in the same ``--out``: its best method arm
     and its strongest baseline, picked on the IQM at the shorter budget, go on from their
-    checkpoints there; the other arms stop (``pipeline.compare.continuation``)."""
+    checkpoints there (from step 0 where a checkpoint is gone); the other arms stop
+    (``pipeline.compare.continuation``)."""
 
     # The shorter study's budget: every run must have reached it, and the picks are its IQMs.
     from_step: int = 10_000
     # What was picked (arm -> IQM at from_step), written by semore-compare into the results
     # folder's study.yaml so that a rebuilt or carried report keeps the same arms; leave empty.
     picked: dict[str, float] = field(default_factory=dict)
+    # The shorter study's results folder (its --report): the pick reads the runs it keeps when
+    # --out no longer holds them, as on a fresh checkout where the run folders are gone. None:
+    # the runs in --out only.
+    from_results: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, from_step=Int(1, MAX_STEPS))

@@ -6,7 +6,10 @@ have reached ``from_step``), on the IQM there: the arm the report would call bes
 longer budget is spent on the comparison that is still open and no one chooses by hand. The
 pick is written into the results folder's ``study.yaml`` (``continue_best.picked``), where a
 rebuilt report (``--from-results``) or a fresh checkout (``--report`` carries the study on)
-reads it instead of picking again from run folders that may be gone.
+reads it instead of picking again from run folders that may be gone. Before any continued run
+has finished (nothing recorded yet) on a fresh checkout, the pick reads the shorter study's own
+results folder (``continue_best.from_results``), which keeps every run's CSV; runs whose
+checkpoints are gone then start again from step 0 (same seed, same learner).
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from pipeline.compare.analysis import best_arm
 from pipeline.compare.config import CompareConfig
 from pipeline.compare.estimates import iqm_points
 from pipeline.compare.jobs import finetune_jobs
-from pipeline.compare.records import from_job, score_matrix
-from pipeline.compare.results_schema import STUDY_NAME
+from pipeline.compare.records import RunRecord, from_job, from_results, score_matrix
+from pipeline.compare.results_schema import STUDY_NAME, check_results_folder
 from pipeline.config import load_config
 from pipeline.errors import SemoreError
 
@@ -37,18 +40,45 @@ def _kept_pick(folder: Path | None) -> dict[str, float]:
     return dict(kept.picked) if kept is not None else {}
 
 
-def _iqms_at(cfg: CompareConfig, out: Path, step: int) -> dict[str, float]:
-    """Each arm's IQM at ``step`` over the study's runs in ``out`` (all must have reached it)."""
+def _shorter_runs(cfg: CompareConfig, out: Path, step: int) -> list[RunRecord]:
+    """The shorter study's runs up to ``step``: from ``out`` where all are there, else from
+    ``continue_best.from_results`` (the run folders gone, as on a fresh checkout)."""
     jobs = finetune_jobs(cfg, out)
     short = [job for job in jobs if not job.finished(step)]
-    if short:
-        first = short[0]
+    if not short:
+        return [from_job(job, step) for job in jobs]
+    folder = cfg.continue_best.from_results
+    if folder is not None:
+        if not Path(folder).is_dir():
+            raise SemoreError(
+                f"continue_best.from_results {folder} is not a folder: expected the shorter "
+                f"study's results folder ({len(short)} of its runs are not in {out})"
+            )
+        check_results_folder(Path(folder))
+        kept = {(r.arm, r.seed): r for r in from_results(Path(folder))}
+        wanted = [(job.arm, job.seed) for job in jobs]
+        missing = [key for key in wanted if key not in kept]
+        if not missing:
+            log.info("continue_best picks from the runs kept in %s", folder)
+            return [kept[key] for key in wanted]
+        first = missing[0]
         raise SemoreError(
-            f"continue_best picks on the IQM at step {step}, but {len(short)} of {len(jobs)} "
-            f"runs have not reached it (first: {first.arm} seed {first.seed} in {first.out}): "
-            "expected the shorter study finished first in the same --out"
+            f"continue_best.from_results {folder} lacks {len(missing)} of {len(wanted)} runs "
+            f"(first: {first[0]} seed {first[1]}): expected the shorter study's results folder "
+            "with every run finished"
         )
-    steps, scores = score_matrix([from_job(job, step) for job in jobs])
+    first = short[0]
+    raise SemoreError(
+        f"continue_best picks on the IQM at step {step}, but {len(short)} of {len(jobs)} "
+        f"runs have not reached it (first: {first.arm} seed {first.seed} in {first.out}): "
+        "expected the shorter study finished first in the same --out, or its results folder "
+        "as continue_best.from_results"
+    )
+
+
+def _iqms_at(cfg: CompareConfig, out: Path, step: int) -> dict[str, float]:
+    """Each arm's IQM at ``step`` over the shorter study's runs (all must have reached it)."""
+    steps, scores = score_matrix(_shorter_runs(cfg, out, step))
     if step not in steps:
         raise SemoreError(
             f"continue_best.from_step {step} is not an evaluated step of the runs in {out} "
