@@ -156,18 +156,17 @@ def _reaches(rec: RunRecord, num_train_steps: int) -> bool:
 
 
 def carried_records(
-    cfg: CompareConfig, folder: Path | None, todo: list[Job]
+    num_train_steps: int, folder: Path | None, todo: list[Job]
 ) -> dict[Job, RunRecord]:
-    """The results folder's records of the unfinished ``todo`` jobs that it holds to the
-    study's budget, keyed by job (each record gets its job's command for commands.sh)."""
+    """The results folder's records of the unfinished ``todo`` jobs that it holds up to
+    ``num_train_steps``, keyed by job (each record gets its job's command for commands.sh)."""
     if folder is None or not kept_runs(folder):
         return {}
     records = {(r.arm, r.seed): r for r in from_results(folder)}
     found = {job: records[job.arm, job.seed] for job in todo if (job.arm, job.seed) in records}
-    found = {job: rec for job, rec in found.items() if _reaches(rec, cfg.num_train_steps)}
+    found = {job: rec for job, rec in found.items() if _reaches(rec, num_train_steps)}
     for job, rec in found.items():
         path = folder / "runs" / f"{rec.arm}-seed{rec.seed}.csv"
-        rec.csv_text = rows_up_to(path, cfg.num_train_steps)
+        rec.csv_text = rows_up_to(path, num_train_steps)
         rec.argv = job.argv
-    log.info("%d finished run(s) kept in %s: not run again", len(found), folder)
     return found

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.compare.analysis import best_arm
+from pipeline.compare.carry import carried_records
 from pipeline.compare.config import CompareConfig
 from pipeline.compare.estimates import iqm_points
-from pipeline.compare.jobs import finetune_jobs
-from pipeline.compare.records import RunRecord, from_job, from_results, score_matrix
+from pipeline.compare.jobs import Job, finetune_jobs
+from pipeline.compare.records import RunRecord, from_job, score_matrix
 from pipeline.compare.results_schema import STUDY_NAME, check_results_folder
 from pipeline.config import load_config
 from pipeline.errors import SemoreError
@@ -40,40 +41,46 @@ def _kept_pick(folder: Path | None) -> dict[str, float]:
     return dict(kept.picked) if kept is not None else {}
 
 
+def _kept_in(folder: str | None, step: int, todo: list[Job], out: Path) -> dict[Job, RunRecord]:
+    """The records of ``todo`` that ``continue_best.from_results`` keeps up to ``step``."""
+    if folder is None:
+        return {}
+    if not Path(folder).is_dir():
+        raise SemoreError(
+            f"continue_best.from_results {folder} is not a folder: expected the shorter "
+            f"study's results folder (the --report of its runs in {out})"
+        )
+    check_results_folder(Path(folder))
+    kept = carried_records(step, Path(folder), todo)
+    if kept:
+        log.info("continue_best reads %d run(s) kept in %s", len(kept), folder)
+    return kept
+
+
 def _shorter_runs(cfg: CompareConfig, out: Path, step: int) -> list[RunRecord]:
-    """The shorter study's runs up to ``step``: from ``out`` where all are there, else from
-    ``continue_best.from_results`` (the run folders gone, as on a fresh checkout)."""
+    """The shorter study's runs up to ``step``: those ``continue_best.from_results`` keeps (its
+    committed record; a run in ``out`` may be a longer rerun), the others from ``out``."""
     jobs = finetune_jobs(cfg, out)
     short = [job for job in jobs if not job.finished(step)]
-    if not short:
-        return [from_job(job, step) for job in jobs]
     folder = cfg.continue_best.from_results
-    if folder is not None:
-        if not Path(folder).is_dir():
-            raise SemoreError(
-                f"continue_best.from_results {folder} is not a folder: expected the shorter "
-                f"study's results folder ({len(short)} of its runs are not in {out})"
-            )
-        check_results_folder(Path(folder))
-        kept = {(r.arm, r.seed): r for r in from_results(Path(folder))}
-        wanted = [(job.arm, job.seed) for job in jobs]
-        missing = [key for key in wanted if key not in kept]
-        if not missing:
-            log.info("continue_best picks from the runs kept in %s", folder)
-            return [kept[key] for key in wanted]
+    kept = _kept_in(folder, step, jobs, out)
+    missing = [job for job in short if job not in kept]
+    if missing and folder is not None:
         first = missing[0]
         raise SemoreError(
-            f"continue_best.from_results {folder} lacks {len(missing)} of {len(wanted)} runs "
-            f"(first: {first[0]} seed {first[1]}): expected the shorter study's results folder "
-            "with every run finished"
+            f"continue_best.from_results {folder} lacks {len(missing)} of {len(jobs)} runs "
+            f"(first: {first.arm} seed {first.seed}): expected the shorter study's results "
+            "folder with every run finished"
         )
-    first = short[0]
-    raise SemoreError(
-        f"continue_best picks on the IQM at step {step}, but {len(short)} of {len(jobs)} "
-        f"runs have not reached it (first: {first.arm} seed {first.seed} in {first.out}): "
-        "expected the shorter study finished first in the same --out, or its results folder "
-        "as continue_best.from_results"
-    )
+    if missing:
+        first = missing[0]
+        raise SemoreError(
+            f"continue_best picks on the IQM at step {step}, but {len(missing)} of {len(jobs)} "
+            f"runs have not reached it (first: {first.arm} seed {first.seed} in {first.out}): "
+            "expected the shorter study finished first in the same --out, or its results folder "
+            "as continue_best.from_results"
+        )
+    return [kept.get(job) or from_job(job, step) for job in jobs]
 
 
 def _iqms_at(cfg: CompareConfig, out: Path, step: int) -> dict[str, float]:

@@ -10,6 +10,7 @@ named with ``--report`` holds (``pipeline.compare.carry``).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +18,15 @@ from pipeline.annotate.config import AnnotateConfig
 from pipeline.annotate.run import pending_slices as annotate_pending
 from pipeline.collect.config import CollectConfig
 from pipeline.collect.run import pending_slices as collect_pending
-from pipeline.compare.carry import carried_records, restore_encoders
+from pipeline.compare.carry import carried_records, kept_runs, restore_encoders
 from pipeline.compare.config import CompareConfig
 from pipeline.compare.jobs import Command, Job, finetune_jobs, pretrain_jobs
 from pipeline.compare.records import RunRecord
 from pipeline.config import load_config, override_flags
 from pipeline.data import manifest as mf
 from pipeline.launch.cli import task_argv
+
+log = logging.getLogger(__name__)
 
 COLLECT_MODULE = "pipeline.collect.run"
 ANNOTATE_MODULE = "pipeline.annotate.run"
@@ -106,7 +109,9 @@ def plan_study(
     encoders = [job for job in pretrain_jobs(cfg, out) if not job.finished(0)]
     all_runs = finetune_jobs(cfg, out)
     unfinished = [job for job in all_runs if not job.finished(cfg.num_train_steps)]
-    kept = carried_records(cfg, carry, unfinished)
+    kept = carried_records(cfg.num_train_steps, carry, unfinished)
+    if kept_runs(carry):
+        log.info("%d finished run(s) kept in %s: not run again", len(kept), carry)
     runs = [job for job in unfinished if job not in kept]
     report = Command(COMPARE_MODULE, report_argv(list(argv)))
     return StudyPlan(dataset, encoders, runs, all_runs, kept, report)
