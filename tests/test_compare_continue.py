@@ -155,3 +155,31 @@ def test_a_fresh_checkout_picks_from_the_shorter_studys_results_folder(tmp_path)
     config.write_text(yaml.safe_dump(study, sort_keys=False))
     with pytest.raises(SemoreError, match="from_results .*nowhere is not a folder"):
         continued(load_config(CompareConfig, config, stage="compare"), out)
+
+
+def test_the_committed_record_outweighs_a_longer_rerun_in_out(tmp_path):
+    """On a fresh checkout a run in --out may be a longer rerun whose first steps differ from the
+    shorter study's record: the pick reads the record, so it equals the committed table."""
+    config, out = _study(tmp_path), tmp_path / "out"
+    _runs(out, last_step=2)
+    folder = _kept_results(tmp_path, config, out)
+    rerun = out / "runs" / "m1" / "seed0"
+    with (rerun / "metrics.csv").open("w", newline="") as f:  # m1 seed 0 rerun to step 4, better
+        writer = csv.DictWriter(f, FIELDS)
+        writer.writeheader()
+        for step in (0, 2, 4):
+            writer.writerow({"phase": "eval", "step": step, "episode": 0, "episode_return": 1.0,
+                             "distance_m": 100.0, "mean_abs_steer": 0.1, "wall_time_s": step,
+                             "normalized_return": 0.95})  # fmt: skip
+    (rerun / "summary.json").write_text(json.dumps({"step": 4, "wall_time_s": 4.0}))
+    study = yaml.safe_load(config.read_text())
+    study["continue_best"]["from_results"] = str(folder)
+    config.write_text(yaml.safe_dump(study, sort_keys=False))
+    cfg = continued(load_config(CompareConfig, config, stage="compare"), out)
+    assert list(cfg.arms) == ["m2", "b1"]
+    assert cfg.continue_best.picked == pytest.approx({"m2": 0.605, "b1": 0.505})
+    # Without the record, the same --out picks the rerun's better m1 (IQM of 0.95 and 0.31).
+    study["continue_best"].pop("from_results")
+    config.write_text(yaml.safe_dump(study, sort_keys=False))
+    cfg = continued(load_config(CompareConfig, config, stage="compare"), out)
+    assert list(cfg.arms) == ["m1", "b1"]
