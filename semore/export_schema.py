@@ -49,6 +49,7 @@ METADATA = Record(
             {
                 "path": Str(),
                 "manifest_sha256": Opt(Str()),
+                "content_sha256": Opt(Str()),
                 "raw_config_hash": Opt(Str()),
                 "ann_config_hash": Opt(Str()),
                 "num_samples": Opt(Int(0, MAX_COUNT)),

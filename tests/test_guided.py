@@ -10,9 +10,11 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.data import schema
+from pipeline.data.source import DatasetInfo
 from pipeline.finetune.config import FinetuneConfig
 from pipeline.finetune.eval import read_metrics
 from pipeline.finetune.guide import build_guide, export_stats, guide_batches, token_table
+from pipeline.finetune.guide_model import dataset_change
 from pipeline.finetune.run import build_agent, main
 from pipeline.pretrain.run import main as pretrain_main
 from semore.encoder import load_encoder, load_encoder_metadata, load_pretrain_heads
@@ -58,8 +60,31 @@ def test_export_carries_heads_and_the_dataset_it_was_pretrained_on(pretrained):
     assert not any(key.startswith("encoder.") for key in heads["state_dict"])
     dataset = load_encoder_metadata(pretrained)["dataset"]
     assert Path(dataset["path"]).is_absolute() and (Path(dataset["path"]) / "ann").is_dir()
-    assert dataset["manifest_sha256"]
+    assert dataset["manifest_sha256"] and dataset["content_sha256"]
     assert load_encoder(pretrained).config.num_filters == 8  # loads as any export
+
+
+def _dataset_id(manifest: dict) -> dict:
+    return DatasetInfo("data", manifest, 84, 84, 2, 16, ()).dataset_id()
+
+
+def test_a_rebuilt_dataset_keeps_its_content_hash_and_a_changed_one_does_not():
+    """A fresh checkout rebuilds the study's dataset with the same configs under another command
+    and git revision: the same data, so the guided regime must not call it changed."""
+    made = {"config_hash": "c1", "totals": {"num_samples": 24}}
+    first = _dataset_id({"raw": {**made, "command": "a", "git_revision": "r1"}})
+    rebuilt = _dataset_id({"raw": {**made, "command": "b", "git_revision": "r2"}})
+    other = _dataset_id({"raw": {**made, "command": "a", "git_revision": "r1", "seed": 7}})
+    assert rebuilt["manifest_sha256"] != first["manifest_sha256"]
+    assert rebuilt["content_sha256"] == first["content_sha256"] != other["content_sha256"]
+    assert dataset_change(first, rebuilt) is None
+    assert dataset_change(first, other) == "content_sha256 differs"
+    # An export made before the content hash: its configs and sample count decide.
+    old = {k: v for k, v in first.items() if k != "content_sha256"}
+    assert dataset_change(old, other) is None
+    grown = _dataset_id({"raw": {**made, "totals": {"num_samples": 30}}})
+    assert dataset_change(old, grown) == "num_samples differs"
+    assert dataset_change({}, other) is None  # an export that records no dataset
 
 
 def test_guided_weight_zero_is_finetune_bit_for_bit(pretrained, tmp_path):

@@ -124,6 +124,11 @@ def _completed_shards(source: DatasetSource, manifest: dict, section_name: str) 
     return urls
 
 
+# A manifest section's record of how it was made, not of what it holds (left out of
+# ``content_sha256``).
+PROVENANCE_KEYS = ("command", "git_revision")
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What a consumer of a dataset needs to size its model, read from the manifest."""
@@ -137,13 +142,23 @@ class DatasetInfo:
     motion_targets: tuple[tuple[str, str], ...]  # (name, unit) per motion.npy entry
 
     def dataset_id(self) -> dict:
-        """Identifies exactly which data a model saw (stored in exports)."""
+        """Identifies exactly which data a model saw (stored in exports). ``content_sha256``
+        leaves out how the data was made (the command, the git revision), so a dataset rebuilt
+        with the same configs on a fresh checkout, sample for sample the same, keeps it."""
         raw = self.manifest.get("raw", {})
         ann = self.manifest.get("ann", {})
         text = json.dumps(self.manifest, sort_keys=True).encode()
+        content = {
+            name: {k: v for k, v in part.items() if k not in PROVENANCE_KEYS}
+            if isinstance(part, dict)
+            else part
+            for name, part in self.manifest.items()
+        }
+        content_text = json.dumps(content, sort_keys=True).encode()
         return {
             "path": str(self.root),
             "manifest_sha256": hashlib.sha256(text).hexdigest()[:16],
+            "content_sha256": hashlib.sha256(content_text).hexdigest()[:16],
             "raw_config_hash": raw.get("config_hash"),
             "ann_config_hash": ann.get("config_hash"),
             "num_samples": raw.get("totals", {}).get("num_samples"),

@@ -28,6 +28,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# What identifies a dataset's content in an export made before ``content_sha256`` existed
+# (its ``manifest_sha256`` also covers the command and git revision that made the data).
+_OLD_IDENTITY = ("raw_config_hash", "ann_config_hash", "num_samples")
+
+
+def dataset_change(recorded: dict, now: dict) -> str | None:
+    """What differs between the dataset an export records and ``now`` (None when nothing does
+    or the export records nothing): the content hash, or for older exports the configs and
+    sample count."""
+    keys = ("content_sha256",) if recorded.get("content_sha256") else _OLD_IDENTITY
+    differ = [k for k in keys if recorded.get(k) is not None and recorded[k] != now.get(k)]
+    return f"{', '.join(differ)} differs" if differ else None
+
+
 def pretraining_model(
     encoder: nn.Module,
     cfg: FinetuneConfig,
@@ -43,9 +57,11 @@ def pretraining_model(
     saved = load_pretrain_heads(export) if export is not None else None
     if saved is None:
         log.warning("guided: %s has no pretraining heads; they start fresh", export or "none")
-    recorded = metadata.get("dataset", {})
-    if recorded.get("manifest_sha256") not in (None, info.dataset_id()["manifest_sha256"]):
-        log.warning("guide dataset %s changed since pretraining (manifest hash differs)", data)
+    changed = dataset_change(metadata.get("dataset", {}), info.dataset_id())
+    if changed:
+        log.warning(
+            "guide dataset %s is not the one the encoder was pretrained on (%s)", data, changed
+        )
     if saved is not None and saved.get("objective") == "atc":
         model = _atc_model(encoder, cfg, info, saved, export).to(device)
         return model, ATCLoss(), float(saved["momentum_tau"])
