@@ -93,3 +93,29 @@ def test_the_20k_continuation_picks_from_this_folder_on_a_fresh_checkout():
     cont = yaml.safe_load(preset.read_text())["continue_best"]
     assert (ROOT / cont["from_results"]).resolve() == RESULTS.resolve()
     assert cont["from_step"] == _results()["report_steps"][-1]
+
+
+CONTINUATION = ROOT / "benchmarks" / "results" / "baselines_20k"
+
+
+def continuation_phrases(results: dict, study: dict) -> list[str]:
+    """What the README says of the 20k continuation, as its committed folder computes it: how
+    many runs it holds and each arm's IQM [interval] and run count at the last step."""
+    arms, steps, step = results["arms"], results["steps"], results["report_steps"][-1]
+    finished = sum(len(arm["seeds"]) for arm in arms.values())
+    phrases = [f"{finished} of {len(study['arms']) * len(study['seeds'])} runs"]
+    for name, arm in arms.items():
+        runs = len(arm["seeds"])
+        phrases.append(f"`{name}` {_iqm(arm, steps, step)} ({runs} run{'s' if runs > 1 else ''}")
+    return phrases
+
+
+def test_the_readme_quotes_the_committed_continuation():
+    results = json.loads((CONTINUATION / "results.json").read_text())
+    study = yaml.safe_load((CONTINUATION / "study.yaml").read_text())
+    assert set(results["arms"]) <= set(study["arms"]) == {"semore_guided", "drqv2"}
+    readme = _readme()
+    missing = [p for p in continuation_phrases(results, study) if p not in readme]
+    assert not missing, f"README.md lacks the committed continuation's {missing}"
+    results["arms"]["drqv2"]["curve"][-1]["iqm"] += 0.05  # and a moved number is caught
+    assert not all(p in readme for p in continuation_phrases(results, study))
