@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pipeline.compare.config import STRONGEST, ArmConfig, CompareConfig
+from pipeline.compare.continuation import continued
 from pipeline.compare.learner import (
     ARM_FIELDS,
     check_learner,
@@ -119,7 +120,11 @@ def test_a_committed_study_is_what_its_composed_preset_resolves_to(name):
     from (the results folder's study.yaml, every field, as a YAML mapping: key order is not
     part of it, so the 20k continuations list their two arms in their base's order)."""
     kept = yaml.safe_load((RESULTS / name / "study.yaml").read_text())
-    resolved = to_dict(load_config(CompareConfig, name, stage="compare"))
+    # A continuation (continue_best) runs the arms its folder's study.yaml recorded as picked,
+    # as a rerun that reports into that folder does.
+    resolved = to_dict(
+        continued(load_config(CompareConfig, name, stage="compare"), None, RESULTS / name)
+    )
     for field_name, default in ADDED_REPORT_FIELDS.items():  # added after the study ran
         if field_name not in kept and resolved.get(field_name) == default:
             del resolved[field_name]

@@ -104,6 +104,7 @@ def test_finetune_outputs_and_resume_continues_exactly(tmp_path):
         len(ckpt["open_episode"]["actions"]) == ckpt["open_episode"]["stats"]["episode_steps"] > 0
     )
     assert (out / "checkpoints" / ckpt["replay_file"]).is_file()
+    assert 0 < ckpt["cpu_time_s"] <= summary["cpu_time_s"]  # the process's own CPU count
 
     # --resume continues the step count and appends to metrics.csv.
     resume = [*TINY, *aux, "--encoder", "none", "--out", str(out), "--resume"]
@@ -113,6 +114,8 @@ def test_finetune_outputs_and_resume_continues_exactly(tmp_path):
     assert all(int(r["step"]) > 20 for r in resumed[len(rows) :])
     assert [int(r["step"]) for r in resumed if r["phase"] == "eval"] == [0, 20, 30]
     assert load_ckpt(out)["step"] == 30 and load_ckpt(out)["num_updates"] == 10
+    # The CPU count goes on from the checkpoint's, as the wall time does.
+    assert json.loads((out / "summary.json").read_text())["cpu_time_s"] > ckpt["cpu_time_s"]
     assert len(list((out / "checkpoints").glob("replay-*.npz"))) == 1
 
     # The resumed run is the run that was never interrupted.
@@ -135,6 +138,14 @@ def test_finetune_outputs_and_resume_continues_exactly(tmp_path):
     assert untimed(read_metrics(out / "metrics.csv")) == untimed(
         read_metrics(straight / "metrics.csv")
     )
+
+    # A checkpoint of an older version has no CPU count: the resumed run's total is unknown.
+    older = load_ckpt(straight)
+    del older["cpu_time_s"]
+    torch.save(older, straight / "checkpoints" / "last.pt")
+    more = [*TINY, *aux, "--encoder", "none", "--out", str(straight), "--resume"]
+    assert main([*more, "--num-train-steps", "32"]) == 0
+    assert json.loads((straight / "summary.json").read_text())["cpu_time_s"] is None
 
 
 def test_training_does_not_depend_on_how_often_it_evaluates(tmp_path):

@@ -44,17 +44,19 @@ def _at_or_before(steps: np.ndarray, wanted: int) -> int:
 
 
 def _cpu_minutes(cfg: CompareConfig, records: list[RunRecord]) -> dict[str, tuple[float, bool]]:
-    """Mean CPU-minutes per run of each arm: measured CPU time where the runner recorded it,
-    else wall time x the threads the local runner gives each run."""
+    """Mean CPU-minutes per run of each arm and whether it is measured: the mean of its runs'
+    measured CPU time where any has one (a run whose count was lost to a stop is left out,
+    not counted low), else wall time x the threads the local runner gives each run."""
     threads = threads_per_job(cfg.jobs, len(records))
-    out: dict[str, list] = {}
+    by_arm: dict[str, list[RunRecord]] = {}
     for rec in records:
-        measured = rec.cpu_s is not None
-        seconds = rec.cpu_s if measured else rec.wall_time_s * threads
-        out.setdefault(rec.arm, []).append((seconds / 60, measured))
-    return {
-        arm: (float(np.mean([m for m, _ in v])), all(ok for _, ok in v)) for arm, v in out.items()
-    }
+        by_arm.setdefault(rec.arm, []).append(rec)
+    out = {}
+    for arm, runs in by_arm.items():
+        measured = [rec.cpu_s for rec in runs if rec.cpu_s is not None]
+        seconds = measured or [rec.wall_time_s * threads for rec in runs]
+        out[arm] = (float(np.mean(seconds)) / 60, bool(measured))
+    return out
 
 
 def best_arm(arms: list[str], iqm: dict[str, float]) -> str:

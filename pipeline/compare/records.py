@@ -57,15 +57,32 @@ def _last_wall_time(csv_text: str) -> float:
     return max(float(r["wall_time_s"]) for r in csv.DictReader(csv_text.splitlines()))
 
 
+# The runner's processes must account for this share of a run's own wall time for their CPU
+# count to be the run's (process start-up makes it a little over 1 when none is missing).
+COVERED_SHARE = 0.9
+
+
+def _cpu_s(job: Job, summary: dict, total_wall: float) -> float | None:
+    """The whole run's CPU seconds: the loop's own count over every resume when it kept one,
+    else the runner's per-process count (``RUN.cost.json``) if its processes cover the run's
+    wall time; None when neither does (a process stopped at the end of a session, say,
+    before it reported, and its run was resumed later)."""
+    if summary.get("cpu_time_s") is not None:
+        return float(summary["cpu_time_s"])
+    if not cost_path(job).is_file():
+        return None
+    cost = json.loads(cost_path(job).read_text())
+    return cost["cpu_s"] if cost["wall_s"] >= COVERED_SHARE * total_wall else None
+
+
 def from_job(job: Job, max_step: int) -> RunRecord:
     """The finished fine-tuning ``job``'s record, up to ``max_step``."""
     text = rows_up_to(job.out / METRICS_NAME, max_step)
     summary = json.loads((job.out / SUMMARY_NAME).read_text())
     total_wall = float(summary["wall_time_s"])
     wall = total_wall if summary.get("step", max_step) <= max_step else _last_wall_time(text)
-    cpu = None
-    if cost_path(job).is_file():  # measured over the whole run: the budget's share of it
-        cpu = json.loads(cost_path(job).read_text())["cpu_s"] * min(1.0, wall / total_wall)
+    cpu = _cpu_s(job, summary, total_wall)
+    cpu = None if cpu is None else cpu * min(1.0, wall / total_wall)  # the budget's share
     ref_file = job.out / REFERENCE_NAME
     reference = json.loads(ref_file.read_text()) if ref_file.is_file() else None
     return RunRecord(job.arm, job.seed, text, wall, cpu, reference, job.argv)

@@ -129,6 +129,20 @@ def _footer(cfg: CompareConfig, records: list[RunRecord], a: Analysis, label: st
         + f"; {sum(hours.values()):.1f} in all.",
         "",
     ]
+    partial = {
+        arm: [str(r.seed) for r in records if r.arm == arm and r.cpu_s is None]
+        for arm, (_, measured) in a.cpu_min.items()
+        if measured
+    }
+    partial = {arm: seeds for arm, seeds in partial.items() if seeds}
+    if partial:
+        lines += [
+            "CPU-min / run is the mean of the runs whose CPU time was counted in full; left out "
+            "(resumed after a stop whose process was ended before it reported its count): "
+            + "; ".join(f"{arm} seed {', '.join(seeds)}" for arm, seeds in partial.items())
+            + ".",
+            "",
+        ]
     estimated = [arm for arm, (_, measured) in a.cpu_min.items() if not measured]
     if estimated:
         lines += [

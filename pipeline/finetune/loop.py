@@ -98,6 +98,10 @@ class OnlineTrainer:
         self.sim_steps = 0
         self.last_eval_step = -1
         self.wall_time_s = 0.0  # accumulated over resumes
+        # This process's CPU time, accumulated over resumes like the wall time, so a run that
+        # spans stops reports its whole cost (a runner's per-process count loses the CPU of a
+        # process stopped before it reported). None: resumed from a checkpoint without it.
+        self.cpu_time_s: float | None = 0.0
         self.current: AgentStep | None = None  # latest step of the open training episode
         self._features: np.ndarray | None = None  # the frozen encoder's features of current.obs
         self._actions: list[np.ndarray] = []  # of the open training episode, for a resume
@@ -107,6 +111,7 @@ class OnlineTrainer:
         self._update_sums: dict[str, float] = defaultdict(float)  # since the last train row
         self._update_count: dict[str, int] = defaultdict(int)
         self._t0 = self._rate_t = time.monotonic()
+        self._cpu0 = time.process_time()
         self._rate_step = 0
 
     # ------------------------------------------------------------------ checkpoints
@@ -128,6 +133,7 @@ class OnlineTrainer:
             "sim_steps": self.sim_steps,
             "last_eval_step": self.last_eval_step,
             "wall_time_s": self._wall_time(),
+            "cpu_time_s": self._cpu_time(),
             "rng": rng,
             "replay_file": replay_name,
             "open_episode": self._open_episode(),
@@ -155,6 +161,8 @@ class OnlineTrainer:
         for name in ("step", "episode", "num_updates", "sim_steps", "last_eval_step"):
             setattr(self, name, int(checkpoint[name]))
         self.wall_time_s = float(checkpoint["wall_time_s"])
+        cpu = checkpoint.get("cpu_time_s")  # absent from checkpoints of older versions
+        self.cpu_time_s = None if cpu is None else float(cpu)
         self.rng.bit_generator.state = checkpoint["rng"]["numpy"]
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
@@ -198,6 +206,11 @@ class OnlineTrainer:
     # ------------------------------------------------------------------ logging
     def _wall_time(self) -> float:
         return self.wall_time_s + time.monotonic() - self._t0
+
+    def _cpu_time(self) -> float | None:
+        if self.cpu_time_s is None:
+            return None
+        return self.cpu_time_s + time.process_time() - self._cpu0
 
     def _log(self, phase: str, values: dict) -> None:
         row = {"phase": phase, "step": self.step, "episode": self.episode, **values}
@@ -324,6 +337,7 @@ class OnlineTrainer:
         """Run until ``num_train_steps`` agent steps; return the summary (also written)."""
         cfg = self.cfg
         self._t0 = self._rate_t = time.monotonic()
+        self._cpu0 = time.process_time()
         self._rate_step = self.step
         # A resume keeps the rows up to its checkpoint; a new run starts an empty file.
         resumed = self.last_eval_step >= 0
@@ -377,6 +391,7 @@ class OnlineTrainer:
             "episodes": self.episode,
             "num_updates": self.num_updates,
             "wall_time_s": wall_time_s,
+            "cpu_time_s": self._cpu_time(),
             "steps_per_s": self.step / max(wall_time_s, 1e-9),
             "seed": self.cfg.seed,
             "encoder_mode": self.cfg.encoder_mode,
