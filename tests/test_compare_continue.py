@@ -135,26 +135,32 @@ def _kept_results(tmp_path: Path, config: Path, out: Path) -> Path:
     return folder
 
 
+def _continued_from(config: Path, out: Path, folder: Path | None) -> CompareConfig:
+    """The continuation of ``config`` with ``continue_best.from_results`` set to ``folder``
+    (left out when None), picked over the runs in ``out``."""
+    study = yaml.safe_load(config.read_text())
+    study["continue_best"].pop("from_results", None)
+    if folder is not None:
+        study["continue_best"]["from_results"] = str(folder)
+    config.write_text(yaml.safe_dump(study, sort_keys=False))
+    return continued(load_config(CompareConfig, config, stage="compare"), out)
+
+
 def test_a_fresh_checkout_picks_from_the_shorter_studys_results_folder(tmp_path):
     config, out = _study(tmp_path), tmp_path / "out"
     _runs(out, last_step=2)
     folder = _kept_results(tmp_path, config, out)
     for run in (out / "runs").glob("*/seed*"):  # the run folders gone, as on a fresh checkout
         (run / "summary.json").unlink()
-    study = yaml.safe_load(config.read_text())
-    study["continue_best"]["from_results"] = str(folder)
-    config.write_text(yaml.safe_dump(study, sort_keys=False))
-    cfg = continued(load_config(CompareConfig, config, stage="compare"), out)
+    cfg = _continued_from(config, out, folder)
     assert list(cfg.arms) == ["m2", "b1"]
     assert cfg.continue_best.picked == pytest.approx({"m2": 0.605, "b1": 0.505})
     # One kept run missing: the pick refuses to read an unfinished shorter study.
     (folder / "runs" / "b2-seed1.csv").unlink()
     with pytest.raises(SemoreError, match=re.escape("lacks 1 of 8 runs (first: b2 seed 1)")):
-        continued(load_config(CompareConfig, config, stage="compare"), out)
-    study["continue_best"]["from_results"] = str(tmp_path / "nowhere")
-    config.write_text(yaml.safe_dump(study, sort_keys=False))
+        _continued_from(config, out, folder)
     with pytest.raises(SemoreError, match="from_results .*nowhere is not a folder"):
-        continued(load_config(CompareConfig, config, stage="compare"), out)
+        _continued_from(config, out, tmp_path / "nowhere")
 
 
 def test_the_committed_record_outweighs_a_longer_rerun_in_out(tmp_path):
@@ -172,14 +178,8 @@ def test_the_committed_record_outweighs_a_longer_rerun_in_out(tmp_path):
                              "distance_m": 100.0, "mean_abs_steer": 0.1, "wall_time_s": step,
                              "normalized_return": 0.95})  # fmt: skip
     (rerun / "summary.json").write_text(json.dumps({"step": 4, "wall_time_s": 4.0}))
-    study = yaml.safe_load(config.read_text())
-    study["continue_best"]["from_results"] = str(folder)
-    config.write_text(yaml.safe_dump(study, sort_keys=False))
-    cfg = continued(load_config(CompareConfig, config, stage="compare"), out)
+    cfg = _continued_from(config, out, folder)
     assert list(cfg.arms) == ["m2", "b1"]
     assert cfg.continue_best.picked == pytest.approx({"m2": 0.605, "b1": 0.505})
     # Without the record, the same --out picks the rerun's better m1 (IQM of 0.95 and 0.31).
-    study["continue_best"].pop("from_results")
-    config.write_text(yaml.safe_dump(study, sort_keys=False))
-    cfg = continued(load_config(CompareConfig, config, stage="compare"), out)
-    assert list(cfg.arms) == ["m1", "b1"]
+    assert list(_continued_from(config, out, None).arms) == ["m1", "b1"]
